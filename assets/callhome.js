@@ -1,0 +1,57 @@
+// callhome.js: connect a page to CallHome. No dependencies, no build step.
+//
+//   var sub = CallHome.connect(iframeUrl, function (info, seq) { ... }, { onError: fn });
+//   sub.close();
+//
+// connect() adds a hidden iframe served by CallHome. The iframe waits for news and posts it
+// here; only messages from that very iframe (its window and its origin) are accepted.
+// onMessage(info, seq) never sees the same seq twice, nor an older one. onError(reason) is
+// called at most once, with "unknown" (no such id) or "gone" (the id was deleted), and the
+// subscription then ends.
+(function (root) {
+  "use strict";
+
+  function connect(iframeUrl, onMessage, options) {
+    options = options || {};
+    var url = new URL(iframeUrl, root.location.href);
+    // An id bound to no single origin gets the page's own origin named here.
+    if (!url.searchParams.has("origin")) url.searchParams.set("origin", root.location.origin);
+    var id = url.searchParams.get("id");
+    var frame = root.document.createElement("iframe");
+    var lastSeq = 0;
+    var closed = false;
+
+    function onPost(event) {
+      if (closed || event.source !== frame.contentWindow || event.origin !== url.origin) return;
+      var m = event.data;
+      if (!m || m.callhome !== 1 || m.id !== id) return;
+      if (m.error) {
+        close();
+        if (options.onError) options.onError(m.error);
+        return;
+      }
+      if (typeof m.seq !== "number" || m.seq <= lastSeq) return;
+      lastSeq = m.seq;
+      onMessage(m.info, m.seq);
+    }
+
+    function close() {
+      if (closed) return;
+      closed = true;
+      root.removeEventListener("message", onPost);
+      if (frame.parentNode) frame.parentNode.removeChild(frame);
+    }
+
+    frame.src = url.href;
+    frame.title = "CallHome";
+    frame.hidden = true;
+    frame.tabIndex = -1;
+    frame.setAttribute("aria-hidden", "true");
+    frame.style.display = "none";
+    root.addEventListener("message", onPost);
+    (root.document.body || root.document.documentElement).appendChild(frame);
+    return { close: close };
+  }
+
+  root.CallHome = { connect: connect };
+})(window);

@@ -1,0 +1,131 @@
+//! The backend side: what a web app's server calls, authenticated with its app key.
+//!
+//! `ids` is the v1 API; `seed` keeps the URLs of the original proposal working for apps
+//! written against it. Both go through [`create`] and [`notify`], so they cannot drift apart.
+
+mod ids;
+mod seed;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use serde::Serialize;
+
+use crate::auth::App;
+use crate::error::ApiError;
+use crate::id::Id;
+use crate::origin::Origin;
+use crate::server::AppState;
+use crate::slot::Published;
+
+/// The backend routes.
+pub fn routes() -> Router<AppState> {
+    ids::routes().merge(seed::routes())
+}
+
+/// The app whose key is in `Authorization: Bearer <key>`; otherwise `401 unauthorized`.
+#[derive(Debug)]
+pub struct Authenticated(pub Arc<App>);
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let key = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, key) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
+            })
+            .ok_or(ApiError::Unauthorized)?;
+        state
+            .apps
+            .authenticate(key)
+            .map(Self)
+            .ok_or(ApiError::Unauthorized)
+    }
+}
+
+/// The answer to a create.
+#[derive(Debug, Serialize)]
+pub struct Created {
+    id: String,
+    origin: Option<String>,
+    iframe_url: String,
+    poll_url: String,
+}
+
+/// The answer to a notify.
+#[derive(Debug, Serialize)]
+pub struct Notified {
+    seq: u64,
+    waiting: u32,
+}
+
+impl From<Published> for Notified {
+    fn from(p: Published) -> Self {
+        Self {
+            seq: p.seq,
+            waiting: p.waiting,
+        }
+    }
+}
+
+/// Creates an id for `app`: the given one or a fresh one, bound to the given origin or the
+/// app's only origin.
+pub fn create(
+    state: &AppState,
+    app: &App,
+    id: Option<&str>,
+    origin: Option<&str>,
+) -> Result<Created, ApiError> {
+    let id = id.map(Id::parse).transpose()?;
+    let origin = match origin {
+        Some(text) => {
+            let origin = Origin::parse(text)?;
+            let allowed = if origin.is_wildcard() {
+                app.origins().iter().any(Origin::is_wildcard)
+            } else {
+                app.allows(&origin)
+            };
+            if !allowed {
+                return Err(ApiError::OriginNotAllowed(origin.to_string()));
+            }
+            Some(origin)
+        }
+        None => app.default_origin().cloned(),
+    };
+    let slot = state.store.create(app, id, origin)?;
+    let id = slot.id().as_str();
+    let mut iframe_query = url::form_urlencoded::Serializer::new(String::new());
+    iframe_query.append_pair("id", id);
+    // Without a concrete origin the page names its own (callhome.js does this for it).
+    if let Some(origin) = slot.origin().filter(|o| !o.is_wildcard()) {
+        iframe_query.append_pair("origin", origin.as_str());
+    }
+    Ok(Created {
+        id: id.to_owned(),
+        origin: slot.origin().map(ToString::to_string),
+        iframe_url: format!("{}/v1/iframe?{}", state.public_url, iframe_query.finish()),
+        poll_url: format!("{}/v1/poll?id={id}", state.public_url),
+    })
+}
+
+/// Stores `info` as `app`'s `id`'s newest value and wakes its waiting clients.
+pub fn notify(state: &AppState, app: &App, id: &str, info: &str) -> Result<Notified, ApiError> {
+    let limit = state.limits.info_max_bytes;
+    if info.len() > limit {
+        return Err(ApiError::InfoTooLarge {
+            size: info.len(),
+            limit,
+        });
+    }
+    let id = Id::parse(id)?;
+    // A copy, not a slice of the request buffer: a stored value must not pin hyper's buffers.
+    Ok(state.store.publish(app, id.as_str(), Arc::from(info))?.into())
+}

@@ -1,0 +1,113 @@
+//! `/v1/ids`: create, notify, inspect and delete ids.
+
+use std::time::SystemTime;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use super::Authenticated;
+use crate::error::ApiError;
+use crate::extract::{self, Body, PathId};
+use crate::server::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/ids", post(create))
+        .route("/v1/ids/{id}", get(status).delete(delete))
+        .route("/v1/ids/{id}/notify", post(notify))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRequest {
+    id: Option<String>,
+    origin: Option<String>,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Authenticated(app): Authenticated,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
+    let request: CreateRequest = if body.is_empty() {
+        CreateRequest::default()
+    } else {
+        extract::json(&headers, &body)?
+    };
+    let created = super::create(&state, &app, request.id.as_deref(), request.origin.as_deref())?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotifyRequest {
+    info: String,
+}
+
+async fn notify(
+    State(state): State<AppState>,
+    Authenticated(app): Authenticated,
+    PathId(id): PathId,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Json<super::Notified>, ApiError> {
+    let info = match extract::media_type(&headers).as_deref() {
+        Some("text/plain") => std::str::from_utf8(&body).map_err(|_| ApiError::InvalidInfo)?,
+        None if body.is_empty() => "",
+        Some("application/json") => {
+            let request: NotifyRequest = extract::json(&headers, &body)?;
+            return super::notify(&state, &app, id.as_str(), &request.info).map(Json);
+        }
+        other => {
+            return Err(ApiError::UnsupportedMediaType(
+                other.unwrap_or("(none)").to_owned(),
+                "application/json or text/plain",
+            ));
+        }
+    };
+    super::notify(&state, &app, id.as_str(), info).map(Json)
+}
+
+#[derive(Debug, Serialize)]
+struct Status {
+    id: String,
+    origin: Option<String>,
+    seq: u64,
+    waiting: u32,
+    created_at: String,
+    idle_secs: u64,
+}
+
+async fn status(
+    State(state): State<AppState>,
+    Authenticated(app): Authenticated,
+    PathId(id): PathId,
+) -> Result<Json<Status>, ApiError> {
+    let slot = state.store.get_owned(&app, id.as_str())?;
+    Ok(Json(Status {
+        id: slot.id().to_string(),
+        origin: slot.origin().map(ToString::to_string),
+        seq: slot.latest().seq,
+        waiting: slot.waiting(),
+        created_at: rfc3339(slot.created_at()),
+        idle_secs: slot.idle_secs(),
+    }))
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    Authenticated(app): Authenticated,
+    PathId(id): PathId,
+) -> Result<StatusCode, ApiError> {
+    state.store.remove(&app, id.as_str())?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}

@@ -1,0 +1,82 @@
+//! The original proposal's URLs, `/idcreate` and `/notify`, for apps written against it.
+//!
+//! Parameters come from the query string, or for POST also from a form body
+//! (`application/x-www-form-urlencoded`), the two ways such apps send them. Authentication
+//! and semantics are those of the v1 API, and so are the answers.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::Authenticated;
+use crate::error::ApiError;
+use crate::extract::{self, Body, Query};
+use crate::server::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/idcreate", get(idcreate).post(idcreate))
+        .route("/notify", get(notify).post(notify))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct IdcreateParams {
+    id: Option<String>,
+    origin: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct NotifyParams {
+    id: Option<String>,
+    info: Option<String>,
+}
+
+async fn idcreate(
+    State(state): State<AppState>,
+    Authenticated(app): Authenticated,
+    method: Method,
+    Query(query): Query<IdcreateParams>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
+    let form: IdcreateParams = form_body(&method, &headers, &body)?;
+    let id = query.id.or(form.id);
+    let origin = query.origin.or(form.origin);
+    let created = super::create(&state, &app, id.as_deref(), origin.as_deref())?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+async fn notify(
+    State(state): State<AppState>,
+    Authenticated(app): Authenticated,
+    method: Method,
+    Query(query): Query<NotifyParams>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Json<super::Notified>, ApiError> {
+    let form: NotifyParams = form_body(&method, &headers, &body)?;
+    let id = query
+        .id
+        .or(form.id)
+        .ok_or_else(|| ApiError::InvalidParameters("missing parameter `id`".into()))?;
+    let info = query.info.or(form.info).unwrap_or_default();
+    super::notify(&state, &app, &id, &info).map(Json)
+}
+
+/// The parameters of a POSTed form, or the defaults when there is none.
+fn form_body<T: DeserializeOwned + Default>(
+    method: &Method,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    let is_form = extract::media_type(headers).as_deref()
+        == Some("application/x-www-form-urlencoded");
+    if method != Method::POST || body.is_empty() || !is_form {
+        return Ok(T::default());
+    }
+    serde_urlencoded::from_bytes(body).map_err(|e| ApiError::InvalidParameters(e.to_string()))
+}

@@ -1,0 +1,179 @@
+//! Who may do what: app keys for backends, origins for browsers.
+//!
+//! Keys are compared as SHA-256 digests in constant time against every registered app, so
+//! neither the position of the first wrong byte, nor the key's length, nor which app matched
+//! shows in the response time. Nothing here knows about HTTP; the extractor lives in `api`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::origin::Origin;
+
+/// An app's secret key. Its `Debug` never shows the secret.
+#[derive(Clone, serde::Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct AppKey(String);
+
+impl AppKey {
+    /// Wraps a secret read from the config or the environment.
+    pub fn new(secret: String) -> Self {
+        Self(secret)
+    }
+
+    /// True when the secret is empty, which the config refuses.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The secret's length in bytes, to warn about weak keys without showing them.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn digest(&self) -> [u8; 32] {
+        digest(&self.0)
+    }
+}
+
+impl fmt::Debug for AppKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AppKey(***)")
+    }
+}
+
+/// A registered web application.
+#[derive(Debug)]
+pub struct App {
+    name: Arc<str>,
+    key_digest: [u8; 32],
+    origins: Vec<Origin>,
+}
+
+impl App {
+    /// Builds an app from already validated parts.
+    pub fn new(name: &str, key: &AppKey, origins: Vec<Origin>) -> Self {
+        Self {
+            name: Arc::from(name),
+            key_digest: key.digest(),
+            origins,
+        }
+    }
+
+    /// The app's name, as written in the config.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The origins the app's pages are served from.
+    pub fn origins(&self) -> &[Origin] {
+        &self.origins
+    }
+
+    /// True when `origin` is one of the app's, or the app lists `*`.
+    pub fn allows(&self, origin: &Origin) -> bool {
+        self.origins.iter().any(|o| o.is_wildcard() || o == origin)
+    }
+
+    /// The origin a new id is bound to when the backend names none: the app's only origin,
+    /// when it has exactly one.
+    pub fn default_origin(&self) -> Option<&Origin> {
+        match self.origins.as_slice() {
+            [only] => Some(only),
+            _ => None,
+        }
+    }
+}
+
+/// The registered apps.
+#[derive(Debug, Default)]
+pub struct Apps {
+    apps: Vec<Arc<App>>,
+}
+
+impl Apps {
+    /// The registry of `apps`; names and keys were checked unique by the config.
+    pub fn new(apps: Vec<App>) -> Self {
+        Self {
+            apps: apps.into_iter().map(Arc::new).collect(),
+        }
+    }
+
+    /// The app whose key is `presented`, if any. Every app's digest is compared, always.
+    pub fn authenticate(&self, presented: &str) -> Option<Arc<App>> {
+        let presented = digest(presented);
+        let mut found = None;
+        for app in &self.apps {
+            if bool::from(app.key_digest.ct_eq(&presented)) {
+                found = Some(Arc::clone(app));
+            }
+        }
+        found
+    }
+
+    /// The app called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<App>> {
+        self.apps.iter().find(|a| &*a.name == name)
+    }
+
+    /// Every registered app.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<App>> {
+        self.apps.iter()
+    }
+}
+
+fn digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apps() -> Apps {
+        Apps::new(vec![
+            App::new(
+                "one",
+                &AppKey::new("key-one".into()),
+                vec![Origin::parse("https://one.example").unwrap()],
+            ),
+            App::new(
+                "two",
+                &AppKey::new("key-two".into()),
+                vec![
+                    Origin::parse("https://two.example").unwrap(),
+                    Origin::parse("https://www.two.example").unwrap(),
+                ],
+            ),
+        ])
+    }
+
+    #[test]
+    fn finds_the_app_by_key() {
+        let apps = apps();
+        assert_eq!(&**apps.authenticate("key-two").unwrap().name(), "two");
+        assert!(apps.authenticate("key-three").is_none());
+        assert!(apps.authenticate("").is_none());
+        assert!(apps.authenticate("key-one ").is_none());
+    }
+
+    #[test]
+    fn origin_rules() {
+        let apps = apps();
+        let one = apps.get("one").unwrap();
+        let two = apps.get("two").unwrap();
+        assert_eq!(one.default_origin().unwrap().as_str(), "https://one.example");
+        assert!(two.default_origin().is_none());
+        assert!(two.allows(&Origin::parse("https://www.two.example").unwrap()));
+        assert!(!two.allows(&Origin::parse("https://one.example").unwrap()));
+        let any = App::new("any", &AppKey::new("k".into()), vec![Origin::parse("*").unwrap()]);
+        assert!(any.allows(&Origin::parse("https://whoever.example").unwrap()));
+    }
+
+    #[test]
+    fn debug_hides_the_key() {
+        assert_eq!(format!("{:?}", AppKey::new("hunter2".into())), "AppKey(***)");
+    }
+}

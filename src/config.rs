@@ -1,0 +1,412 @@
+//! Configuration: plain serde data, loaded in layers and validated into [`Settings`].
+//!
+//! Layers, later ones winning: built-in defaults, the TOML file, `CALLHOME_<KEY>` environment
+//! variables (`__` for nesting, e.g. `CALLHOME_LIMITS__MAX_IDS`), then command-line flags.
+//! Validation turns strings into typed values and names the offending field in every error,
+//! because whoever reads it is an operator whose daemon did not start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{App, AppKey, Apps};
+use crate::origin::Origin;
+
+/// Keys an app key shorter than this is warned about at start-up.
+pub const WEAK_KEY_LEN: usize = 16;
+
+/// The configuration as written: every field has a default, unknown fields are errors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address and port to listen on, e.g. `127.0.0.1:8080` or `[::]:8080`.
+    pub listen: String,
+    /// The URL browsers reach this daemon at (through any reverse proxy), used to build the
+    /// `iframe_url` and `poll_url` handed to backends. Defaults to `http://<listen address>`.
+    pub public_url: Option<String>,
+    /// A tracing filter such as `info` or `callhome=debug,tower_http=info`.
+    pub log: String,
+    /// Resource limits.
+    pub limits: Limits,
+    /// The registered web applications.
+    pub apps: Vec<AppConfig>,
+}
+
+/// Resource limits.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Ids that may exist at once; creating one more answers 503.
+    pub max_ids: usize,
+    /// Largest info a notify may carry, in bytes of UTF-8.
+    pub info_max_bytes: usize,
+    /// How long a poll is held before it answers 204 and the client asks again. Keep it below
+    /// any proxy's read timeout.
+    #[serde(with = "humantime_serde")]
+    pub poll_timeout: Duration,
+    /// Clients that may wait on one id at once (a page open in several tabs); one more
+    /// answers 429.
+    pub max_waiters_per_id: u32,
+}
+
+/// One web application as written in the config.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppConfig {
+    /// A unique name, used in logs.
+    pub name: String,
+    /// The secret key, written in the file. Prefer `key_env` outside development.
+    pub key: Option<AppKey>,
+    /// The name of an environment variable that holds the key.
+    pub key_env: Option<String>,
+    /// Origins the app's pages are served from; `*` only when listed explicitly.
+    pub origins: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            public_url: None,
+            log: "info".into(),
+            limits: Limits::default(),
+            apps: Vec::new(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_ids: 1_000_000,
+            info_max_bytes: 4096,
+            poll_timeout: Duration::from_secs(25),
+            max_waiters_per_id: 8,
+        }
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers alone.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    /// `--listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// `--public-url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// `--log`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+}
+
+/// The configuration after validation: typed, and ready to run on.
+#[derive(Debug)]
+pub struct Settings {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The public base URL without a trailing slash, if configured.
+    pub public_url: Option<String>,
+    /// The tracing filter.
+    pub log: String,
+    /// Resource limits.
+    pub limits: Limits,
+    /// The registered apps.
+    pub apps: Apps,
+    /// Things worth a warning at start-up (weak keys and the like), already worded.
+    pub warnings: Vec<String>,
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named by `--config` does not exist.
+    #[error("config file {0} not found (pass --config PATH or set CALLHOME_CONFIG)")]
+    Missing(PathBuf),
+    /// The file or the environment could not be parsed.
+    #[error("{0}")]
+    Load(Box<figment::Error>),
+    /// A value parsed but is not acceptable.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The path of the field, e.g. `apps[1].origins[0]`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Top-level keys that `CALLHOME_*` variables may set. Other `CALLHOME_*` variables (an app's
+/// `key_env`, say) are left alone instead of being taken for unknown config keys.
+const ENV_KEYS: &[&str] = &["listen", "public_url", "log", "limits"];
+
+impl Config {
+    /// Loads the layers: defaults, the file at `path`, the environment, then `overrides`.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
+        if !path.is_file() {
+            return Err(ConfigError::Missing(path.to_owned()));
+        }
+        Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(path))
+            .merge(
+                Env::prefixed("CALLHOME_")
+                    .split("__")
+                    .filter(|key| {
+                        let top = key.as_str().split('.').next().unwrap_or_default();
+                        ENV_KEYS.contains(&top)
+                    }),
+            )
+            .merge(Serialized::globals(overrides))
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))
+    }
+
+    /// Checks every field and builds the typed [`Settings`]. `env` looks up `key_env`
+    /// variables (a parameter so tests need not touch the process environment).
+    pub fn validate(self, env: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+        let listen: SocketAddr = self.listen.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!("{:?} is not an address:port such as 127.0.0.1:8080", self.listen),
+            )
+        })?;
+        let public_url = self.public_url.as_deref().map(parse_public_url).transpose()?;
+        if self.log.trim().is_empty() {
+            return Err(invalid("log", "must not be empty (try \"info\")"));
+        }
+        validate_limits(&self.limits)?;
+
+        let mut apps = Vec::with_capacity(self.apps.len());
+        let mut warnings = Vec::new();
+        let mut seen_keys: Vec<AppKey> = Vec::new();
+        for (i, app) in self.apps.iter().enumerate() {
+            let field = |name: &str| format!("apps[{i}].{name}");
+            if app.name.trim().is_empty() {
+                return Err(invalid(field("name"), "must not be empty"));
+            }
+            if self.apps[..i].iter().any(|a| a.name == app.name) {
+                return Err(invalid(field("name"), format!("duplicate app name {:?}", app.name)));
+            }
+            let key = match (&app.key, &app.key_env) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(field("key"), "set either key or key_env, not both"));
+                }
+                (None, None) => return Err(invalid(field("key"), "missing (set key or key_env)")),
+                (Some(key), None) => key.clone(),
+                (None, Some(var)) => AppKey::new(env(var).ok_or_else(|| {
+                    invalid(field("key_env"), format!("environment variable {var} is not set"))
+                })?),
+            };
+            if key.is_empty() {
+                return Err(invalid(field("key"), "must not be empty"));
+            }
+            if seen_keys.contains(&key) {
+                return Err(invalid(field("key"), "the same key is used by another app"));
+            }
+            if key.len() < WEAK_KEY_LEN {
+                warnings.push(format!(
+                    "app {:?} has a key of only {} bytes; use {WEAK_KEY_LEN} or more random bytes",
+                    app.name,
+                    key.len()
+                ));
+            }
+            if app.origins.is_empty() {
+                return Err(invalid(field("origins"), "list at least one origin"));
+            }
+            let origins = app
+                .origins
+                .iter()
+                .enumerate()
+                .map(|(j, o)| {
+                    Origin::parse(o).map_err(|e| invalid(format!("apps[{i}].origins[{j}]"), e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            apps.push(App::new(&app.name, &key, origins));
+            seen_keys.push(key);
+        }
+        if apps.is_empty() {
+            warnings.push("no [[apps]] configured: no backend can create ids".into());
+        }
+
+        Ok(Settings {
+            listen,
+            public_url,
+            log: self.log,
+            limits: self.limits,
+            apps: Apps::new(apps),
+            warnings,
+        })
+    }
+}
+
+fn parse_public_url(text: &str) -> Result<String, ConfigError> {
+    let url = url::Url::parse(text)
+        .map_err(|e| invalid("public_url", format!("{text:?} is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(invalid("public_url", format!("{text:?} is not an http(s) URL with a host")));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("public_url", "must not have a query or fragment"));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+fn validate_limits(limits: &Limits) -> Result<(), ConfigError> {
+    if limits.max_ids == 0 {
+        return Err(invalid("limits.max_ids", "must be at least 1"));
+    }
+    if limits.info_max_bytes == 0 {
+        return Err(invalid("limits.info_max_bytes", "must be at least 1"));
+    }
+    if limits.max_waiters_per_id == 0 {
+        return Err(invalid("limits.max_waiters_per_id", "must be at least 1"));
+    }
+    if limits.poll_timeout < Duration::from_secs(1) || limits.poll_timeout > Duration::from_secs(3600) {
+        return Err(invalid("limits.poll_timeout", "must be between 1s and 1h"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(name: &str, key: &str, origins: &[&str]) -> AppConfig {
+        AppConfig {
+            name: name.into(),
+            key: Some(AppKey::new(key.into())),
+            key_env: None,
+            origins: origins.iter().map(|o| (*o).to_owned()).collect(),
+        }
+    }
+
+    fn config(apps: Vec<AppConfig>) -> Config {
+        Config {
+            apps,
+            ..Config::default()
+        }
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn field_of(err: ConfigError) -> String {
+        match err {
+            ConfigError::Invalid { field, .. } => field,
+            other => panic!("expected Invalid, got {other}"),
+        }
+    }
+
+    #[test]
+    fn a_good_config_validates() {
+        let s = config(vec![app("demo", "0123456789abcdef", &["http://localhost:3000"])])
+            .validate(no_env)
+            .unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert!(s.warnings.is_empty());
+        assert!(s.apps.authenticate("0123456789abcdef").is_some());
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let mut c = config(vec![]);
+        c.listen = "localhost".into();
+        assert_eq!(field_of(c.validate(no_env).unwrap_err()), "listen");
+
+        let c = config(vec![app("a", "k1", &["x"]), app("a", "k2", &["x"])]);
+        assert_eq!(field_of(c.validate(no_env).unwrap_err()), "apps[0].origins[0]");
+
+        let c = config(vec![app("a", "k1", &["http://a"]), app("a", "k2", &["http://b"])]);
+        assert_eq!(field_of(c.validate(no_env).unwrap_err()), "apps[1].name");
+
+        let c = config(vec![app("a", "", &["http://a"])]);
+        assert_eq!(field_of(c.validate(no_env).unwrap_err()), "apps[0].key");
+
+        let c = config(vec![app("a", "k", &["http://a"]), app("b", "k", &["http://b"])]);
+        assert_eq!(field_of(c.validate(no_env).unwrap_err()), "apps[1].key");
+
+        let c = config(vec![app("a", "k", &["http://a", "https://b/path"])]);
+        assert_eq!(field_of(c.validate(no_env).unwrap_err()), "apps[0].origins[1]");
+
+        let mut c = config(vec![]);
+        c.limits.poll_timeout = Duration::ZERO;
+        assert_eq!(field_of(c.validate(no_env).unwrap_err()), "limits.poll_timeout");
+
+        let mut c = config(vec![]);
+        c.public_url = Some("example.com".into());
+        assert_eq!(field_of(c.validate(no_env).unwrap_err()), "public_url");
+    }
+
+    #[test]
+    fn key_env_is_read_and_required() {
+        let mut a = app("a", "", &["http://a"]);
+        a.key = None;
+        a.key_env = Some("A_KEY".into());
+        let s = config(vec![a.clone()])
+            .validate(|v| (v == "A_KEY").then(|| "from-the-environment".into()))
+            .unwrap();
+        assert!(s.apps.authenticate("from-the-environment").is_some());
+        assert_eq!(field_of(config(vec![a]).validate(no_env).unwrap_err()), "apps[0].key_env");
+    }
+
+    #[test]
+    fn weak_keys_warn() {
+        let s = config(vec![app("a", "short", &["http://a"])]).validate(no_env).unwrap();
+        assert_eq!(s.warnings.len(), 1);
+        assert!(!s.warnings[0].contains("short"), "a warning must not show the key");
+    }
+
+    #[test]
+    fn public_url_loses_its_trailing_slash() {
+        let mut c = config(vec![]);
+        c.public_url = Some("https://push.example/callhome/".into());
+        assert_eq!(c.validate(no_env).unwrap().public_url.unwrap(), "https://push.example/callhome");
+    }
+
+    #[test]
+    fn the_shipped_config_equals_the_defaults_where_it_sets_them() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/callhome.toml");
+        let shipped: Config = Figment::from(Toml::file(&path)).extract().unwrap();
+        assert_eq!(shipped.limits, Limits::default());
+        assert_eq!(shipped.log, Config::default().log);
+        shipped.validate(no_env).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_errors() {
+        let dir = std::env::temp_dir().join(format!("callhome-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap();
+        let err = Config::load(&path, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("listen_port"), "{err}");
+        std::fs::write(&path, "[limits]\npoll_timeout = \"soon\"\n").unwrap();
+        let err = Config::load(&path, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("poll_timeout"), "{err}");
+        let missing = dir.join("nope.toml");
+        assert!(matches!(Config::load(&missing, &Overrides::default()), Err(ConfigError::Missing(_))));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/callhome.toml");
+        let o = Overrides {
+            listen: Some("127.0.0.1:9999".into()),
+            ..Overrides::default()
+        };
+        assert_eq!(Config::load(&path, &o).unwrap().listen, "127.0.0.1:9999");
+    }
+}

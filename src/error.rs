@@ -1,0 +1,231 @@
+//! `ApiError`: every way a request can fail, mapped to an HTTP status and a stable code in
+//! exactly one place each.
+//!
+//! The body is always `{"error": {"code": "...", "message": "..."}}`. Codes are part of the API
+//! (docs/api.md lists them) and never change meaning; messages are for people and may. A 5xx
+//! keeps its cause out of the body and logs it once here.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::id::IdError;
+use crate::origin::OriginError;
+use crate::slot::TooManyWaiters;
+use crate::store::{CreateError, UnknownId};
+
+/// How long a client told "too many ids" should wait before trying again.
+const RETRY_FULL: Duration = Duration::from_secs(30);
+/// How long a client told "too many waiters" should wait: one tab closing frees a place.
+const RETRY_WAITERS: Duration = Duration::from_secs(5);
+
+/// A failed request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No or a wrong `Authorization: Bearer` key.
+    #[error("a valid app key is required: Authorization: Bearer <key>")]
+    Unauthorized,
+    /// A malformed id.
+    #[error("invalid id: {0}")]
+    InvalidId(#[from] IdError),
+    /// A malformed origin.
+    #[error("invalid origin: {0}")]
+    InvalidOrigin(#[from] OriginError),
+    /// The origin is not one of the app's.
+    #[error("origin {0} is not registered for this app")]
+    OriginNotAllowed(String),
+    /// The iframe was asked for an origin the id is not bound to.
+    #[error("this id does not serve origin {0}")]
+    OriginMismatch(String),
+    /// Another id with the same name exists.
+    #[error("this id is already in use")]
+    IdTaken,
+    /// `max_ids` reached.
+    #[error("the server holds its maximum of {0} ids; try again later")]
+    TooManyIds(usize),
+    /// The id does not exist (or is another app's).
+    #[error("no such id")]
+    UnknownId,
+    /// The id was deleted while the client waited.
+    #[error("this id was deleted")]
+    Gone,
+    /// The info is longer than `info_max_bytes`.
+    #[error("info is {size} bytes; the limit is {limit}")]
+    InfoTooLarge {
+        /// The info's size in bytes.
+        size: usize,
+        /// `info_max_bytes`.
+        limit: usize,
+    },
+    /// The request body is longer than the server reads.
+    #[error("the request body is larger than the {0} bytes this endpoint accepts")]
+    BodyTooLarge(usize),
+    /// A text/plain body that is not UTF-8.
+    #[error("info must be UTF-8 text")]
+    InvalidInfo,
+    /// A JSON body that does not parse or has the wrong shape.
+    #[error("invalid JSON body: {0}")]
+    InvalidJson(String),
+    /// A body of a content type the endpoint does not take.
+    #[error("unsupported content type {0:?}; send {1}")]
+    UnsupportedMediaType(String, &'static str),
+    /// A query parameter is missing or malformed.
+    #[error("invalid parameters: {0}")]
+    InvalidParameters(String),
+    /// The id already has `max_waiters_per_id` waiting clients.
+    #[error(transparent)]
+    TooManyWaiters(#[from] TooManyWaiters),
+    /// No route for the path.
+    #[error("no such endpoint; see docs/api.md")]
+    NotFound,
+    /// The route exists but not for this method.
+    #[error("method not allowed for this endpoint")]
+    MethodNotAllowed,
+    /// A bug or an environment failure; the cause goes to the log, not to the client.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status of each error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidId(_)
+            | Self::InvalidOrigin(_)
+            | Self::OriginMismatch(_)
+            | Self::InvalidInfo
+            | Self::InvalidJson(_)
+            | Self::InvalidParameters(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::UnknownId | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::IdTaken => StatusCode::CONFLICT,
+            Self::Gone => StatusCode::GONE,
+            Self::InfoTooLarge { .. } | Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(..) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooManyWaiters(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyIds(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable, documented code of each error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::InvalidId(_) => "invalid_id",
+            Self::InvalidOrigin(_) => "invalid_origin",
+            Self::OriginNotAllowed(_) => "origin_not_allowed",
+            Self::OriginMismatch(_) => "origin_mismatch",
+            Self::IdTaken => "id_taken",
+            Self::TooManyIds(_) => "too_many_ids",
+            Self::UnknownId => "unknown_id",
+            Self::Gone => "gone",
+            Self::InfoTooLarge { .. } => "info_too_large",
+            Self::BodyTooLarge(_) => "body_too_large",
+            Self::InvalidInfo => "invalid_info",
+            Self::InvalidJson(_) => "invalid_json",
+            Self::UnsupportedMediaType(..) => "unsupported_media_type",
+            Self::InvalidParameters(_) => "invalid_parameters",
+            Self::TooManyWaiters(_) => "too_many_waiters",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::TooManyIds(_) => Some(RETRY_FULL),
+            Self::TooManyWaiters(_) => Some(RETRY_WAITERS),
+            _ => None,
+        }
+    }
+}
+
+impl From<UnknownId> for ApiError {
+    fn from(_: UnknownId) -> Self {
+        Self::UnknownId
+    }
+}
+
+impl From<CreateError> for ApiError {
+    fn from(e: CreateError) -> Self {
+        match e {
+            CreateError::Taken => Self::IdTaken,
+            CreateError::Full(max) => Self::TooManyIds(max),
+            CreateError::Entropy(e) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Self::Internal(cause) = &self {
+            tracing::error!(%cause, "internal error");
+        }
+        let status = self.status();
+        let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        let mut response = (status, Json(body)).into_response();
+        if let Some(after) = self.retry_after() {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(after.as_secs()),
+            );
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented table (docs/api.md): changing a row here is an API change.
+    #[test]
+    fn status_and_code_table() {
+        let table: Vec<(ApiError, u16, &str)> = vec![
+            (ApiError::Unauthorized, 401, "unauthorized"),
+            (ApiError::InvalidId(IdError::Alphabet), 400, "invalid_id"),
+            (ApiError::InvalidOrigin(OriginError::Malformed("x".into())), 400, "invalid_origin"),
+            (ApiError::OriginNotAllowed("o".into()), 403, "origin_not_allowed"),
+            (ApiError::OriginMismatch("o".into()), 400, "origin_mismatch"),
+            (ApiError::IdTaken, 409, "id_taken"),
+            (ApiError::TooManyIds(1), 503, "too_many_ids"),
+            (ApiError::UnknownId, 404, "unknown_id"),
+            (ApiError::Gone, 410, "gone"),
+            (ApiError::InfoTooLarge { size: 2, limit: 1 }, 413, "info_too_large"),
+            (ApiError::BodyTooLarge(1), 413, "body_too_large"),
+            (ApiError::InvalidInfo, 400, "invalid_info"),
+            (ApiError::InvalidJson("x".into()), 400, "invalid_json"),
+            (ApiError::UnsupportedMediaType("x".into(), "y"), 415, "unsupported_media_type"),
+            (ApiError::InvalidParameters("x".into()), 400, "invalid_parameters"),
+            (ApiError::TooManyWaiters(TooManyWaiters(8)), 429, "too_many_waiters"),
+            (ApiError::NotFound, 404, "not_found"),
+            (ApiError::MethodNotAllowed, 405, "method_not_allowed"),
+            (ApiError::Internal("x".into()), 500, "internal"),
+        ];
+        for (error, status, code) in table {
+            assert_eq!((error.status().as_u16(), error.code()), (status, code), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn internal_errors_keep_their_cause_out_of_the_body() {
+        let msg = ApiError::Internal("disk on fire at /secret/path".into()).to_string();
+        assert_eq!(msg, "internal error");
+    }
+
+    #[test]
+    fn retry_after_on_the_retryable_rows() {
+        let r = ApiError::TooManyIds(1).into_response();
+        assert_eq!(r.headers()[header::RETRY_AFTER], "30");
+        let r = ApiError::TooManyWaiters(TooManyWaiters(8)).into_response();
+        assert_eq!(r.headers()[header::RETRY_AFTER], "5");
+        assert!(ApiError::Gone.into_response().headers().get(header::RETRY_AFTER).is_none());
+    }
+}

@@ -1,0 +1,84 @@
+//! Request extractors whose rejections are [`ApiError`]s, so a malformed query, path or body
+//! gets the same JSON error shape as everything else instead of axum's plain-text default.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+use crate::id::Id;
+use crate::server::AppState;
+
+/// Query parameters; a parse failure is `400 invalid_parameters` naming the parameter.
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Self(q.0))
+            .map_err(|rejection| ApiError::InvalidParameters(rejection.body_text()))
+    }
+}
+
+/// The `{id}` path segment, parsed into an [`Id`].
+#[derive(Debug)]
+pub struct PathId(pub Id);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(text) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|rejection| ApiError::InvalidParameters(rejection.body_text()))?;
+        Ok(Self(Id::parse(&text)?))
+    }
+}
+
+/// The whole request body, at most the configured body limit; more is `413 body_too_large`.
+#[derive(Debug)]
+pub struct Body(pub Bytes);
+
+impl FromRequest<AppState> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state)
+            .await
+            .map(Self)
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::BodyTooLarge(state.body_limit)
+                } else {
+                    ApiError::InvalidParameters(rejection.body_text())
+                }
+            })
+    }
+}
+
+/// The media type of the body (`text/plain` for `text/plain; charset=utf-8`), lower-cased.
+pub fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    Some(essence.to_ascii_lowercase())
+}
+
+/// Parses a JSON body, insisting on `Content-Type: application/json`.
+pub fn json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
+    match media_type(headers).as_deref() {
+        Some("application/json") => {
+            serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))
+        }
+        other => Err(ApiError::UnsupportedMediaType(
+            other.unwrap_or("(none)").to_owned(),
+            "application/json",
+        )),
+    }
+}

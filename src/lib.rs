@@ -1,0 +1,37 @@
+//! CallHome: a push relay for web apps. It holds idle browser connections so the app's own
+//! servers do not have to, and wakes them when the app says something changed.
+//!
+//! # The request paths
+//! - **Backends** (`api`): `POST /v1/ids` creates an id, `POST /v1/ids/{id}/notify` stores a
+//!   short string as the id's newest value and wakes its waiting clients; status and delete
+//!   beside them; `/idcreate` and `/notify` keep the original proposal's URLs. Authenticated
+//!   with an app key (`auth`).
+//! - **Browsers** (`transport`): the hidden iframe page, the long poll it runs, and
+//!   `callhome.js` for the parent page. No key: the id is the capability, and the iframe only
+//!   ever posts to the origin the id is bound to.
+//!
+//! # Where state lives
+//! In memory, in `store`: a sharded map from [`id::Id`] to [`slot::Slot`]. A slot keeps only
+//! the newest value and its sequence number; waiting clients hold an `Arc` to the slot and
+//! sleep on its `Notify`, never on a map guard. `server` wires state, routes and middleware;
+//! `config` loads and validates settings; `error` is the one place errors become HTTP.
+//!
+//! # What a backplane will add
+//! Several nodes behind one name need a notify on node A to wake a client on node B. The
+//! store's four calls (`create`, `publish`, `remove`, `get`) are the seam where a Redis
+//! backplane fits without the HTTP side changing.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod id;
+pub mod origin;
+pub mod server;
+pub mod shutdown;
+pub mod slot;
+pub mod store;
+pub mod telemetry;
+pub mod transport;

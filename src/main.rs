@@ -1,0 +1,55 @@
+//! The `callhome` daemon: flags, telemetry, config, bind, run.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use callhome::config::{Config, Overrides};
+use callhome::{server, shutdown, telemetry};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+/// CallHome: a push relay that holds idle browser connections for web apps.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The TOML config file.
+    #[arg(long, env = "CALLHOME_CONFIG", default_value = "config/callhome.toml")]
+    config: PathBuf,
+    /// Address to listen on, e.g. 0.0.0.0:8080 (overrides `listen`).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Base URL browsers reach this daemon at (overrides `public_url`).
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Tracing filter, e.g. `info` or `callhome=debug` (overrides `log`).
+    #[arg(long)]
+    log: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        listen: cli.listen,
+        public_url: cli.public_url,
+        log: cli.log,
+    };
+    let settings = Config::load(&cli.config, &overrides)
+        .and_then(|config| config.validate(|var| std::env::var(var).ok()))
+        .with_context(|| format!("invalid configuration ({})", cli.config.display()))?;
+    telemetry::init(&settings.log)?;
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
+
+    let listener = server::bind(settings.listen)
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, apps = settings.apps.iter().count(), "callhome listening on http://{addr}");
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(shutdown::cancel_on_signal(shutdown.clone()));
+    server::run(listener, settings, shutdown).await?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! The HTTP server: shared state, the router with its middleware, and the accept loop.
+//!
+//! `run` takes an already-bound listener and a shutdown token, so tests bind port 0 and
+//! shut a server down by cancelling its token. There is deliberately no global request
+//! timeout: held polls last `poll_timeout` by design and would be cut by one.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Request, header};
+use axum::response::{IntoResponse, Response};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::Apps;
+use crate::config::{Limits, Settings};
+use crate::error::ApiError;
+use crate::store::Store;
+use crate::{api, health, transport};
+
+/// Pending connections the kernel queues for us. Tokio's default (1024) refuses clients
+/// during fast ramps of thousands of new connections; the kernel caps it at `somaxconn`.
+const LISTEN_BACKLOG: u32 = 8192;
+
+/// Bytes of body read beyond the info itself: JSON quoting and the `{"info":...}` wrapper.
+const BODY_OVERHEAD: usize = 1024;
+
+/// What every handler can reach. Cheap to clone: everything is behind an `Arc` or a token.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// All ids.
+    pub store: Arc<Store>,
+    /// The registered apps.
+    pub apps: Arc<Apps>,
+    /// Resource limits.
+    pub limits: Limits,
+    /// The base URL browsers reach us at, without a trailing slash.
+    pub public_url: Arc<str>,
+    /// Largest request body read, in bytes.
+    pub body_limit: usize,
+    /// Cancelled when the server shuts down; held requests answer at once.
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// State for a server listening on `local_addr`.
+    pub fn new(settings: Settings, local_addr: SocketAddr, shutdown: CancellationToken) -> Self {
+        let public_url = settings
+            .public_url
+            .unwrap_or_else(|| format!("http://{local_addr}"));
+        // A JSON string may spend six bytes (`\u00XX`) on each byte of info.
+        let body_limit = settings.limits.info_max_bytes * 6 + BODY_OVERHEAD;
+        Self {
+            store: Arc::new(Store::new(settings.limits.max_ids)),
+            apps: Arc::new(settings.apps),
+            limits: settings.limits,
+            public_url: Arc::from(public_url),
+            body_limit,
+            shutdown,
+        }
+    }
+}
+
+/// Binds `addr` with a listen backlog large enough for fast ramps of new clients.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// The whole application: backend API, browser transports, health, and the fallbacks that
+/// turn unknown routes and wrong methods into JSON errors.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.body_limit;
+    Router::new()
+        .merge(api::routes())
+        .merge(transport::routes())
+        .merge(health::routes())
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(
+            // Spans name the method and path only: query strings carry ids.
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
+            }),
+        )
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::Internal("a handler panicked".into()).into_response()
+}
+
+/// Serves `listener` until `shutdown` is cancelled and the requests in flight have answered
+/// (held polls answer at once when the token is cancelled).
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let state = AppState::new(settings, listener.local_addr()?, shutdown.clone());
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}

@@ -1,0 +1,365 @@
+//! The domain core: one id's latest value, its sequence number, and the clients waiting on it.
+//!
+//! A slot keeps only the newest info: several notifies before a pickup collapse into the last,
+//! and `seq` counts them so a client can tell whether it has seen the newest one. Waiting is
+//! built on [`tokio::sync::Notify`]: a waiter registers for the wake-up *before* it looks at
+//! `seq`, so a notify can never slip in between the look and the sleep.
+//!
+//! No axum, no I/O, no clocks other than tokio's: this module is tested with paused time.
+
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::id::Id;
+use crate::origin::Origin;
+
+/// The number of notifies an id has received. Starts at 0; +1 per notify.
+pub type Seq = u64;
+
+/// One id and everything known about it.
+#[derive(Debug)]
+pub struct Slot {
+    id: Id,
+    /// The name of the app that created the id; only that app may notify, read or delete it.
+    app: Arc<str>,
+    /// The origin whose pages may receive this id's news, or `None` for any origin of the app.
+    origin: Option<Origin>,
+    created_at: SystemTime,
+    latest: Mutex<Latest>,
+    /// Unix seconds of the last poll or notify, for `idle_secs` and (later) expiry.
+    last_active: AtomicU64,
+    /// Clients holding a request open on this id right now.
+    waiting: AtomicU32,
+    deleted: AtomicBool,
+    changed: Notify,
+}
+
+/// The newest value of a slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Latest {
+    /// How many notifies the id has received.
+    pub seq: Seq,
+    /// The info of the newest notify; `None` before the first.
+    pub info: Option<Arc<str>>,
+}
+
+/// What a notify did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// The id's new sequence number.
+    pub seq: Seq,
+    /// How many clients were waiting and have been woken.
+    pub waiting: u32,
+}
+
+/// How a wait ended. Timing out and shutting down are outcomes, not errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitOutcome {
+    /// There is a value the client has not seen.
+    Value(Latest),
+    /// Nothing new before the deadline; the client should ask again.
+    TimedOut,
+    /// The id was deleted while the client waited.
+    Gone,
+    /// The server is shutting down; the client should ask again (elsewhere, or later).
+    ShuttingDown,
+}
+
+/// The id already has as many waiting clients as allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("this id already has {0} waiting clients")]
+pub struct TooManyWaiters(pub u32);
+
+impl Slot {
+    /// A fresh slot at `seq` 0 with no value.
+    pub fn new(id: Id, app: Arc<str>, origin: Option<Origin>) -> Self {
+        let now = SystemTime::now();
+        Self {
+            id,
+            app,
+            origin,
+            created_at: now,
+            latest: Mutex::new(Latest { seq: 0, info: None }),
+            last_active: AtomicU64::new(unix_secs(now)),
+            waiting: AtomicU32::new(0),
+            deleted: AtomicBool::new(false),
+            changed: Notify::new(),
+        }
+    }
+
+    /// The slot's id.
+    pub fn id(&self) -> &Id {
+        &self.id
+    }
+
+    /// The name of the app that owns the id.
+    pub fn app(&self) -> &str {
+        &self.app
+    }
+
+    /// The origin the id is bound to, if any.
+    pub fn origin(&self) -> Option<&Origin> {
+        self.origin.as_ref()
+    }
+
+    /// When the id was created.
+    pub fn created_at(&self) -> SystemTime {
+        self.created_at
+    }
+
+    /// Whole seconds since the last poll or notify.
+    pub fn idle_secs(&self) -> u64 {
+        unix_secs(SystemTime::now()).saturating_sub(self.last_active.load(Ordering::Relaxed))
+    }
+
+    /// How many clients are waiting right now.
+    pub fn waiting(&self) -> u32 {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// The newest value.
+    pub fn latest(&self) -> Latest {
+        self.lock().clone()
+    }
+
+    /// Stores `info` as the newest value, bumps `seq` and wakes every waiting client.
+    pub fn publish(&self, info: Arc<str>) -> Published {
+        let seq = {
+            let mut latest = self.lock();
+            // Overflow would take 2^64 notifies; unreachable in the life of any deployment.
+            latest.seq += 1;
+            latest.info = Some(info);
+            latest.seq
+        };
+        self.touch();
+        let waiting = self.waiting();
+        self.changed.notify_waiters();
+        Published { seq, waiting }
+    }
+
+    /// Marks the slot deleted and releases every waiting client with [`WaitOutcome::Gone`].
+    pub fn close(&self) {
+        self.deleted.store(true, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// True once [`Slot::close`] ran.
+    pub fn is_closed(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// The value a client that has seen `since` should get at once, if any.
+    ///
+    /// Any `seq` other than `since` answers at once: greater means news; smaller means the
+    /// client saw an earlier life of this id (say, before a restart without persistence), and
+    /// the answer lets it resynchronise its cursor instead of waiting for a `seq` that may
+    /// never come.
+    pub fn newer_than(&self, since: Seq) -> Option<Latest> {
+        let latest = self.lock();
+        (latest.seq != since).then(|| latest.clone())
+    }
+
+    /// Counts a poll as activity, for idleness.
+    pub fn touch(&self) {
+        self.last_active
+            .store(unix_secs(SystemTime::now()), Ordering::Relaxed);
+    }
+
+    /// Takes one of the id's `max` waiting places. The place is given back when the returned
+    /// guard is dropped, however the wait ends (including the client going away).
+    pub fn join(self: &Arc<Self>, max: u32) -> Result<Waiter, TooManyWaiters> {
+        self.waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map_err(|_| TooManyWaiters(max))?;
+        Ok(Waiter {
+            slot: Arc::clone(self),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Latest> {
+        // The lock is only held to copy or replace two fields; a panic while holding it cannot
+        // leave them inconsistent, so a poisoned lock is still good data.
+        self.latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A client holding one of a slot's waiting places.
+#[derive(Debug)]
+pub struct Waiter {
+    slot: Arc<Slot>,
+}
+
+impl Waiter {
+    /// Waits until the slot has a value other than `since`, the slot is deleted, `deadline`
+    /// passes or `shutdown` is cancelled, whichever comes first. May wait long.
+    pub async fn wait_after(
+        &self,
+        since: Seq,
+        deadline: Instant,
+        shutdown: &CancellationToken,
+    ) -> WaitOutcome {
+        let slot = &self.slot;
+        loop {
+            // Register first, then look: a publish between the look and the sleep still
+            // wakes this future, because it is already enabled.
+            let mut changed = pin!(slot.changed.notified());
+            changed.as_mut().enable();
+            if slot.is_closed() {
+                return WaitOutcome::Gone;
+            }
+            if let Some(latest) = slot.newer_than(since) {
+                return WaitOutcome::Value(latest);
+            }
+            tokio::select! {
+                () = &mut changed => {}
+                () = tokio::time::sleep_until(deadline) => return WaitOutcome::TimedOut,
+                () = shutdown.cancelled() => return WaitOutcome::ShuttingDown,
+            }
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.slot.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn slot() -> Arc<Slot> {
+        Arc::new(Slot::new(
+            Id::parse("test-id-0123456789").unwrap(),
+            Arc::from("app"),
+            None,
+        ))
+    }
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+
+    #[test]
+    fn notifies_collapse_into_the_newest() {
+        let s = slot();
+        s.publish(Arc::from("a"));
+        s.publish(Arc::from("b"));
+        let p = s.publish(Arc::from("c"));
+        assert_eq!(p, Published { seq: 3, waiting: 0 });
+        assert_eq!(
+            s.newer_than(0),
+            Some(Latest { seq: 3, info: Some(Arc::from("c")) })
+        );
+        assert_eq!(s.newer_than(3), None);
+    }
+
+    #[test]
+    fn a_cursor_from_an_earlier_life_resynchronises() {
+        let s = slot();
+        assert_eq!(s.newer_than(7), Some(Latest { seq: 0, info: None }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_is_woken_by_publish() {
+        let s = slot();
+        let w = s.join(8).unwrap();
+        let token = CancellationToken::new();
+        let wait = tokio::spawn({
+            let token = token.clone();
+            async move { w.wait_after(0, far(), &token).await }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(s.waiting(), 1);
+        let p = s.publish(Arc::from("x"));
+        assert_eq!(p.waiting, 1);
+        assert_eq!(
+            wait.await.unwrap(),
+            WaitOutcome::Value(Latest { seq: 1, info: Some(Arc::from("x")) })
+        );
+        assert_eq!(s.waiting(), 0, "the place is given back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn times_out_at_the_deadline() {
+        let s = slot();
+        let w = s.join(8).unwrap();
+        let start = Instant::now();
+        let out = w
+            .wait_after(0, start + Duration::from_secs(25), &CancellationToken::new())
+            .await;
+        assert_eq!(out, WaitOutcome::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(25));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_releases_waiters_as_gone() {
+        let s = slot();
+        let w = s.join(8).unwrap();
+        let wait = tokio::spawn(async move { w.wait_after(0, far(), &CancellationToken::new()).await });
+        tokio::task::yield_now().await;
+        s.close();
+        assert_eq!(wait.await.unwrap(), WaitOutcome::Gone);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_releases_waiters() {
+        let s = slot();
+        let w = s.join(8).unwrap();
+        let token = CancellationToken::new();
+        token.cancel();
+        assert_eq!(w.wait_after(0, far(), &token).await, WaitOutcome::ShuttingDown);
+    }
+
+    #[test]
+    fn waiting_places_are_capped_and_returned() {
+        let s = slot();
+        let a = s.join(2).unwrap();
+        let _b = s.join(2).unwrap();
+        assert_eq!(s.join(2).unwrap_err(), TooManyWaiters(2));
+        drop(a);
+        assert!(s.join(2).is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_wake_up_is_lost_under_racing_publishes() {
+        // Each round: a waiter at `since` races a publish. Whatever the interleaving, the
+        // waiter must return the new value rather than sleep to its (far) deadline.
+        let s = slot();
+        let token = CancellationToken::new();
+        for round in 0..2_000u64 {
+            let w = s.join(8).unwrap();
+            let waiter = tokio::spawn({
+                let token = token.clone();
+                async move { w.wait_after(round, far(), &token).await }
+            });
+            let publisher = tokio::spawn({
+                let s = Arc::clone(&s);
+                async move { s.publish(Arc::from(round.to_string())) }
+            });
+            publisher.await.unwrap();
+            let out = tokio::time::timeout(Duration::from_secs(10), waiter)
+                .await
+                .expect("a wake-up was lost")
+                .unwrap();
+            assert!(matches!(out, WaitOutcome::Value(Latest { seq, .. }) if seq == round + 1));
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The store: every id's slot, found by id.
+//!
+//! A sharded [`DashMap`] from id to slot; the browser side gets an `Arc<Slot>` out of it and
+//! waits on that without holding any map guard. The store decides ownership (an id belongs to
+//! the app that created it, and to another app it simply does not exist) and enforces
+//! `max_ids` exactly, even under concurrent creates. It knows nothing of HTTP.
+//!
+//! This is the memory store. A backplane for several nodes (Redis) is meant to sit behind the
+//! same methods: `create`, `publish`, `remove` and `get` are the whole interface the HTTP side
+//! uses.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+
+use crate::auth::App;
+use crate::id::{EntropyError, Id};
+use crate::origin::Origin;
+use crate::slot::{Published, Slot};
+
+/// All ids and their slots.
+#[derive(Debug)]
+pub struct Store {
+    slots: DashMap<Id, Arc<Slot>>,
+    /// Ids in `slots`, kept beside the map because `DashMap::len` locks every shard.
+    count: AtomicUsize,
+    max_ids: usize,
+}
+
+/// Why an id could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// Some app already uses this id.
+    #[error("this id is already in use")]
+    Taken,
+    /// The store holds `max_ids` ids.
+    #[error("the server holds its maximum of {0} ids")]
+    Full(usize),
+    /// No random id could be made.
+    #[error(transparent)]
+    Entropy(#[from] EntropyError),
+}
+
+/// The id does not exist, or belongs to another app (the two are never told apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no such id")]
+pub struct UnknownId;
+
+impl Store {
+    /// An empty store that will hold at most `max_ids` ids.
+    pub fn new(max_ids: usize) -> Self {
+        Self {
+            slots: DashMap::new(),
+            count: AtomicUsize::new(0),
+            max_ids,
+        }
+    }
+
+    /// How many ids exist.
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// True when no id exists.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Creates `id` (or a fresh random one) for `app`, bound to `origin`.
+    pub fn create(
+        &self,
+        app: &App,
+        id: Option<Id>,
+        origin: Option<Origin>,
+    ) -> Result<Arc<Slot>, CreateError> {
+        let id = match id {
+            Some(id) => id,
+            None => Id::generate()?,
+        };
+        // The shard stays locked from the vacancy check to the insert, so two creates of one
+        // id cannot both succeed; the counter is reserved inside that window, so `max_ids`
+        // is never exceeded even by creates of different ids racing each other.
+        match self.slots.entry(id.clone()) {
+            Entry::Occupied(_) => Err(CreateError::Taken),
+            Entry::Vacant(vacant) => {
+                self.count
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (n < self.max_ids).then_some(n + 1)
+                    })
+                    .map_err(|_| CreateError::Full(self.max_ids))?;
+                let slot = Arc::new(Slot::new(id, Arc::clone(app.name()), origin));
+                vacant.insert(Arc::clone(&slot));
+                Ok(slot)
+            }
+        }
+    }
+
+    /// The slot of `id`, whoever owns it (the browser side has no app).
+    pub fn get(&self, id: &str) -> Option<Arc<Slot>> {
+        self.slots.get(id).map(|slot| Arc::clone(slot.value()))
+    }
+
+    /// The slot of `id` if `app` owns it.
+    pub fn get_owned(&self, app: &App, id: &str) -> Result<Arc<Slot>, UnknownId> {
+        self.get(id)
+            .filter(|slot| slot.app() == &**app.name())
+            .ok_or(UnknownId)
+    }
+
+    /// Stores `info` as the newest value of `app`'s `id` and wakes its waiting clients.
+    pub fn publish(&self, app: &App, id: &str, info: Arc<str>) -> Result<Published, UnknownId> {
+        Ok(self.get_owned(app, id)?.publish(info))
+    }
+
+    /// Deletes `app`'s `id`; its waiting clients are released at once as gone.
+    pub fn remove(&self, app: &App, id: &str) -> Result<(), UnknownId> {
+        let (_, slot) = self
+            .slots
+            .remove_if(id, |_, slot| slot.app() == &**app.name())
+            .ok_or(UnknownId)?;
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        slot.close();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::AppKey;
+
+    fn app(name: &str) -> App {
+        App::new(name, &AppKey::new(format!("{name}-key")), vec![Origin::parse("*").unwrap()])
+    }
+
+    fn id(text: &str) -> Option<Id> {
+        Some(Id::parse(text).unwrap())
+    }
+
+    #[test]
+    fn ids_are_unique_across_apps() {
+        let store = Store::new(10);
+        store.create(&app("a"), id("the-same-id-000001"), None).unwrap();
+        assert!(matches!(
+            store.create(&app("b"), id("the-same-id-000001"), None),
+            Err(CreateError::Taken)
+        ));
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn another_apps_id_does_not_exist() {
+        let store = Store::new(10);
+        store.create(&app("a"), id("owned-by-a-0000001"), None).unwrap();
+        assert_eq!(store.publish(&app("b"), "owned-by-a-0000001", Arc::from("x")), Err(UnknownId));
+        assert_eq!(store.remove(&app("b"), "owned-by-a-0000001"), Err(UnknownId));
+        assert!(store.get("owned-by-a-0000001").is_some());
+        assert_eq!(store.publish(&app("a"), "owned-by-a-0000001", Arc::from("x")).unwrap().seq, 1);
+    }
+
+    #[test]
+    fn remove_closes_the_slot_and_frees_its_place() {
+        let store = Store::new(1);
+        let slot = store.create(&app("a"), None, None).unwrap();
+        assert!(matches!(store.create(&app("a"), None, None), Err(CreateError::Full(1))));
+        store.remove(&app("a"), slot.id().as_str()).unwrap();
+        assert!(slot.is_closed());
+        assert!(store.get(slot.id().as_str()).is_none());
+        assert!(store.is_empty());
+        store.create(&app("a"), None, None).unwrap();
+    }
+
+    #[test]
+    fn max_ids_holds_under_concurrent_creates() {
+        let store = Arc::new(Store::new(100));
+        let a = Arc::new(app("a"));
+        let created: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let (store, a) = (Arc::clone(&store), Arc::clone(&a));
+                    s.spawn(move || (0..50).filter(|_| store.create(&a, None, None).is_ok()).count())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(created, 100);
+        assert_eq!(store.len(), 100);
+        assert_eq!(store.slots.len(), 100);
+    }
+}

@@ -1,0 +1,149 @@
+//! `GET /v1/iframe?id=..&origin=..`: the hidden page that waits on our origin and posts to
+//! the parent.
+//!
+//! The page is a fixed script (assets/iframe.js) plus a JSON data block naming the id and the
+//! parent's origin. Because the script never changes, the Content-Security-Policy allows it
+//! by hash and nothing else runs; `frame-ancestors` lets only the bound origin frame the page.
+//! An unknown id still gets a page (status 404) that tells the parent, since a parent cannot
+//! read the status of a cross-origin iframe.
+
+use std::sync::LazyLock;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::extract::Query;
+use crate::id::Id;
+use crate::origin::{Origin, OriginError};
+use crate::server::AppState;
+use crate::slot::Slot;
+
+const TEMPLATE: &str = include_str!("../../assets/iframe.html");
+const SCRIPT: &str = include_str!("../../assets/iframe.js");
+
+/// The page split around its one variable part, with the script's CSP hash.
+struct Page {
+    head: String,
+    tail: String,
+    script_hash: String,
+}
+
+static PAGE: LazyLock<Page> = LazyLock::new(|| {
+    let with_script = TEMPLATE.replace("{{script}}", SCRIPT);
+    let (head, tail) = with_script
+        .split_once("{{config}}")
+        .expect("assets/iframe.html has a {{config}} placeholder");
+    Page {
+        head: head.to_owned(),
+        tail: tail.to_owned(),
+        script_hash: STANDARD.encode(Sha256::digest(SCRIPT.as_bytes())),
+    }
+});
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/iframe", get(iframe))
+}
+
+#[derive(Debug, Deserialize)]
+struct IframeParams {
+    id: String,
+    origin: String,
+}
+
+#[derive(Debug, Serialize)]
+struct PageConfig<'a> {
+    id: &'a str,
+    origin: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+}
+
+async fn iframe(
+    State(state): State<AppState>,
+    Query(params): Query<IframeParams>,
+) -> Result<Response, ApiError> {
+    let id = Id::parse(&params.id)?;
+    let origin = Origin::parse(&params.origin)?;
+    if origin.is_wildcard() {
+        // postMessage to "*" would hand the value to whoever framed the page.
+        return Err(OriginError::Malformed(params.origin).into());
+    }
+    let Some(slot) = state.store.get(id.as_str()) else {
+        return Ok(page(StatusCode::NOT_FOUND, &id, &origin, Some("unknown")));
+    };
+    if !serves(&state, &slot, &origin) {
+        return Err(ApiError::OriginMismatch(origin.to_string()));
+    }
+    Ok(page(StatusCode::OK, &id, &origin, None))
+}
+
+/// Whether `slot`'s news may go to pages of `origin`: its bound origin, or for an id bound to
+/// none, any origin of its app.
+fn serves(state: &AppState, slot: &Slot, origin: &Origin) -> bool {
+    match slot.origin() {
+        Some(bound) => bound.is_wildcard() || bound == origin,
+        None => state
+            .apps
+            .get(slot.app())
+            .is_some_and(|app| app.allows(origin)),
+    }
+}
+
+fn page(status: StatusCode, id: &Id, origin: &Origin, error: Option<&'static str>) -> Response {
+    let config = PageConfig {
+        id: id.as_str(),
+        origin: origin.as_str(),
+        error,
+    };
+    // `<` escaped so no value can close the data block; still valid JSON.
+    let config = serde_json::to_string(&config)
+        .expect("a struct of strings serialises")
+        .replace('<', "\\u003c");
+    let page = &*PAGE;
+    let body = format!("{}{config}{}", page.head, page.tail);
+    let csp = format!(
+        "default-src 'none'; script-src 'sha256-{}'; connect-src 'self'; \
+         frame-ancestors {origin}; base-uri 'none'; form-action 'none'",
+        page.script_hash
+    );
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::try_from(csp).expect("an origin and a base64 hash are valid header text"),
+    );
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_template_has_both_placeholders() {
+        assert!(TEMPLATE.contains("{{config}}") && TEMPLATE.contains("{{script}}"));
+        assert!(PAGE.head.contains(SCRIPT) || PAGE.tail.contains(SCRIPT));
+    }
+
+    #[test]
+    fn csp_allows_only_the_bound_origin_to_frame_the_page() {
+        let id = Id::parse("abcdefghijklmnop").unwrap();
+        let origin = Origin::parse("https://a.example").unwrap();
+        let r = page(StatusCode::OK, &id, &origin, None);
+        let csp = r.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(csp.contains("frame-ancestors https://a.example;"));
+    }
+}
