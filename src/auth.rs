@@ -164,16 +164,26 @@ mod tests {
         let apps = apps();
         let one = apps.get("one").unwrap();
         let two = apps.get("two").unwrap();
-        assert_eq!(one.default_origin().unwrap().as_str(), "https://one.example");
+        assert_eq!(
+            one.default_origin().unwrap().as_str(),
+            "https://one.example"
+        );
         assert!(two.default_origin().is_none());
         assert!(two.allows(&Origin::parse("https://www.two.example").unwrap()));
         assert!(!two.allows(&Origin::parse("https://one.example").unwrap()));
-        let any = App::new("any", &AppKey::new("k".into()), vec![Origin::parse("*").unwrap()]);
+        let any = App::new(
+            "any",
+            &AppKey::new("k".into()),
+            vec![Origin::parse("*").unwrap()],
+        );
         assert!(any.allows(&Origin::parse("https://whoever.example").unwrap()));
     }
 
     #[test]
     fn debug_hides_the_key() {
-        assert_eq!(format!("{:?}", AppKey::new("hunter2".into())), "AppKey(***)");
+        assert_eq!(
+            format!("{:?}", AppKey::new("hunter2".into())),
+            "AppKey(***)"
+        );
     }
 }

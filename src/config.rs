@@ -159,14 +159,10 @@ impl Config {
         }
         Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::file(path))
-            .merge(
-                Env::prefixed("CALLHOME_")
-                    .split("__")
-                    .filter(|key| {
-                        let top = key.as_str().split('.').next().unwrap_or_default();
-                        ENV_KEYS.contains(&top)
-                    }),
-            )
+            .merge(Env::prefixed("CALLHOME_").split("__").filter(|key| {
+                let top = key.as_str().split('.').next().unwrap_or_default();
+                ENV_KEYS.contains(&top)
+            }))
             .merge(Serialized::globals(overrides))
             .extract()
             .map_err(|e| ConfigError::Load(Box::new(e)))
@@ -178,10 +174,17 @@ impl Config {
         let listen: SocketAddr = self.listen.parse().map_err(|_| {
             invalid(
                 "listen",
-                format!("{:?} is not an address:port such as 127.0.0.1:8080", self.listen),
+                format!(
+                    "{:?} is not an address:port such as 127.0.0.1:8080",
+                    self.listen
+                ),
             )
         })?;
-        let public_url = self.public_url.as_deref().map(parse_public_url).transpose()?;
+        let public_url = self
+            .public_url
+            .as_deref()
+            .map(parse_public_url)
+            .transpose()?;
         if self.log.trim().is_empty() {
             return Err(invalid("log", "must not be empty (try \"info\")"));
         }
@@ -196,7 +199,10 @@ impl Config {
                 return Err(invalid(field("name"), "must not be empty"));
             }
             if self.apps[..i].iter().any(|a| a.name == app.name) {
-                return Err(invalid(field("name"), format!("duplicate app name {:?}", app.name)));
+                return Err(invalid(
+                    field("name"),
+                    format!("duplicate app name {:?}", app.name),
+                ));
             }
             let key = match (&app.key, &app.key_env) {
                 (Some(_), Some(_)) => {
@@ -205,7 +211,10 @@ impl Config {
                 (None, None) => return Err(invalid(field("key"), "missing (set key or key_env)")),
                 (Some(key), None) => key.clone(),
                 (None, Some(var)) => AppKey::new(env(var).ok_or_else(|| {
-                    invalid(field("key_env"), format!("environment variable {var} is not set"))
+                    invalid(
+                        field("key_env"),
+                        format!("environment variable {var} is not set"),
+                    )
                 })?),
             };
             if key.is_empty() {
@@ -229,7 +238,8 @@ impl Config {
                 .iter()
                 .enumerate()
                 .map(|(j, o)| {
-                    Origin::parse(o).map_err(|e| invalid(format!("apps[{i}].origins[{j}]"), e.to_string()))
+                    Origin::parse(o)
+                        .map_err(|e| invalid(format!("apps[{i}].origins[{j}]"), e.to_string()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             apps.push(App::new(&app.name, &key, origins));
@@ -254,7 +264,10 @@ fn parse_public_url(text: &str) -> Result<String, ConfigError> {
     let url = url::Url::parse(text)
         .map_err(|e| invalid("public_url", format!("{text:?} is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(invalid("public_url", format!("{text:?} is not an http(s) URL with a host")));
+        return Err(invalid(
+            "public_url",
+            format!("{text:?} is not an http(s) URL with a host"),
+        ));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(invalid("public_url", "must not have a query or fragment"));
@@ -272,7 +285,9 @@ fn validate_limits(limits: &Limits) -> Result<(), ConfigError> {
     if limits.max_waiters_per_id == 0 {
         return Err(invalid("limits.max_waiters_per_id", "must be at least 1"));
     }
-    if limits.poll_timeout < Duration::from_secs(1) || limits.poll_timeout > Duration::from_secs(3600) {
+    if limits.poll_timeout < Duration::from_secs(1)
+        || limits.poll_timeout > Duration::from_secs(3600)
+    {
         return Err(invalid("limits.poll_timeout", "must be between 1s and 1h"));
     }
     Ok(())
@@ -311,9 +326,13 @@ mod tests {
 
     #[test]
     fn a_good_config_validates() {
-        let s = config(vec![app("demo", "0123456789abcdef", &["http://localhost:3000"])])
-            .validate(no_env)
-            .unwrap();
+        let s = config(vec![app(
+            "demo",
+            "0123456789abcdef",
+            &["http://localhost:3000"],
+        )])
+        .validate(no_env)
+        .unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
         assert!(s.warnings.is_empty());
         assert!(s.apps.authenticate("0123456789abcdef").is_some());
@@ -326,23 +345,38 @@ mod tests {
         assert_eq!(field_of(c.validate(no_env).unwrap_err()), "listen");
 
         let c = config(vec![app("a", "k1", &["x"]), app("a", "k2", &["x"])]);
-        assert_eq!(field_of(c.validate(no_env).unwrap_err()), "apps[0].origins[0]");
+        assert_eq!(
+            field_of(c.validate(no_env).unwrap_err()),
+            "apps[0].origins[0]"
+        );
 
-        let c = config(vec![app("a", "k1", &["http://a"]), app("a", "k2", &["http://b"])]);
+        let c = config(vec![
+            app("a", "k1", &["http://a"]),
+            app("a", "k2", &["http://b"]),
+        ]);
         assert_eq!(field_of(c.validate(no_env).unwrap_err()), "apps[1].name");
 
         let c = config(vec![app("a", "", &["http://a"])]);
         assert_eq!(field_of(c.validate(no_env).unwrap_err()), "apps[0].key");
 
-        let c = config(vec![app("a", "k", &["http://a"]), app("b", "k", &["http://b"])]);
+        let c = config(vec![
+            app("a", "k", &["http://a"]),
+            app("b", "k", &["http://b"]),
+        ]);
         assert_eq!(field_of(c.validate(no_env).unwrap_err()), "apps[1].key");
 
         let c = config(vec![app("a", "k", &["http://a", "https://b/path"])]);
-        assert_eq!(field_of(c.validate(no_env).unwrap_err()), "apps[0].origins[1]");
+        assert_eq!(
+            field_of(c.validate(no_env).unwrap_err()),
+            "apps[0].origins[1]"
+        );
 
         let mut c = config(vec![]);
         c.limits.poll_timeout = Duration::ZERO;
-        assert_eq!(field_of(c.validate(no_env).unwrap_err()), "limits.poll_timeout");
+        assert_eq!(
+            field_of(c.validate(no_env).unwrap_err()),
+            "limits.poll_timeout"
+        );
 
         let mut c = config(vec![]);
         c.public_url = Some("example.com".into());
@@ -358,21 +392,32 @@ mod tests {
             .validate(|v| (v == "A_KEY").then(|| "from-the-environment".into()))
             .unwrap();
         assert!(s.apps.authenticate("from-the-environment").is_some());
-        assert_eq!(field_of(config(vec![a]).validate(no_env).unwrap_err()), "apps[0].key_env");
+        assert_eq!(
+            field_of(config(vec![a]).validate(no_env).unwrap_err()),
+            "apps[0].key_env"
+        );
     }
 
     #[test]
     fn weak_keys_warn() {
-        let s = config(vec![app("a", "short", &["http://a"])]).validate(no_env).unwrap();
+        let s = config(vec![app("a", "short", &["http://a"])])
+            .validate(no_env)
+            .unwrap();
         assert_eq!(s.warnings.len(), 1);
-        assert!(!s.warnings[0].contains("short"), "a warning must not show the key");
+        assert!(
+            !s.warnings[0].contains("short"),
+            "a warning must not show the key"
+        );
     }
 
     #[test]
     fn public_url_loses_its_trailing_slash() {
         let mut c = config(vec![]);
         c.public_url = Some("https://push.example/callhome/".into());
-        assert_eq!(c.validate(no_env).unwrap().public_url.unwrap(), "https://push.example/callhome");
+        assert_eq!(
+            c.validate(no_env).unwrap().public_url.unwrap(),
+            "https://push.example/callhome"
+        );
     }
 
     #[test]
@@ -390,13 +435,20 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("bad.toml");
         std::fs::write(&path, "listen = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap();
-        let err = Config::load(&path, &Overrides::default()).unwrap_err().to_string();
+        let err = Config::load(&path, &Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("listen_port"), "{err}");
         std::fs::write(&path, "[limits]\npoll_timeout = \"soon\"\n").unwrap();
-        let err = Config::load(&path, &Overrides::default()).unwrap_err().to_string();
+        let err = Config::load(&path, &Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("poll_timeout"), "{err}");
         let missing = dir.join("nope.toml");
-        assert!(matches!(Config::load(&missing, &Overrides::default()), Err(ConfigError::Missing(_))));
+        assert!(matches!(
+            Config::load(&missing, &Overrides::default()),
+            Err(ConfigError::Missing(_))
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -172,10 +172,9 @@ impl IntoResponse for ApiError {
         let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
         let mut response = (status, Json(body)).into_response();
         if let Some(after) = self.retry_after() {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(after.as_secs()),
-            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
         }
         response
     }
@@ -191,26 +190,54 @@ mod tests {
         let table: Vec<(ApiError, u16, &str)> = vec![
             (ApiError::Unauthorized, 401, "unauthorized"),
             (ApiError::InvalidId(IdError::Alphabet), 400, "invalid_id"),
-            (ApiError::InvalidOrigin(OriginError::Malformed("x".into())), 400, "invalid_origin"),
-            (ApiError::OriginNotAllowed("o".into()), 403, "origin_not_allowed"),
+            (
+                ApiError::InvalidOrigin(OriginError::Malformed("x".into())),
+                400,
+                "invalid_origin",
+            ),
+            (
+                ApiError::OriginNotAllowed("o".into()),
+                403,
+                "origin_not_allowed",
+            ),
             (ApiError::OriginMismatch("o".into()), 400, "origin_mismatch"),
             (ApiError::IdTaken, 409, "id_taken"),
             (ApiError::TooManyIds(1), 503, "too_many_ids"),
             (ApiError::UnknownId, 404, "unknown_id"),
             (ApiError::Gone, 410, "gone"),
-            (ApiError::InfoTooLarge { size: 2, limit: 1 }, 413, "info_too_large"),
+            (
+                ApiError::InfoTooLarge { size: 2, limit: 1 },
+                413,
+                "info_too_large",
+            ),
             (ApiError::BodyTooLarge(1), 413, "body_too_large"),
             (ApiError::InvalidInfo, 400, "invalid_info"),
             (ApiError::InvalidJson("x".into()), 400, "invalid_json"),
-            (ApiError::UnsupportedMediaType("x".into(), "y"), 415, "unsupported_media_type"),
-            (ApiError::InvalidParameters("x".into()), 400, "invalid_parameters"),
-            (ApiError::TooManyWaiters(TooManyWaiters(8)), 429, "too_many_waiters"),
+            (
+                ApiError::UnsupportedMediaType("x".into(), "y"),
+                415,
+                "unsupported_media_type",
+            ),
+            (
+                ApiError::InvalidParameters("x".into()),
+                400,
+                "invalid_parameters",
+            ),
+            (
+                ApiError::TooManyWaiters(TooManyWaiters(8)),
+                429,
+                "too_many_waiters",
+            ),
             (ApiError::NotFound, 404, "not_found"),
             (ApiError::MethodNotAllowed, 405, "method_not_allowed"),
             (ApiError::Internal("x".into()), 500, "internal"),
         ];
         for (error, status, code) in table {
-            assert_eq!((error.status().as_u16(), error.code()), (status, code), "{error:?}");
+            assert_eq!(
+                (error.status().as_u16(), error.code()),
+                (status, code),
+                "{error:?}"
+            );
         }
     }
 
@@ -226,6 +253,12 @@ mod tests {
         assert_eq!(r.headers()[header::RETRY_AFTER], "30");
         let r = ApiError::TooManyWaiters(TooManyWaiters(8)).into_response();
         assert_eq!(r.headers()[header::RETRY_AFTER], "5");
-        assert!(ApiError::Gone.into_response().headers().get(header::RETRY_AFTER).is_none());
+        assert!(
+            ApiError::Gone
+                .into_response()
+                .headers()
+                .get(header::RETRY_AFTER)
+                .is_none()
+        );
     }
 }

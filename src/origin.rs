@@ -109,11 +109,26 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_an_origin() {
-        assert!(matches!(Origin::parse("app.example"), Err(OriginError::Malformed(_))));
-        assert!(matches!(Origin::parse("ftp://app.example"), Err(OriginError::Scheme(_))));
-        assert!(matches!(Origin::parse("https://app.example/path"), Err(OriginError::NotBare(_))));
-        assert!(matches!(Origin::parse("https://app.example?q"), Err(OriginError::NotBare(_))));
-        assert!(matches!(Origin::parse("https://u:p@app.example"), Err(OriginError::NotBare(_))));
+        assert!(matches!(
+            Origin::parse("app.example"),
+            Err(OriginError::Malformed(_))
+        ));
+        assert!(matches!(
+            Origin::parse("ftp://app.example"),
+            Err(OriginError::Scheme(_))
+        ));
+        assert!(matches!(
+            Origin::parse("https://app.example/path"),
+            Err(OriginError::NotBare(_))
+        ));
+        assert!(matches!(
+            Origin::parse("https://app.example?q"),
+            Err(OriginError::NotBare(_))
+        ));
+        assert!(matches!(
+            Origin::parse("https://u:p@app.example"),
+            Err(OriginError::NotBare(_))
+        ));
         assert!(Origin::parse("").is_err());
         assert!(Origin::parse("null").is_err());
     }

@@ -266,7 +266,10 @@ mod tests {
         assert_eq!(p, Published { seq: 3, waiting: 0 });
         assert_eq!(
             s.newer_than(0),
-            Some(Latest { seq: 3, info: Some(Arc::from("c")) })
+            Some(Latest {
+                seq: 3,
+                info: Some(Arc::from("c"))
+            })
         );
         assert_eq!(s.newer_than(3), None);
     }
@@ -292,7 +295,10 @@ mod tests {
         assert_eq!(p.waiting, 1);
         assert_eq!(
             wait.await.unwrap(),
-            WaitOutcome::Value(Latest { seq: 1, info: Some(Arc::from("x")) })
+            WaitOutcome::Value(Latest {
+                seq: 1,
+                info: Some(Arc::from("x"))
+            })
         );
         assert_eq!(s.waiting(), 0, "the place is given back");
     }
@@ -303,7 +309,11 @@ mod tests {
         let w = s.join(8).unwrap();
         let start = Instant::now();
         let out = w
-            .wait_after(0, start + Duration::from_secs(25), &CancellationToken::new())
+            .wait_after(
+                0,
+                start + Duration::from_secs(25),
+                &CancellationToken::new(),
+            )
             .await;
         assert_eq!(out, WaitOutcome::TimedOut);
         assert_eq!(start.elapsed(), Duration::from_secs(25));
@@ -313,7 +323,8 @@ mod tests {
     async fn close_releases_waiters_as_gone() {
         let s = slot();
         let w = s.join(8).unwrap();
-        let wait = tokio::spawn(async move { w.wait_after(0, far(), &CancellationToken::new()).await });
+        let wait =
+            tokio::spawn(async move { w.wait_after(0, far(), &CancellationToken::new()).await });
         tokio::task::yield_now().await;
         s.close();
         assert_eq!(wait.await.unwrap(), WaitOutcome::Gone);
@@ -325,7 +336,10 @@ mod tests {
         let w = s.join(8).unwrap();
         let token = CancellationToken::new();
         token.cancel();
-        assert_eq!(w.wait_after(0, far(), &token).await, WaitOutcome::ShuttingDown);
+        assert_eq!(
+            w.wait_after(0, far(), &token).await,
+            WaitOutcome::ShuttingDown
+        );
     }
 
     #[test]

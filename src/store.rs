@@ -132,17 +132,23 @@ mod tests {
     use crate::auth::AppKey;
 
     fn app(name: &str) -> App {
-        App::new(name, &AppKey::new(format!("{name}-key")), vec![Origin::parse("*").unwrap()])
+        App::new(
+            name,
+            &AppKey::new(format!("{name}-key")),
+            vec![Origin::parse("*").unwrap()],
+        )
     }
 
     fn id(text: &str) -> Option<Id> {
-        Some(Id::parse(text).unwrap())
+        Id::parse(text).ok()
     }
 
     #[test]
     fn ids_are_unique_across_apps() {
         let store = Store::new(10);
-        store.create(&app("a"), id("the-same-id-000001"), None).unwrap();
+        store
+            .create(&app("a"), id("the-same-id-000001"), None)
+            .unwrap();
         assert!(matches!(
             store.create(&app("b"), id("the-same-id-000001"), None),
             Err(CreateError::Taken)
@@ -153,18 +159,35 @@ mod tests {
     #[test]
     fn another_apps_id_does_not_exist() {
         let store = Store::new(10);
-        store.create(&app("a"), id("owned-by-a-0000001"), None).unwrap();
-        assert_eq!(store.publish(&app("b"), "owned-by-a-0000001", Arc::from("x")), Err(UnknownId));
-        assert_eq!(store.remove(&app("b"), "owned-by-a-0000001"), Err(UnknownId));
+        store
+            .create(&app("a"), id("owned-by-a-0000001"), None)
+            .unwrap();
+        assert_eq!(
+            store.publish(&app("b"), "owned-by-a-0000001", Arc::from("x")),
+            Err(UnknownId)
+        );
+        assert_eq!(
+            store.remove(&app("b"), "owned-by-a-0000001"),
+            Err(UnknownId)
+        );
         assert!(store.get("owned-by-a-0000001").is_some());
-        assert_eq!(store.publish(&app("a"), "owned-by-a-0000001", Arc::from("x")).unwrap().seq, 1);
+        assert_eq!(
+            store
+                .publish(&app("a"), "owned-by-a-0000001", Arc::from("x"))
+                .unwrap()
+                .seq,
+            1
+        );
     }
 
     #[test]
     fn remove_closes_the_slot_and_frees_its_place() {
         let store = Store::new(1);
         let slot = store.create(&app("a"), None, None).unwrap();
-        assert!(matches!(store.create(&app("a"), None, None), Err(CreateError::Full(1))));
+        assert!(matches!(
+            store.create(&app("a"), None, None),
+            Err(CreateError::Full(1))
+        ));
         store.remove(&app("a"), slot.id().as_str()).unwrap();
         assert!(slot.is_closed());
         assert!(store.get(slot.id().as_str()).is_none());
@@ -180,7 +203,11 @@ mod tests {
             let handles: Vec<_> = (0..8)
                 .map(|_| {
                     let (store, a) = (Arc::clone(&store), Arc::clone(&a));
-                    s.spawn(move || (0..50).filter(|_| store.create(&a, None, None).is_ok()).count())
+                    s.spawn(move || {
+                        (0..50)
+                            .filter(|_| store.create(&a, None, None).is_ok())
+                            .count()
+                    })
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).sum()

@@ -39,7 +39,12 @@ async fn create(
     } else {
         extract::json(&headers, &body)?
     };
-    let created = super::create(&state, &app, request.id.as_deref(), request.origin.as_deref())?;
+    let created = super::create(
+        &state,
+        &app,
+        request.id.as_deref(),
+        request.origin.as_deref(),
+    )?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 

@@ -67,14 +67,14 @@ async fn notify(
     super::notify(&state, &app, &id, &info).map(Json)
 }
 
-/// The parameters of a POSTed form, or the defaults when there is none.
+/// The parameters of a posted form, or the defaults when there is none.
 fn form_body<T: DeserializeOwned + Default>(
     method: &Method,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<T, ApiError> {
-    let is_form = extract::media_type(headers).as_deref()
-        == Some("application/x-www-form-urlencoded");
+    let is_form =
+        extract::media_type(headers).as_deref() == Some("application/x-www-form-urlencoded");
     if method != Method::POST || body.is_empty() || !is_form {
         return Ok(T::default());
     }

@@ -124,7 +124,10 @@ fn page(status: StatusCode, id: &Id, origin: &Origin, error: Option<&'static str
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::try_from(csp).expect("an origin and a base64 hash are valid header text"),
     );
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     response
 }
 
@@ -143,7 +146,9 @@ mod tests {
         let id = Id::parse("abcdefghijklmnop").unwrap();
         let origin = Origin::parse("https://a.example").unwrap();
         let r = page(StatusCode::OK, &id, &origin, None);
-        let csp = r.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        let csp = r.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap();
         assert!(csp.contains("frame-ancestors https://a.example;"));
     }
 }

@@ -53,7 +53,9 @@ async fn poll(
         .await
     {
         WaitOutcome::Value(latest) => Ok(answer(&latest)),
-        WaitOutcome::TimedOut | WaitOutcome::ShuttingDown => Ok(StatusCode::NO_CONTENT.into_response()),
+        WaitOutcome::TimedOut | WaitOutcome::ShuttingDown => {
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
         WaitOutcome::Gone => Err(ApiError::Gone),
     }
 }

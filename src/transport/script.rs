@@ -24,7 +24,10 @@ async fn script() -> impl IntoResponse {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/javascript; charset=utf-8"),
             ),
-            (header::CACHE_CONTROL, HeaderValue::from_static(CACHE_CONTROL)),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static(CACHE_CONTROL),
+            ),
         ],
         SCRIPT,
     )

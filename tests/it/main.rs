@@ -1,1 +1,11 @@
-//! placeholder
+//! The integration suite: every test talks to a real server over real sockets.
+//!
+//! `support` starts servers on 127.0.0.1 port 0 (in-process, or the real binary) and holds the
+//! small HTTP helpers; each module covers one side of the API.
+
+mod api;
+mod binary;
+mod browser_side;
+mod concurrency;
+mod routing;
+mod support;

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: unit tests and the integration tests over real sockets.
+# The integration tests start servers on 127.0.0.1 port 0 and need `bash` and `curl`
+# (the README walk-through test runs the README's curl commands against the real binary).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v curl >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq curl >/dev/null
+  else
+    echo "scripts/test.sh: curl is required (apt-get install curl)" >&2
+    exit 1
+  fi
+fi
+
+cargo test --locked --all-targets "$@"

@@ -1,0 +1,91 @@
+//! The real `callhome` binary on the shipped config/callhome.toml, driven by the README's own
+//! curl walk-through, so the commands a newcomer pastes are the commands that are tested.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::support::Daemon;
+
+/// The shell block after the `<!-- walkthrough -->` marker in README.md.
+fn walkthrough() -> String {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md is readable");
+    let after_marker = readme
+        .split("<!-- walkthrough")
+        .nth(1)
+        .expect("README.md has a walkthrough marker");
+    let block = after_marker
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("a ```sh block follows the marker");
+    block.to_owned()
+}
+
+#[test]
+fn the_readme_walkthrough_runs_against_the_shipped_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let daemon = Daemon::start(&root.join("config/callhome.toml"));
+    let script = walkthrough().replace("127.0.0.1:8080", &daemon.addr.to_string());
+    let output = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .env_remove("http_proxy")
+        .env_remove("HTTP_PROXY")
+        .env_remove("all_proxy")
+        .env_remove("ALL_PROXY")
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "walk-through failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 6, "{stdout}");
+
+    let created: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(created["id"], "walkthrough-id-0001");
+    assert_eq!(created["origin"], "http://localhost:3000");
+    // The shipped public_url, not the test's port: it is what browsers are told.
+    assert_eq!(
+        created["iframe_url"],
+        "http://127.0.0.1:8080/v1/iframe?id=walkthrough-id-0001&origin=http%3A%2F%2Flocalhost%3A3000"
+    );
+    // The notify answer and the held poll's answer, in either order.
+    // (`waiting` is 1 unless the machine was too slow to start the poll within the README's
+    // `sleep 1`; the poll gets the value either way.)
+    let mut middle = [lines[1], lines[2]];
+    middle.sort_unstable();
+    assert_eq!(middle[0], r#"{"seq":1,"info":"42"}"#, "{stdout}");
+    assert!(middle[1].starts_with(r#"{"seq":1,"waiting":"#), "{stdout}");
+    assert_eq!(lines[3], r#"{"seq":3,"info":"44"}"#);
+    let status: serde_json::Value = serde_json::from_str(lines[4]).unwrap();
+    assert_eq!(
+        (status["seq"].as_u64(), status["waiting"].as_u64()),
+        (Some(3), Some(0))
+    );
+    assert_eq!(lines[5], "204");
+}
+
+#[test]
+fn an_invalid_config_stops_start_up_naming_the_field() {
+    let dir = std::env::temp_dir().join(format!("callhome-badconfig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[apps]]\nname = \"a\"\nkey = \"k\"\norigins = [\"http://a\"]\n\
+         [[apps]]\nname = \"b\"\nkey = \"k2\"\norigins = [\"not an origin\"]\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_callhome"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("apps[1].origins[0]"), "{stderr}");
+}

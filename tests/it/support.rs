@@ -1,0 +1,167 @@
+//! Test servers and the small helpers every test module uses.
+//!
+//! [`TestServer::spawn`] runs the real router on 127.0.0.1 port 0 inside the test's runtime and
+//! shuts down when dropped. Logs stay silent unless `TEST_LOG=1`.
+
+mod daemon;
+
+pub use daemon::Daemon;
+
+use std::net::SocketAddr;
+use std::sync::Once;
+use std::time::Duration;
+
+use callhome::auth::AppKey;
+use callhome::config::{AppConfig, Config};
+use callhome::server;
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// App "one": a single origin, so its ids are bound to it by default.
+pub const KEY: &str = "test-key-one-0123456789";
+pub const ORIGIN: &str = "http://localhost:3000";
+/// App "two": two origins, so its ids are unbound unless the backend names one.
+pub const KEY_TWO: &str = "test-key-two-0123456789";
+pub const ORIGIN_TWO_A: &str = "https://two.example";
+pub const ORIGIN_TWO_B: &str = "https://www.two.example";
+
+/// A server on a free loopback port, shut down on drop.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    shutdown: CancellationToken,
+}
+
+fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = callhome::telemetry::init("debug");
+        }
+    });
+}
+
+/// The apps every test server knows.
+pub fn test_apps() -> Vec<AppConfig> {
+    vec![
+        AppConfig {
+            name: "one".into(),
+            key: Some(AppKey::new(KEY.into())),
+            key_env: None,
+            origins: vec![ORIGIN.into()],
+        },
+        AppConfig {
+            name: "two".into(),
+            key: Some(AppKey::new(KEY_TWO.into())),
+            key_env: None,
+            origins: vec![ORIGIN_TWO_A.into(), ORIGIN_TWO_B.into()],
+        },
+    ]
+}
+
+/// An HTTP client that never goes through a proxy from the environment.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("a plain HTTP client builds")
+}
+
+impl TestServer {
+    pub fn spawn() -> Self {
+        Self::spawn_with(|_| {})
+    }
+
+    /// A server whose config `adjust` may change first. Call it inside a tokio runtime.
+    pub fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        init_logs();
+        let mut config = Config {
+            listen: "127.0.0.1:0".into(),
+            apps: test_apps(),
+            ..Config::default()
+        };
+        adjust(&mut config);
+        let settings = config.validate(|_| None).expect("test config is valid");
+        let listener = server::bind(settings.listen).expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(server::run(listener, settings, shutdown.clone()));
+        Self {
+            addr,
+            client: client(),
+            shutdown,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `POST /v1/ids` with `body` (None: no body at all).
+    pub async fn create(&self, key: &str, body: Option<Value>) -> Response {
+        let mut req = self.client.post(self.url("/v1/ids")).bearer_auth(key);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// Creates an id for app "one" and returns it.
+    pub async fn new_id(&self) -> String {
+        self.new_id_for(KEY).await
+    }
+
+    pub async fn new_id_for(&self, key: &str) -> String {
+        let r = self.create(key, None).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// `POST /v1/ids/{id}/notify` with a JSON body.
+    pub async fn notify(&self, key: &str, id: &str, info: &str) -> Response {
+        self.client
+            .post(self.url(&format!("/v1/ids/{id}/notify")))
+            .bearer_auth(key)
+            .json(&json!({ "info": info }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `GET /v1/poll?id=..&since=..`.
+    pub async fn poll(&self, id: &str, since: u64) -> Response {
+        self.client
+            .get(self.url(&format!("/v1/poll?id={id}&since={since}")))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The `error.code` of a JSON error response, checking the shape on the way.
+pub async fn error_code(response: Response) -> String {
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(content_type, "application/json", "errors are JSON");
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    body["error"]["code"].as_str().unwrap().to_owned()
+}
