@@ -5,9 +5,10 @@
 //
 // connect() adds a hidden iframe served by CallHome. The iframe waits for news and posts it
 // here; only messages from that very iframe (its window and its origin) are accepted.
-// onMessage(info, seq) never sees the same seq twice, nor an older one. onError(reason) is
-// called at most once, with "unknown" (no such id) or "gone" (the id was deleted), and the
-// subscription then ends.
+// onMessage(info, seq) never sees the same seq twice, nor an older one (unless the server
+// lost its state and the id was made again, when seqs start over). onError(reason) is called
+// at most once, with "unknown" (no such id), "gone" (the id was deleted) or "invalid" (a
+// malformed id), and the subscription then ends. Several subscriptions may share a page.
 (function (root) {
   "use strict";
 
@@ -28,6 +29,12 @@
       if (m.error) {
         close();
         if (options.onError) options.onError(m.error);
+        return;
+      }
+      // The id began a new life on the server (its state was lost and the app made it
+      // again): its seqs count from zero again.
+      if (m.reset === true) {
+        lastSeq = 0;
         return;
       }
       if (typeof m.seq !== "number" || m.seq <= lastSeq) return;

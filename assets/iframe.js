@@ -1,12 +1,24 @@
 // The CallHome iframe: waits for news on one id and hands it to the parent page.
+//
 // It runs on the CallHome origin, so its requests need no CORS; the parent learns of values
-// only through postMessage to the one origin the id is bound to.
+// only through postMessage to the one origin the id is bound to. It prefers server-sent
+// events and falls back to long polling when a stream cannot be opened, or is opened but
+// never delivers its first "ready" event (a proxy that buffers). A failed stream is followed
+// by one long poll, which also learns whether the id still exists (EventSource cannot see
+// HTTP statuses). Retries back off exponentially with jitter, and every (re)connection
+// resumes from the last seq seen.
 (function () {
   "use strict";
+  var READY_TIMEOUT_MS = 10000;
+  var SSE_FAILURES_BEFORE_POLLING = 2;
   var cfg = JSON.parse(document.getElementById("callhome-config").textContent);
-  var since = 0;
-  var failures = 0;
+  var mode = cfg.transport === "poll" || typeof EventSource !== "function" ? "poll" : "sse";
+  var since = 0; // the newest seq seen (the server's cursor after a reset)
+  var failures = 0; // consecutive failed attempts, for backoff
+  var sseFailures = 0; // streams that failed before "ready", since the last good one
+  var probeNext = false; // after a failed stream, one long poll learns the id's status
   var stopped = false;
+  var source = null;
 
   function post(message) {
     message.callhome = 1;
@@ -18,42 +30,93 @@
   function stop(error) {
     if (stopped) return;
     stopped = true;
+    if (source) source.close();
     post({ error: error });
   }
 
-  // Capped exponential backoff with full jitter: 0.5 s, 1 s, 2 s ... up to 30 s.
+  function deliver(value) {
+    failures = 0;
+    // A seq below ours means the id began a new life (the server lost its state and the
+    // app made the id again): tell the parent to forget old seqs, then count from zero.
+    if (value.seq < since) {
+      post({ reset: true });
+      since = 0;
+    }
+    if (value.seq > since && value.info !== null) post({ seq: value.seq, info: value.info });
+    since = value.seq;
+  }
+
+  // Capped exponential backoff with jitter: 0.25-0.5 s, 0.5-1 s, ... up to 15-30 s.
   function retryLater() {
     var ceiling = Math.min(30000, 500 * Math.pow(2, failures));
     failures += 1;
-    setTimeout(poll, ceiling / 2 + Math.random() * ceiling / 2);
+    setTimeout(connect, ceiling / 2 + Math.random() * (ceiling / 2));
+  }
+
+  function connect() {
+    if (stopped) return;
+    if (mode === "sse" && !probeNext) openStream();
+    else poll();
+  }
+
+  function query() {
+    return "?id=" + encodeURIComponent(cfg.id) + "&since=" + since;
+  }
+
+  function openStream() {
+    var es = new EventSource("events" + query());
+    var ready = false;
+    var readyTimer = setTimeout(fail, READY_TIMEOUT_MS);
+    source = es;
+
+    function fail() {
+      if (source !== es) return;
+      clearTimeout(readyTimer);
+      es.close();
+      source = null;
+      if (!ready) {
+        sseFailures += 1;
+        probeNext = true;
+        if (cfg.transport !== "sse" && sseFailures >= SSE_FAILURES_BEFORE_POLLING) mode = "poll";
+      }
+      retryLater();
+    }
+
+    es.addEventListener("ready", function () {
+      ready = true;
+      clearTimeout(readyTimer);
+      failures = 0;
+      sseFailures = 0;
+    });
+    es.addEventListener("gone", function () {
+      stop("gone");
+    });
+    es.onmessage = function (event) {
+      deliver(JSON.parse(event.data));
+    };
+    // EventSource would reconnect by itself at a fixed pace; we reconnect with backoff.
+    es.onerror = fail;
   }
 
   function poll() {
-    if (stopped) return;
-    var url = "poll?id=" + encodeURIComponent(cfg.id) + "&since=" + since;
-    fetch(url, { cache: "no-store", credentials: "omit" })
+    fetch("poll" + query(), { cache: "no-store", credentials: "omit" })
       .then(function (response) {
-        if (response.status === 200) {
-          return response.json().then(function (value) {
-            failures = 0;
-            // A seq below ours means the id began a new life (a restart without its
-            // state): take the server's cursor and wait from there.
-            if (value.seq > since && value.info !== null) post({ seq: value.seq, info: value.info });
-            since = value.seq;
-            poll();
-          });
-        }
-        if (response.status === 204) {
-          failures = 0;
-          return poll();
-        }
         if (response.status === 404) return stop("unknown");
         if (response.status === 410) return stop("gone");
-        throw new Error("CallHome poll answered " + response.status);
+        if (response.status === 400) return stop("invalid");
+        if (response.status !== 200 && response.status !== 204) {
+          throw new Error("CallHome poll answered " + response.status);
+        }
+        probeNext = false;
+        var next = response.status === 200 ? response.json().then(deliver) : Promise.resolve();
+        return next.then(function () {
+          failures = 0;
+          connect();
+        });
       })
       .catch(retryLater);
   }
 
   if (cfg.error) stop(cfg.error);
-  else poll();
+  else connect();
 })();

@@ -48,6 +48,10 @@ pub struct Limits {
     /// any proxy's read timeout.
     #[serde(with = "humantime_serde")]
     pub poll_timeout: Duration,
+    /// How often an idle event stream gets a comment line, so proxies and browsers do not
+    /// take it for dead. Keep it below every proxy's idle timeout.
+    #[serde(with = "humantime_serde")]
+    pub sse_keepalive: Duration,
     /// Clients that may wait on one id at once (a page open in several tabs); one more
     /// answers 429.
     pub max_waiters_per_id: u32,
@@ -85,6 +89,7 @@ impl Default for Limits {
             max_ids: 1_000_000,
             info_max_bytes: 4096,
             poll_timeout: Duration::from_secs(25),
+            sse_keepalive: Duration::from_secs(15),
             max_waiters_per_id: 8,
         }
     }
@@ -289,6 +294,14 @@ fn validate_limits(limits: &Limits) -> Result<(), ConfigError> {
         || limits.poll_timeout > Duration::from_secs(3600)
     {
         return Err(invalid("limits.poll_timeout", "must be between 1s and 1h"));
+    }
+    if limits.sse_keepalive < Duration::from_secs(1)
+        || limits.sse_keepalive > Duration::from_secs(600)
+    {
+        return Err(invalid(
+            "limits.sse_keepalive",
+            "must be between 1s and 10m",
+        ));
     }
     Ok(())
 }

@@ -171,6 +171,11 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
         let mut response = (status, Json(body)).into_response();
+        if matches!(self, Self::Unauthorized) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Some(after) = self.retry_after() {
             response
                 .headers_mut()
@@ -260,5 +265,11 @@ mod tests {
                 .get(header::RETRY_AFTER)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn unauthorized_names_the_scheme() {
+        let r = ApiError::Unauthorized.into_response();
+        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Bearer");
     }
 }

@@ -26,7 +26,7 @@ pub struct Id(Arc<str>);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
     /// Outside `MIN_LEN..=MAX_LEN`.
-    #[error("an id is {MIN_LEN} to {MAX_LEN} characters long, this one has {0}")]
+    #[error("an id is {MIN_LEN} to {MAX_LEN} characters long, this one is {0} bytes")]
     Length(usize),
     /// A character outside `[A-Za-z0-9_-]`.
     #[error("an id may only contain A-Z, a-z, 0-9, '_' and '-'")]
@@ -42,7 +42,7 @@ impl Id {
     /// Parses and validates an id chosen by a client.
     pub fn parse(text: &str) -> Result<Self, IdError> {
         if !(MIN_LEN..=MAX_LEN).contains(&text.len()) {
-            return Err(IdError::Length(text.chars().count()));
+            return Err(IdError::Length(text.len()));
         }
         if !text
             .bytes()

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::id::Id;
@@ -58,13 +57,11 @@ pub struct Published {
     pub waiting: u32,
 }
 
-/// How a wait ended. Timing out and shutting down are outcomes, not errors.
+/// How a wait ended. Shutting down is an outcome, not an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WaitOutcome {
     /// There is a value the client has not seen.
     Value(Latest),
-    /// Nothing new before the deadline; the client should ask again.
-    TimedOut,
     /// The id was deleted while the client waited.
     Gone,
     /// The server is shutting down; the client should ask again (elsewhere, or later).
@@ -200,14 +197,10 @@ pub struct Waiter {
 }
 
 impl Waiter {
-    /// Waits until the slot has a value other than `since`, the slot is deleted, `deadline`
-    /// passes or `shutdown` is cancelled, whichever comes first. May wait long.
-    pub async fn wait_after(
-        &self,
-        since: Seq,
-        deadline: Instant,
-        shutdown: &CancellationToken,
-    ) -> WaitOutcome {
+    /// Waits until the slot has a value other than `since`, the slot is deleted or `shutdown`
+    /// is cancelled. May wait forever: callers bound it (`tokio::time::timeout_at` for a poll;
+    /// the client going away for a stream).
+    pub async fn wait_after(&self, since: Seq, shutdown: &CancellationToken) -> WaitOutcome {
         let slot = &self.slot;
         loop {
             // Register first, then look: a publish between the look and the sleep still
@@ -222,7 +215,6 @@ impl Waiter {
             }
             tokio::select! {
                 () = &mut changed => {}
-                () = tokio::time::sleep_until(deadline) => return WaitOutcome::TimedOut,
                 () = shutdown.cancelled() => return WaitOutcome::ShuttingDown,
             }
         }
@@ -251,10 +243,6 @@ mod tests {
             Arc::from("app"),
             None,
         ))
-    }
-
-    fn far() -> Instant {
-        Instant::now() + Duration::from_secs(3600)
     }
 
     #[test]
@@ -287,7 +275,7 @@ mod tests {
         let token = CancellationToken::new();
         let wait = tokio::spawn({
             let token = token.clone();
-            async move { w.wait_after(0, far(), &token).await }
+            async move { w.wait_after(0, &token).await }
         });
         tokio::task::yield_now().await;
         assert_eq!(s.waiting(), 1);
@@ -304,27 +292,19 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn times_out_at_the_deadline() {
+    async fn waits_until_something_happens() {
         let s = slot();
         let w = s.join(8).unwrap();
-        let start = Instant::now();
-        let out = w
-            .wait_after(
-                0,
-                start + Duration::from_secs(25),
-                &CancellationToken::new(),
-            )
-            .await;
-        assert_eq!(out, WaitOutcome::TimedOut);
-        assert_eq!(start.elapsed(), Duration::from_secs(25));
+        let token = CancellationToken::new();
+        let out = tokio::time::timeout(Duration::from_secs(3600), w.wait_after(0, &token)).await;
+        assert!(out.is_err(), "nothing happened, so the wait is still going");
     }
 
     #[tokio::test(start_paused = true)]
     async fn close_releases_waiters_as_gone() {
         let s = slot();
         let w = s.join(8).unwrap();
-        let wait =
-            tokio::spawn(async move { w.wait_after(0, far(), &CancellationToken::new()).await });
+        let wait = tokio::spawn(async move { w.wait_after(0, &CancellationToken::new()).await });
         tokio::task::yield_now().await;
         s.close();
         assert_eq!(wait.await.unwrap(), WaitOutcome::Gone);
@@ -336,10 +316,7 @@ mod tests {
         let w = s.join(8).unwrap();
         let token = CancellationToken::new();
         token.cancel();
-        assert_eq!(
-            w.wait_after(0, far(), &token).await,
-            WaitOutcome::ShuttingDown
-        );
+        assert_eq!(w.wait_after(0, &token).await, WaitOutcome::ShuttingDown);
     }
 
     #[test]
@@ -362,7 +339,7 @@ mod tests {
             let w = s.join(8).unwrap();
             let waiter = tokio::spawn({
                 let token = token.clone();
-                async move { w.wait_after(round, far(), &token).await }
+                async move { w.wait_after(round, &token).await }
             });
             let publisher = tokio::spawn({
                 let s = Arc::clone(&s);

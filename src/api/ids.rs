@@ -61,9 +61,10 @@ async fn notify(
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Json<super::Notified>, ApiError> {
+    // An empty body is a notify with empty info, whatever its type (`curl -d ''` says form).
     let info = match extract::media_type(&headers).as_deref() {
+        _ if body.is_empty() => "",
         Some("text/plain") => std::str::from_utf8(&body).map_err(|_| ApiError::InvalidInfo)?,
-        None if body.is_empty() => "",
         Some("application/json") => {
             let request: NotifyRequest = extract::json(&headers, &body)?;
             return super::notify(&state, &app, id.as_str(), &request.info).map(Json);

@@ -56,12 +56,25 @@ pub fn routes() -> Router<AppState> {
 struct IframeParams {
     id: String,
     origin: String,
+    #[serde(default)]
+    transport: Transport,
+}
+
+/// Which transport the page uses: SSE with long-poll fallback, or one of them forced.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Transport {
+    #[default]
+    Auto,
+    Poll,
+    Sse,
 }
 
 #[derive(Debug, Serialize)]
 struct PageConfig<'a> {
     id: &'a str,
     origin: &'a str,
+    transport: Transport,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'static str>,
 }
@@ -77,12 +90,24 @@ async fn iframe(
         return Err(OriginError::Malformed(params.origin).into());
     }
     let Some(slot) = state.store.get(id.as_str()) else {
-        return Ok(page(StatusCode::NOT_FOUND, &id, &origin, Some("unknown")));
+        let config = PageConfig {
+            id: id.as_str(),
+            origin: origin.as_str(),
+            transport: params.transport,
+            error: Some("unknown"),
+        };
+        return Ok(page(StatusCode::NOT_FOUND, &config, &origin));
     };
     if !serves(&state, &slot, &origin) {
         return Err(ApiError::OriginMismatch(origin.to_string()));
     }
-    Ok(page(StatusCode::OK, &id, &origin, None))
+    let config = PageConfig {
+        id: id.as_str(),
+        origin: origin.as_str(),
+        transport: params.transport,
+        error: None,
+    };
+    Ok(page(StatusCode::OK, &config, &origin))
 }
 
 /// Whether `slot`'s news may go to pages of `origin`: its bound origin, or for an id bound to
@@ -97,14 +122,9 @@ fn serves(state: &AppState, slot: &Slot, origin: &Origin) -> bool {
     }
 }
 
-fn page(status: StatusCode, id: &Id, origin: &Origin, error: Option<&'static str>) -> Response {
-    let config = PageConfig {
-        id: id.as_str(),
-        origin: origin.as_str(),
-        error,
-    };
+fn page(status: StatusCode, config: &PageConfig<'_>, origin: &Origin) -> Response {
     // `<` escaped so no value can close the data block; still valid JSON.
-    let config = serde_json::to_string(&config)
+    let config = serde_json::to_string(config)
         .expect("a struct of strings serialises")
         .replace('<', "\\u003c");
     let page = &*PAGE;
@@ -143,9 +163,14 @@ mod tests {
 
     #[test]
     fn csp_allows_only_the_bound_origin_to_frame_the_page() {
-        let id = Id::parse("abcdefghijklmnop").unwrap();
         let origin = Origin::parse("https://a.example").unwrap();
-        let r = page(StatusCode::OK, &id, &origin, None);
+        let config = PageConfig {
+            id: "abcdefghijklmnop",
+            origin: origin.as_str(),
+            transport: Transport::Auto,
+            error: None,
+        };
+        let r = page(StatusCode::OK, &config, &origin);
         let csp = r.headers()[header::CONTENT_SECURITY_POLICY]
             .to_str()
             .unwrap();

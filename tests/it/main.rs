@@ -7,5 +7,6 @@ mod api;
 mod binary;
 mod browser_side;
 mod concurrency;
+mod events;
 mod routing;
 mod support;

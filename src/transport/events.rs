@@ -1,0 +1,96 @@
+//! `GET /v1/events?id=..&since=N`: server-sent events, one per new value.
+//!
+//! The stream opens with `event: ready`. Each value event carries `id: <seq>`, so a browser's `EventSource` reconnects with
+//! `Last-Event-ID` and misses nothing newer than what it saw. An idle stream gets a comment
+//! every `sse_keepalive` so proxies keep it open; `X-Accel-Buffering: no` asks nginx not to
+//! buffer it. A deleted id ends the stream with `event: gone`; shutdown ends it with a
+//! `retry:` hint so clients come back (to this node after a restart, or another).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::StreamExt as _;
+use futures_util::stream;
+use tokio_util::sync::CancellationToken;
+
+use super::{Value, WaitParams};
+use crate::error::ApiError;
+use crate::extract::Query;
+use crate::server::AppState;
+use crate::slot::{Seq, WaitOutcome, Waiter};
+
+/// How soon a client told "shutting down" should reconnect.
+const RECONNECT_AFTER_SHUTDOWN: Duration = Duration::from_secs(1);
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/events", get(events))
+}
+
+async fn events(
+    State(state): State<AppState>,
+    Query(params): Query<WaitParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let since = match headers.get("last-event-id") {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<Seq>().ok())
+            .ok_or_else(|| ApiError::InvalidParameters("Last-Event-ID must be a seq".into()))?,
+        None => params.since,
+    };
+    let slot = super::find(&state, &params.id)?;
+    let waiter = slot.join(state.limits.max_waiters_per_id)?;
+    // "ready" first: proof for the client that bytes reach it as they are sent (a buffering
+    // proxy would hold it back), and the moment it may count the stream as working.
+    let ready = Event::default().event("ready").data("{}");
+    let stream = stream::once(async { Ok(ready) }).chain(stream::unfold(
+        Some(Stream {
+            waiter,
+            since,
+            shutdown: state.shutdown.clone(),
+        }),
+        next_event,
+    ));
+    let keep_alive = KeepAlive::new()
+        .interval(state.limits.sse_keepalive)
+        .text("keep-alive");
+    let mut response = Sse::new(stream).keep_alive(keep_alive).into_response();
+    response.headers_mut().insert(
+        HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    );
+    Ok(response)
+}
+
+/// A stream's state between events.
+struct Stream {
+    waiter: Waiter,
+    since: Seq,
+    shutdown: CancellationToken,
+}
+
+async fn next_event(state: Option<Stream>) -> Option<(Result<Event, Infallible>, Option<Stream>)> {
+    let mut state = state?;
+    let event = match state.waiter.wait_after(state.since, &state.shutdown).await {
+        WaitOutcome::Value(latest) => {
+            state.since = latest.seq;
+            let event = Event::default()
+                .id(latest.seq.to_string())
+                .json_data(Value::from(&latest))
+                .expect("a seq and a string serialise");
+            return Some((Ok(event), Some(state)));
+        }
+        WaitOutcome::Gone => Event::default().event("gone").data("{}"),
+        WaitOutcome::ShuttingDown => Event::default()
+            .retry(RECONNECT_AFTER_SHUTDOWN)
+            .comment("shutting down"),
+    };
+    Some((Ok(event), None))
+}
