@@ -55,6 +55,8 @@
 
   function connect() {
     if (stopped) return;
+    // Shown on the page element for people (and tests) inspecting the frame.
+    document.documentElement.setAttribute("data-transport", mode);
     if (mode === "sse" && !probeNext) openStream();
     else poll();
   }

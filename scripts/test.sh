@@ -14,4 +14,6 @@ if ! command -v curl >/dev/null 2>&1; then
   fi
 fi
 
+# The browser test runs the demo (examples/demo) as a program: build it as one first.
+cargo build --locked --examples
 cargo test --locked --all-targets "$@"

@@ -5,8 +5,10 @@
 
 mod api;
 mod binary;
+mod browser;
 mod browser_side;
 mod concurrency;
+mod demo;
 mod events;
 mod routing;
 mod support;

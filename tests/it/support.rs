@@ -3,9 +3,12 @@
 //! [`TestServer::spawn`] runs the real router on 127.0.0.1 port 0 inside the test's runtime and
 //! shuts down when dropped. Logs stay silent unless `TEST_LOG=1`.
 
+pub mod browser;
 mod daemon;
+mod page;
 
 pub use daemon::Daemon;
+pub use page::PageServer;
 
 use std::net::SocketAddr;
 use std::sync::Once;

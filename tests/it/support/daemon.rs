@@ -13,13 +13,18 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts the binary on `config`, listening on 127.0.0.1 port 0, and waits for the line
-    /// that announces the address (no sleeping and hoping).
+    /// Starts the binary on `config`, listening on 127.0.0.1 port 0.
     pub fn start(config: &Path) -> Self {
+        Self::start_on(config, "127.0.0.1:0")
+    }
+
+    /// Starts the binary on `config` and `listen`, and waits for the line that announces the
+    /// address (no sleeping and hoping).
+    pub fn start_on(config: &Path, listen: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_callhome"))
             .arg("--config")
             .arg(config)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .env_remove("CALLHOME_LISTEN")
             .env_remove("CALLHOME_PUBLIC_URL")
             .stdout(Stdio::piped())

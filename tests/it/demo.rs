@@ -1,0 +1,142 @@
+//! The demo web app (examples/demo) with the real daemon, in two browser windows: a note added
+//! in one appears in the other through CallHome. Takes the README's screenshot.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::Locator;
+
+use crate::support::browser::{Browser, PATIENCE, free_port};
+use crate::support::{Daemon, KEY, client};
+
+/// The demo binary, built beside `callhome` by `cargo test --all-targets`.
+fn demo_binary() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_callhome"))
+        .parent()
+        .unwrap()
+        .join("examples/demo");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --examples`",
+        path.display()
+    );
+    path
+}
+
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn start_demo(port: u16, callhome: &str) -> Demo {
+    let demo = Demo(
+        Command::new(demo_binary())
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--callhome",
+                callhome,
+                "--key",
+                KEY,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the demo starts"),
+    );
+    let http = client();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while http
+        .get(format!("http://127.0.0.1:{port}/notes?after=0"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the demo never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    demo
+}
+
+async fn add_note(b: &Browser, text: &str) {
+    b.client
+        .find(Locator::Id("note-text"))
+        .await
+        .unwrap()
+        .send_keys(text)
+        .await
+        .unwrap();
+    b.client
+        .find(Locator::Id("note-add"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+async fn wait_for_note(b: &Browser, text: &str) {
+    let script = format!(
+        "return Array.from(document.querySelectorAll('#notes .note')).some(function (li) {{ return li.textContent.indexOf({text:?}) >= 0; }})"
+    );
+    b.wait_for(&format!("note {text:?}"), &script).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_windows_see_each_others_notes() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let demo_port = free_port();
+    let origin = format!("http://localhost:{demo_port}");
+    let dir = std::env::temp_dir().join(format!("callhome-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("callhome.toml");
+    std::fs::write(
+        &config,
+        format!("[[apps]]\nname = \"demo\"\nkey = \"{KEY}\"\norigins = [\"{origin}\"]\n"),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&config);
+    let _demo = start_demo(demo_port, &format!("http://{}", daemon.addr)).await;
+
+    let first = b.client.window().await.unwrap();
+    b.client.goto(&origin).await.unwrap();
+    b.wait_for(
+        "the first window connected",
+        "return window.demoReady === true",
+    )
+    .await;
+    let second = b.client.new_window(false).await.unwrap().handle;
+    b.client.switch_to_window(second.clone()).await.unwrap();
+    b.client.goto(&origin).await.unwrap();
+    b.wait_for(
+        "the second window connected",
+        "return window.demoReady === true",
+    )
+    .await;
+
+    add_note(&b, "Hello from the second window").await;
+    b.client.switch_to_window(first).await.unwrap();
+    wait_for_note(&b, "Hello from the second window").await;
+    add_note(&b, "And hello back from the first").await;
+    b.client.switch_to_window(second).await.unwrap();
+    wait_for_note(&b, "And hello back from the first").await;
+
+    let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/e2e/demo.png");
+    b.screenshot(&shot).await;
+    if std::env::var_os("CALLHOME_UPDATE_SCREENSHOT").is_some() {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/images/demo.png");
+        std::fs::create_dir_all(docs.parent().unwrap()).unwrap();
+        std::fs::copy(&shot, docs).unwrap();
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
