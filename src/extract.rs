@@ -18,12 +18,16 @@ pub struct Query<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| Self(q.0))
-            .map_err(|rejection| ApiError::InvalidParameters(rejection.body_text()))
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parse_query(parts.uri.query()).map(Self)
     }
+}
+
+/// Parses a query string (absent counts as empty). Shared by the [`Query`] extractor and the
+/// lean path for held requests, so both reject bad input with the same words.
+pub fn parse_query<T: DeserializeOwned>(query: Option<&str>) -> Result<T, ApiError> {
+    serde_urlencoded::from_str(query.unwrap_or_default())
+        .map_err(|e| ApiError::InvalidParameters(format!("query string: {e}")))
 }
 
 /// The `{id}` path segment, parsed into an [`Id`].

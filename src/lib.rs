@@ -14,7 +14,8 @@
 //! In memory, in `store`: a sharded map from [`id::Id`] to [`slot::Slot`]. A slot keeps only
 //! the newest value and its sequence number; waiting clients hold an `Arc` to the slot and
 //! sleep on its `Notify`, never on a map guard. `server` wires state, routes and middleware;
-//! `config` loads and validates settings; `error` is the one place errors become HTTP.
+//! `config` loads and validates settings; `error` is the one place errors become HTTP;
+//! `connection` frames HTTP/1.1 so a waiting client holds no buffers (docs/performance.md).
 //!
 //! # What a backplane will add
 //! Several nodes behind one name need a notify on node A to wake a client on node B. The
@@ -24,6 +25,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod connection;
 pub mod error;
 pub mod extract;
 pub mod health;

@@ -42,6 +42,12 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!("{warning}");
     }
 
+    // Each waiting client is a socket: take every file descriptor the hard limit allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
+
     let listener = server::bind(settings.listen)
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;

@@ -1,32 +1,40 @@
 //! The HTTP server: shared state, the router with its middleware, and the accept loop.
 //!
 //! `run` takes an already-bound listener and a shutdown token, so tests bind port 0 and
-//! shut a server down by cancelling its token. There is deliberately no global request
-//! timeout: held polls last `poll_timeout` by design and would be cut by one.
+//! shut a server down by cancelling its token. Each accepted connection is served by
+//! `connection`, which frames HTTP/1.1 itself and calls the router built here. There is
+//! deliberately no global request timeout: held polls last `poll_timeout` by design and would
+//! be cut by one.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderValue, Request, header};
+use axum::http::{HeaderMap, HeaderValue, Request, header};
+use axum::middleware::map_response;
 use axum::response::{IntoResponse, Response};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::Apps;
 use crate::config::{Limits, Settings};
 use crate::error::ApiError;
 use crate::store::Store;
-use crate::{api, health, transport};
+use crate::{api, connection, health, transport};
 
 /// Pending connections the kernel queues for us. Tokio's default (1024) refuses clients
 /// during fast ramps of thousands of new connections; the kernel caps it at `somaxconn`.
 const LISTEN_BACKLOG: u32 = 8192;
+
+/// Pause after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Bytes of body read beyond the info itself: JSON quoting and the `{"info":...}` wrapper.
 const BODY_OVERHEAD: usize = 1024;
@@ -91,14 +99,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
+        .layer(map_response(|mut response: Response| async move {
+            common_headers(response.headers_mut());
+            response
+        }))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(
             // Spans name the method and path only: query strings carry ids.
@@ -108,19 +112,51 @@ pub fn router(state: AppState) -> Router {
         )
 }
 
+/// Headers every response carries unless its handler set them: nothing is cached unless a
+/// route says so, and no content is sniffed.
+pub fn common_headers(headers: &mut HeaderMap) {
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    headers
+        .entry(header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
+}
+
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::Internal("a handler panicked".into()).into_response()
 }
 
-/// Serves `listener` until `shutdown` is cancelled and the requests in flight have answered
-/// (held polls answer at once when the token is cancelled).
+/// Serves `listener` until `shutdown` is cancelled, then waits for the connections to finish
+/// (held polls answer at once when the token is cancelled; idle connections close).
 pub async fn run(
     listener: TcpListener,
     settings: Settings,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let state = AppState::new(settings, listener.local_addr()?, shutdown.clone());
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let router = router(state.clone());
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => break,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                // Answers are small and written whole; do not let Nagle hold them back.
+                let _ = stream.set_nodelay(true);
+                connections.spawn(connection::serve(stream, state.clone(), router.clone()));
+            }
+            Err(e) => {
+                // Out of file descriptors, most likely: spinning would not free any.
+                tracing::warn!(error = %e, "accept failed; pausing");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+    Ok(())
 }

@@ -14,6 +14,10 @@ mod script;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::Response;
+use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
@@ -23,10 +27,60 @@ use crate::slot::{Latest, Seq, Slot};
 
 /// The browser routes.
 pub fn routes() -> Router<AppState> {
-    poll::routes()
-        .merge(events::routes())
+    Router::new()
+        .route(
+            POLL_PATH,
+            get(|State(state), RawQuery(query)| poll::poll(state, query)),
+        )
+        .route(
+            EVENTS_PATH,
+            get(
+                |State(state): State<AppState>, RawQuery(query), headers: HeaderMap| async move {
+                    events::events(&state, query.as_deref(), headers.get(LAST_EVENT_ID))
+                },
+            ),
+        )
         .merge(iframe::routes())
         .merge(script::routes())
+}
+
+/// The long poll.
+pub const POLL_PATH: &str = "/v1/poll";
+/// The event stream.
+pub const EVENTS_PATH: &str = "/v1/events";
+const LAST_EVENT_ID: &str = "last-event-id";
+
+/// The two requests that wait, as the lean path (`held`) hands them over.
+#[derive(Debug)]
+pub enum Held {
+    /// `GET /v1/poll`.
+    Poll,
+    /// `GET /v1/events`.
+    Events,
+}
+
+impl Held {
+    /// The held request at `path`, if it is one.
+    pub fn at(path: &str) -> Option<Self> {
+        match path {
+            POLL_PATH => Some(Self::Poll),
+            EVENTS_PATH => Some(Self::Events),
+            _ => None,
+        }
+    }
+
+    /// Answers it exactly as the router would: same code, same responses.
+    pub async fn respond(
+        self,
+        state: AppState,
+        query: Option<String>,
+        last_event_id: Option<HeaderValue>,
+    ) -> Response {
+        match self {
+            Self::Poll => poll::poll(state, query).await,
+            Self::Events => events::events(&state, query.as_deref(), last_event_id.as_ref()),
+        }
+    }
 }
 
 /// The query of a waiting request: which id, and the last `seq` the client has seen.

@@ -9,35 +9,39 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::{HeaderName, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use futures_util::StreamExt as _;
 use futures_util::stream;
 use tokio_util::sync::CancellationToken;
 
 use super::{Value, WaitParams};
 use crate::error::ApiError;
-use crate::extract::Query;
+use crate::extract::parse_query;
 use crate::server::AppState;
 use crate::slot::{Seq, WaitOutcome, Waiter};
 
 /// How soon a client told "shutting down" should reconnect.
 const RECONNECT_AFTER_SHUTDOWN: Duration = Duration::from_secs(1);
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/events", get(events))
+/// Answers an event-stream request whose query string is `query`. The response body is the
+/// stream, which lasts until the id is deleted, the server shuts down or the client leaves.
+pub fn events(
+    state: &AppState,
+    query: Option<&str>,
+    last_event_id: Option<&HeaderValue>,
+) -> Response {
+    open(state, query, last_event_id).unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn events(
-    State(state): State<AppState>,
-    Query(params): Query<WaitParams>,
-    headers: HeaderMap,
+fn open(
+    state: &AppState,
+    query: Option<&str>,
+    last_event_id: Option<&HeaderValue>,
 ) -> Result<Response, ApiError> {
-    let since = match headers.get("last-event-id") {
+    let params: WaitParams = parse_query(query)?;
+    let since = match last_event_id {
         Some(value) => value
             .to_str()
             .ok()
@@ -45,7 +49,7 @@ async fn events(
             .ok_or_else(|| ApiError::InvalidParameters("Last-Event-ID must be a seq".into()))?,
         None => params.since,
     };
-    let slot = super::find(&state, &params.id)?;
+    let slot = super::find(state, &params.id)?;
     let waiter = slot.join(state.limits.max_waiters_per_id)?;
     // "ready" first: proof for the client that bytes reach it as they are sent (a buffering
     // proxy would hold it back), and the moment it may count the stream as working.

@@ -4,34 +4,35 @@
 //! a notify (200), a delete (410), `poll_timeout` (204) or shutdown (204; the client asks again,
 //! elsewhere or later).
 
-use axum::Router;
-use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
 use tokio::time::Instant;
 
 use super::{Value, WaitParams};
 use crate::error::ApiError;
-use crate::extract::Query;
+use crate::extract::parse_query;
 use crate::server::AppState;
 use crate::slot::WaitOutcome;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/poll", get(poll))
+/// Answers a poll whose query string is `query`. May wait long.
+pub async fn poll(state: AppState, query: Option<String>) -> Response {
+    answer(&state, query.as_deref())
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn poll(
-    State(state): State<AppState>,
-    Query(params): Query<WaitParams>,
-) -> Result<Response, ApiError> {
-    let slot = super::find(&state, &params.id)?;
+async fn answer(state: &AppState, query: Option<&str>) -> Result<Response, ApiError> {
+    let params: WaitParams = parse_query(query)?;
+    let slot = super::find(state, &params.id)?;
     if let Some(latest) = slot.newer_than(params.since) {
         return Ok(Json(Value::from(&latest)).into_response());
     }
     let waiter = slot.join(state.limits.max_waiters_per_id)?;
+    // Nothing from the request lives across the wait but the cursor.
+    let since = params.since;
+    drop(params);
     let deadline = Instant::now() + state.limits.poll_timeout;
-    let wait = waiter.wait_after(params.since, &state.shutdown);
+    let wait = waiter.wait_after(since, &state.shutdown);
     match tokio::time::timeout_at(deadline, wait).await {
         Ok(WaitOutcome::Value(latest)) => Ok(Json(Value::from(&latest)).into_response()),
         Ok(WaitOutcome::Gone) => Err(ApiError::Gone),

@@ -10,5 +10,6 @@ mod browser_side;
 mod concurrency;
 mod demo;
 mod events;
+mod http;
 mod routing;
 mod support;

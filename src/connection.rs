@@ -1,0 +1,552 @@
+//! One client connection: HTTP/1.1 framing with `httparse`, the requests themselves answered by
+//! the axum router, and the requests that wait answered without holding any buffer.
+//!
+//! Why not hand every connection to hyper: an idle waiting client is CallHome's unit cost, and
+//! through hyper each one keeps the connection's read buffer (8 KiB and up), write buffer and
+//! dispatcher state for as long as it waits. Here a connection holds bytes only while it reads a
+//! request head or body; a poll or event stream (see [`Held`]) copies the few bytes it needs out
+//! of the head, frees the buffer and then waits holding only its socket and the wait itself.
+//! docs/performance.md has the measurements.
+//!
+//! What this module does not do: decide anything about the API. Every request other than the
+//! held ones becomes an `http::Request` for the same router the tests use, and held requests go
+//! through the same functions as the router's routes. Anything unusual at the HTTP level
+//! (chunked request bodies, `Expect`, upgrades, HTTP/2, a head this parser rejects) is handed to
+//! hyper, with the bytes already read put back in front of the socket.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderName, HeaderValue, Method, Request, Response, Version, header};
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use hyper::body::Body as _;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::TcpStream;
+use tower::ServiceExt as _;
+
+use crate::error::ApiError;
+use crate::server::{AppState, common_headers};
+use crate::transport::Held;
+
+/// Largest request head read; longer heads go to hyper, which answers 431.
+const MAX_HEAD: usize = 16 * 1024;
+/// Headers parsed in place; a request with more goes to hyper.
+const MAX_HEADERS: usize = 48;
+/// First read of a new request head. Most heads fit; the buffer grows when one does not.
+const READ_CHUNK: usize = 1024;
+/// How long a connection may take to send a complete request head, counted from the moment we
+/// start waiting for it (so it is also the keep-alive idle time). Held requests are not
+/// affected: they wait after their head has arrived.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a request body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `stream` until the client closes it, breaks the protocol or the server shuts down.
+pub async fn serve(stream: TcpStream, state: AppState, router: Router) {
+    let conn = Connection {
+        stream,
+        buf: Vec::new(),
+    };
+    if let Err(e) = conn.run(&state, &router).await {
+        tracing::debug!(error = %e, "connection ended");
+    }
+}
+
+struct Connection {
+    stream: TcpStream,
+    /// Bytes read but not yet used. Empty (and unallocated) while a request waits.
+    buf: Vec<u8>,
+}
+
+/// A request head, copied out of the read buffer.
+struct Head {
+    method: Method,
+    target: String,
+    version: Version,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    len: usize,
+    body_len: usize,
+    keep_alive: bool,
+}
+
+/// What to do with the bytes at the front of the buffer.
+enum Next {
+    /// A request this module serves.
+    Request(Head),
+    /// Something for hyper.
+    HandOff,
+    /// The client closed the connection between requests.
+    Closed,
+}
+
+impl Connection {
+    async fn run(mut self, state: &AppState, router: &Router) -> io::Result<()> {
+        loop {
+            let next = tokio::select! {
+                next = tokio::time::timeout(HEAD_TIMEOUT, self.read_head()) => match next {
+                    Ok(next) => next?,
+                    Err(_) => return Ok(()),
+                },
+                // Between requests, shutdown closes the connection at once.
+                () = state.shutdown.cancelled(), if self.buf.is_empty() => return Ok(()),
+            };
+            let head = match next {
+                Next::Request(head) => head,
+                Next::Closed => return Ok(()),
+                Next::HandOff => return self.hand_off(state, router).await,
+            };
+            // A body too large to read is refused unread, so the connection cannot be reused.
+            let keep_alive = head.keep_alive
+                && head.body_len <= state.body_limit
+                && !state.shutdown.is_cancelled();
+            let is_head = head.method == Method::HEAD;
+            let response = match Held::at(path(&head.target)).filter(|_| head.method == Method::GET)
+            {
+                Some(waiting) => self.wait_for(waiting, head, state).await?,
+                None => self.route(head, state, router).await?,
+            };
+            let Some(response) = response else {
+                return Ok(()); // the client left while its request waited
+            };
+            if !self.write(response, keep_alive, is_head).await? || !keep_alive {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads until a whole request head is buffered, and decides who serves it.
+    async fn read_head(&mut self) -> io::Result<Next> {
+        loop {
+            if !self.buf.is_empty() {
+                match parse(&self.buf) {
+                    Parsed::Complete(head) => return Ok(Next::Request(head)),
+                    Parsed::HandOff => return Ok(Next::HandOff),
+                    Parsed::Partial if self.buf.len() >= MAX_HEAD => return Ok(Next::HandOff),
+                    Parsed::Partial => {}
+                }
+            }
+            self.buf.reserve(READ_CHUNK);
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(Next::Closed)
+                } else {
+                    Err(io::ErrorKind::UnexpectedEof.into())
+                };
+            }
+        }
+    }
+
+    /// Serves a poll or an event stream. Copies what it needs out of the head, frees the read
+    /// buffer, then waits; `None` when the client closed the connection meanwhile.
+    async fn wait_for(
+        &mut self,
+        request: Held,
+        head: Head,
+        state: &AppState,
+    ) -> io::Result<Option<Response<Body>>> {
+        let query = query(&head.target).map(str::to_owned);
+        let last_event_id = head
+            .headers
+            .iter()
+            .find(|(name, _)| name.as_str() == "last-event-id")
+            .map(|(_, value)| value.clone());
+        self.consume(head.len);
+        drop(head);
+        let respond = request.respond(state.clone(), query, last_event_id);
+        tokio::select! {
+            response = respond => Ok(Some(response)),
+            () = closed(&self.stream, &mut self.buf) => Ok(None),
+        }
+    }
+
+    /// Serves any other request through the router.
+    async fn route(
+        &mut self,
+        head: Head,
+        state: &AppState,
+        router: &Router,
+    ) -> io::Result<Option<Response<Body>>> {
+        if head.body_len > state.body_limit {
+            // Not worth reading: answer, and the caller closes the connection.
+            self.consume(self.buf.len());
+            return Ok(Some(axum::response::IntoResponse::into_response(
+                ApiError::BodyTooLarge(state.body_limit),
+            )));
+        }
+        let body = tokio::time::timeout(BODY_TIMEOUT, self.read_body(head.len, head.body_len))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        let mut request = Request::builder()
+            .method(head.method)
+            .uri(&head.target)
+            .version(head.version);
+        if let Some(headers) = request.headers_mut() {
+            headers.extend(head.headers);
+        }
+        let request = match request.body(Body::from(body)) {
+            Ok(request) => request,
+            Err(e) => {
+                let error = ApiError::InvalidParameters(format!("malformed request: {e}"));
+                return Ok(Some(axum::response::IntoResponse::into_response(error)));
+            }
+        };
+        let response = router.clone().oneshot(request).await;
+        Ok(Some(
+            response.unwrap_or_else(|infallible| match infallible {}),
+        ))
+    }
+
+    /// Takes the `body_len` bytes after a head of `head_len` bytes off the connection.
+    async fn read_body(&mut self, head_len: usize, body_len: usize) -> io::Result<Bytes> {
+        let total = head_len + body_len;
+        while self.buf.len() < total {
+            self.buf.reserve(total - self.buf.len());
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        let body = Bytes::copy_from_slice(&self.buf[head_len..total]);
+        self.consume(total);
+        Ok(body)
+    }
+
+    /// Drops the first `n` buffered bytes, and the allocation when nothing is left.
+    fn consume(&mut self, n: usize) {
+        self.buf.drain(..n);
+        if self.buf.is_empty() {
+            self.buf = Vec::new();
+        }
+    }
+
+    /// Writes `response`; `false` when the client left before the body was complete.
+    async fn write(
+        &mut self,
+        response: Response<Body>,
+        keep_alive: bool,
+        is_head: bool,
+    ) -> io::Result<bool> {
+        let (mut parts, mut body) = response.into_parts();
+        common_headers(&mut parts.headers);
+        let exact = body.size_hint().exact();
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(parts.status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(
+            parts
+                .status
+                .canonical_reason()
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        out.extend_from_slice(b"\r\n");
+        for (name, value) in &parts.headers {
+            if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+                continue;
+            }
+            push_header(&mut out, name.as_str(), value.as_bytes());
+        }
+        push_header(
+            &mut out,
+            "date",
+            httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes(),
+        );
+        if !keep_alive {
+            push_header(&mut out, "connection", b"close");
+        }
+        let chunked = exact.is_none() && !is_head;
+        match exact {
+            Some(len) => push_header(&mut out, "content-length", len.to_string().as_bytes()),
+            None if chunked => push_header(&mut out, "transfer-encoding", b"chunked"),
+            None => {}
+        }
+        out.extend_from_slice(b"\r\n");
+
+        if is_head {
+            self.stream.write_all(&out).await?;
+            return Ok(true);
+        }
+        if let Some(len) = exact {
+            // A whole body (every JSON answer): one write with the head.
+            let bytes = body.collect().await.map_err(io::Error::other)?.to_bytes();
+            debug_assert_eq!(bytes.len() as u64, len);
+            out.extend_from_slice(&bytes);
+            self.stream.write_all(&out).await?;
+            return Ok(true);
+        }
+        // A stream (server-sent events): head now, then one chunk per frame as it comes, while
+        // watching for the client leaving so its waiting place is given back at once.
+        self.stream.write_all(&out).await?;
+        drop(out);
+        loop {
+            let frame = tokio::select! {
+                frame = body.frame() => frame,
+                () = closed(&self.stream, &mut self.buf) => return Ok(false),
+            };
+            match frame {
+                None => break,
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        if data.is_empty() {
+                            continue;
+                        }
+                        let mut chunk = format!("{:x}\r\n", data.len()).into_bytes();
+                        chunk.extend_from_slice(&data);
+                        chunk.extend_from_slice(b"\r\n");
+                        self.stream.write_all(&chunk).await?;
+                    }
+                }
+                Some(Err(e)) => return Err(io::Error::other(e)),
+            }
+        }
+        self.stream.write_all(b"0\r\n\r\n").await?;
+        Ok(true)
+    }
+
+    /// Gives the connection, with what was already read, to hyper and the same router.
+    async fn hand_off(self, state: &AppState, router: &Router) -> io::Result<()> {
+        let io = TokioIo::new(Rewind {
+            prefix: Bytes::from(self.buf),
+            inner: self.stream,
+        });
+        let service = TowerToHyperService::new(router.clone());
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let conn = builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            result = conn.as_mut() => result.map_err(io::Error::other),
+            () = state.shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await.map_err(io::Error::other)
+            }
+        }
+    }
+}
+
+fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Resolves when the peer closes the connection (or it fails). Bytes the client sends
+/// meanwhile (a pipelined request) are kept in `buf` for later; past [`MAX_HEAD`] of them it
+/// stops reading and never resolves, leaving the rest in the socket.
+async fn closed(stream: &TcpStream, buf: &mut Vec<u8>) {
+    loop {
+        if buf.len() >= MAX_HEAD || stream.readable().await.is_err() {
+            return std::future::pending().await;
+        }
+        let mut chunk = [0u8; 512];
+        match stream.try_read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+enum Parsed {
+    Complete(Head),
+    Partial,
+    HandOff,
+}
+
+/// Parses the head at the front of `buf`. Anything this module does not serve itself is
+/// `HandOff`: hyper knows what to do with it, including how to refuse it.
+fn parse(buf: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::HandOff,
+    };
+    let (Some(method), Some(target), Some(version)) =
+        (request.method, request.path, request.version)
+    else {
+        return Parsed::HandOff;
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::HandOff;
+    };
+    if !target.starts_with('/') {
+        return Parsed::HandOff;
+    }
+    let mut keep_alive = version == 1;
+    let mut body_len = 0;
+    let mut copied = Vec::with_capacity(request.headers.len());
+    for h in request.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"upgrade")
+        {
+            return Parsed::HandOff;
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let Some(n) = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+            else {
+                return Parsed::HandOff;
+            };
+            body_len = n;
+        }
+        if name.eq_ignore_ascii_case(b"connection") {
+            let value = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+            if value.split(',').any(|t| t.trim() == "close") {
+                keep_alive = false;
+            } else if value.split(',').any(|t| t.trim() == "keep-alive") {
+                keep_alive = true;
+            }
+        }
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name),
+            HeaderValue::from_bytes(h.value),
+        ) else {
+            return Parsed::HandOff;
+        };
+        copied.push((name, value));
+    }
+    Parsed::Complete(Head {
+        method,
+        target: target.to_owned(),
+        version: if version == 1 {
+            Version::HTTP_11
+        } else {
+            Version::HTTP_10
+        },
+        headers: copied,
+        len,
+        body_len,
+        keep_alive,
+    })
+}
+
+fn path(target: &str) -> &str {
+    target.split_once('?').map_or(target, |(path, _)| path)
+}
+
+fn query(target: &str) -> Option<&str> {
+    target.split_once('?').map(|(_, query)| query)
+}
+
+/// A socket with some bytes already read from it, served again before the socket's own.
+struct Rewind {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let bytes = self.prefix.split_to(n);
+            buf.put_slice(&bytes);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn complete(raw: &str) -> Head {
+        match parse(raw.as_bytes()) {
+            Parsed::Complete(head) => head,
+            Parsed::Partial => panic!("partial: {raw:?}"),
+            Parsed::HandOff => panic!("handed off: {raw:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_a_poll() {
+        let head = complete("GET /v1/poll?id=abc&since=2 HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(head.method, Method::GET);
+        assert_eq!(path(&head.target), "/v1/poll");
+        assert_eq!(query(&head.target), Some("id=abc&since=2"));
+        assert!(head.keep_alive);
+        assert_eq!(head.body_len, 0);
+    }
+
+    #[test]
+    fn connection_tokens_decide_keep_alive() {
+        assert!(!complete("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n").keep_alive);
+        assert!(!complete("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(complete("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
+    }
+
+    #[test]
+    fn a_partial_head_waits_for_more() {
+        assert!(matches!(
+            parse(b"GET /v1/poll HTTP/1.1\r\nHost"),
+            Parsed::Partial
+        ));
+    }
+
+    #[test]
+    fn unusual_requests_go_to_hyper() {
+        for raw in [
+            "POST /v1/ids HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST /v1/ids HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+            "GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: lots\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "GET /\x01 HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(matches!(parse(raw.as_bytes()), Parsed::HandOff), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn bodies_are_measured() {
+        let head = complete("POST /v1/ids HTTP/1.1\r\nContent-Length: 12\r\n\r\n{\"id\":\"x\"}");
+        assert_eq!(head.body_len, 12);
+    }
+}
