@@ -1,0 +1,140 @@
+//! `notify-rate`: how many publishes per second the server takes over keep-alive
+//! connections, one request at a time on each, optionally while clients wait.
+//!
+//! Publish n goes to id n mod M with round n / M + 1, so every id sees rising rounds and
+//! waiting clients can check that what they get is theirs.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::Context;
+use crate::cli::{NotifyRateArgs, Record};
+use crate::fleet::Plan;
+use crate::ids;
+use crate::protocol::ClientCounts;
+use crate::publisher::{self, Jobs};
+use crate::report::{self, Latency, round3};
+use crate::target::{self, Kind, Transport};
+
+#[derive(Debug, Serialize)]
+struct NotifyRateReport {
+    scenario: &'static str,
+    target: Kind,
+    conns: usize,
+    ids: usize,
+    waiters: usize,
+    transport: Transport,
+    run: String,
+    secs: f64,
+    publishes: usize,
+    publish_per_sec: f64,
+    errors: usize,
+    latency_p50_ms: Option<f64>,
+    latency_p99_ms: Option<f64>,
+    latency_max_ms: Option<f64>,
+    /// Values the waiting clients received (coalesced: at most one per answer).
+    waiter_deliveries: u64,
+    waiter_wrong: u64,
+    waiter_errors: u64,
+    create_errors: usize,
+}
+
+pub async fn run(ctx: &Context, args: &NotifyRateArgs) -> anyhow::Result<()> {
+    let ids = super::create_ids(ctx, args.ids, args.conns).await?;
+    let mut fleet = None;
+    if args.waiters > 0 {
+        let plan = Plan {
+            clients: args.waiters,
+            transport: args.transport,
+            run: ids.run.clone(),
+            id_modulo: Some(args.ids),
+            record: Record::Counts,
+        };
+        fleet = Some(super::start_fleet(ctx, &plan).await?.fleet);
+    }
+
+    ctx.progress(format_args!(
+        "publishing for {} s over {} connections to {} ids",
+        args.secs, args.conns, args.ids
+    ));
+    let target = ctx.target.clone();
+    let run = ids.run.clone();
+    let m = args.ids;
+    let tally = publisher::run(
+        ctx.target.base.addr,
+        args.conns,
+        Jobs::Until(Instant::now() + Duration::from_secs(args.secs)),
+        true,
+        move |n| {
+            let round = u32::try_from(n / m + 1).unwrap_or(u32::MAX);
+            target.publish(&ids::id_name(&run, n % m), &ids::info(n % m, round))
+        },
+        target::classify_publish,
+    )
+    .await;
+    let counts = match fleet {
+        Some(fleet) => super::stop_fleet(fleet).await?.0,
+        None => ClientCounts::default(),
+    };
+    super::delete_ids(ctx, &ids).await;
+    if tally.ok == 0 {
+        bail!(
+            "no publish succeeded: {}",
+            tally.first_error.unwrap_or_default()
+        );
+    }
+
+    let secs = tally.elapsed.as_secs_f64();
+    let latency = Latency::of(
+        tally
+            .latencies_us
+            .iter()
+            .map(|&us| f64::from(us) / 1000.0)
+            .collect(),
+    );
+    let result = NotifyRateReport {
+        scenario: "notify-rate",
+        target: ctx.target.kind,
+        conns: args.conns,
+        ids: args.ids,
+        waiters: args.waiters,
+        transport: args.transport,
+        run: ids.run.clone(),
+        secs: round3(secs),
+        publishes: tally.sent,
+        publish_per_sec: round3(tally.sent as f64 / secs.max(1e-9)),
+        errors: tally.failed,
+        latency_p50_ms: latency.map(|l| l.p50),
+        latency_p99_ms: latency.map(|l| l.p99),
+        latency_max_ms: latency.map(|l| l.max),
+        waiter_deliveries: counts.deliveries,
+        waiter_wrong: counts.wrong,
+        waiter_errors: counts.errors(),
+        create_errors: ids.create_errors,
+    };
+    let waiters = if args.waiters > 0 {
+        format!(
+            "\n  {} waiters received {} values ({} wrong, {} connection errors)",
+            args.waiters, result.waiter_deliveries, result.waiter_wrong, result.waiter_errors
+        )
+    } else {
+        String::new()
+    };
+    let human = format!(
+        "notify-rate {target}: {publishes} publishes in {secs:.2} s = {rate:.0}/s over {conns} \
+         connections to {ids} ids, {errors} errors\n  publish latency {latency}{waiters}",
+        target = ctx.target.kind.as_arg(),
+        publishes = result.publishes,
+        secs = result.secs,
+        rate = result.publish_per_sec,
+        conns = args.conns,
+        ids = args.ids,
+        errors = result.errors,
+        latency = report::latency_line(latency.as_ref()),
+    );
+    report::emit(ctx.common.json, &human, &result)?;
+    Ok(())
+}
