@@ -32,9 +32,7 @@ fn notify(c: &mut Criterion) {
     c.bench_function("notify, no waiter (store lookup + publish)", |b| {
         b.iter(|| {
             i = (i + 1) % ids.len();
-            store
-                .publish(&app, &ids[i], Arc::from("0123456789abcdef"))
-                .unwrap()
+            store.publish(&app, &ids[i], "0123456789abcdef").unwrap()
         });
     });
 
@@ -53,7 +51,7 @@ fn notify(c: &mut Criterion) {
                 (slot, wait)
             },
             |(slot, wait)| async move {
-                slot.publish(Arc::from("0123456789abcdef"));
+                slot.publish("0123456789abcdef");
                 wait.await.unwrap()
             },
             BatchSize::SmallInput,
@@ -63,7 +61,7 @@ fn notify(c: &mut Criterion) {
 
 fn wait_registration(c: &mut Criterion) {
     let slot = Arc::new(Slot::new(Id::generate().unwrap(), Arc::from("bench"), None));
-    slot.publish(Arc::from("x"));
+    slot.publish("x");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

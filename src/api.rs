@@ -125,10 +125,6 @@ pub fn notify(state: &AppState, app: &App, id: &str, info: &str) -> Result<Notif
             limit,
         });
     }
-    let id = Id::parse(id)?;
-    // A copy, not a slice of the request buffer: a stored value must not pin hyper's buffers.
-    Ok(state
-        .store
-        .publish(app, id.as_str(), Arc::from(info))?
-        .into())
+    Id::check(id)?;
+    Ok(state.store.publish(app, id, info)?.into())
 }

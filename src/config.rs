@@ -30,6 +30,9 @@ pub struct Config {
     pub public_url: Option<String>,
     /// A tracing filter such as `info` or `callhome=debug,tower_http=info`.
     pub log: String,
+    /// Threads serving requests; 0 means one per CPU core. On a machine shared with other
+    /// busy processes, fewer threads than cores can be faster (docs/performance.md).
+    pub workers: usize,
     /// Resource limits.
     pub limits: Limits,
     /// The registered web applications.
@@ -77,6 +80,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".into(),
             public_url: None,
             log: "info".into(),
+            workers: 0,
             limits: Limits::default(),
             apps: Vec::new(),
         }
@@ -118,6 +122,8 @@ pub struct Settings {
     pub public_url: Option<String>,
     /// The tracing filter.
     pub log: String,
+    /// Threads serving requests (0: one per core).
+    pub workers: usize,
     /// Resource limits.
     pub limits: Limits,
     /// The registered apps.
@@ -154,7 +160,7 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 
 /// Top-level keys that `CALLHOME_*` variables may set. Other `CALLHOME_*` variables (an app's
 /// `key_env`, say) are left alone instead of being taken for unknown config keys.
-const ENV_KEYS: &[&str] = &["listen", "public_url", "log", "limits"];
+const ENV_KEYS: &[&str] = &["listen", "public_url", "log", "workers", "limits"];
 
 impl Config {
     /// Loads the layers: defaults, the file at `path`, the environment, then `overrides`.
@@ -192,6 +198,12 @@ impl Config {
             .transpose()?;
         if self.log.trim().is_empty() {
             return Err(invalid("log", "must not be empty (try \"info\")"));
+        }
+        if self.workers > 1024 {
+            return Err(invalid(
+                "workers",
+                "must be at most 1024 (0 means one per core)",
+            ));
         }
         validate_limits(&self.limits)?;
 
@@ -258,6 +270,7 @@ impl Config {
             listen,
             public_url,
             log: self.log,
+            workers: self.workers,
             limits: self.limits,
             apps: Apps::new(apps),
             warnings,
@@ -439,6 +452,7 @@ mod tests {
         let shipped: Config = Figment::from(Toml::file(&path)).extract().unwrap();
         assert_eq!(shipped.limits, Limits::default());
         assert_eq!(shipped.log, Config::default().log);
+        assert_eq!(shipped.workers, Config::default().workers);
         shipped.validate(no_env).unwrap();
     }
 

@@ -41,6 +41,12 @@ pub struct EntropyError(String);
 impl Id {
     /// Parses and validates an id chosen by a client.
     pub fn parse(text: &str) -> Result<Self, IdError> {
+        Self::check(text)?;
+        Ok(Self(Arc::from(text)))
+    }
+
+    /// Checks that `text` is a well-formed id without keeping it (lookups need no copy).
+    pub fn check(text: &str) -> Result<(), IdError> {
         if !(MIN_LEN..=MAX_LEN).contains(&text.len()) {
             return Err(IdError::Length(text.len()));
         }
@@ -50,7 +56,7 @@ impl Id {
         {
             return Err(IdError::Alphabet);
         }
-        Ok(Self(Arc::from(text)))
+        Ok(())
     }
 
     /// Makes a fresh id from 128 bits of the OS random source, encoded as base64url.

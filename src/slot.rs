@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use compact_str::CompactString;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -29,7 +30,8 @@ pub struct Slot {
     app: Arc<str>,
     /// The origin whose pages may receive this id's news, or `None` for any origin of the app.
     origin: Option<Origin>,
-    created_at: SystemTime,
+    /// Unix seconds; whole seconds are all the API shows, and half the size of a `SystemTime`.
+    created_at: u64,
     latest: Mutex<Latest>,
     /// Unix seconds of the last poll or notify, for `idle_secs` and (later) expiry.
     last_active: AtomicU64,
@@ -44,8 +46,9 @@ pub struct Slot {
 pub struct Latest {
     /// How many notifies the id has received.
     pub seq: Seq,
-    /// The info of the newest notify; `None` before the first.
-    pub info: Option<Arc<str>>,
+    /// The info of the newest notify; `None` before the first. Stored inline up to 24 bytes
+    /// (most infos are sequence numbers), so a typical id is one allocation, not two.
+    pub info: Option<CompactString>,
 }
 
 /// What a notify did.
@@ -81,7 +84,7 @@ impl Slot {
             id,
             app,
             origin,
-            created_at: now,
+            created_at: unix_secs(now),
             latest: Mutex::new(Latest { seq: 0, info: None }),
             last_active: AtomicU64::new(unix_secs(now)),
             waiting: AtomicU32::new(0),
@@ -107,7 +110,7 @@ impl Slot {
 
     /// When the id was created.
     pub fn created_at(&self) -> SystemTime {
-        self.created_at
+        UNIX_EPOCH + std::time::Duration::from_secs(self.created_at)
     }
 
     /// Whole seconds since the last poll or notify.
@@ -126,12 +129,13 @@ impl Slot {
     }
 
     /// Stores `info` as the newest value, bumps `seq` and wakes every waiting client.
-    pub fn publish(&self, info: Arc<str>) -> Published {
+    pub fn publish(&self, info: &str) -> Published {
         let seq = {
             let mut latest = self.lock();
             // Overflow would take 2^64 notifies; unreachable in the life of any deployment.
             latest.seq += 1;
-            latest.info = Some(info);
+            // A copy, never a slice of a request buffer: a stored value must not pin one.
+            latest.info = Some(CompactString::from(info));
             latest.seq
         };
         self.touch();
@@ -248,15 +252,15 @@ mod tests {
     #[test]
     fn notifies_collapse_into_the_newest() {
         let s = slot();
-        s.publish(Arc::from("a"));
-        s.publish(Arc::from("b"));
-        let p = s.publish(Arc::from("c"));
+        s.publish("a");
+        s.publish("b");
+        let p = s.publish("c");
         assert_eq!(p, Published { seq: 3, waiting: 0 });
         assert_eq!(
             s.newer_than(0),
             Some(Latest {
                 seq: 3,
-                info: Some(Arc::from("c"))
+                info: Some("c".into())
             })
         );
         assert_eq!(s.newer_than(3), None);
@@ -279,13 +283,13 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert_eq!(s.waiting(), 1);
-        let p = s.publish(Arc::from("x"));
+        let p = s.publish("x");
         assert_eq!(p.waiting, 1);
         assert_eq!(
             wait.await.unwrap(),
             WaitOutcome::Value(Latest {
                 seq: 1,
-                info: Some(Arc::from("x"))
+                info: Some("x".into())
             })
         );
         assert_eq!(s.waiting(), 0, "the place is given back");
@@ -343,7 +347,7 @@ mod tests {
             });
             let publisher = tokio::spawn({
                 let s = Arc::clone(&s);
-                async move { s.publish(Arc::from(round.to_string())) }
+                async move { s.publish(&round.to_string()) }
             });
             publisher.await.unwrap();
             let out = tokio::time::timeout(Duration::from_secs(10), waiter)

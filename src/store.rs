@@ -110,7 +110,7 @@ impl Store {
     }
 
     /// Stores `info` as the newest value of `app`'s `id` and wakes its waiting clients.
-    pub fn publish(&self, app: &App, id: &str, info: Arc<str>) -> Result<Published, UnknownId> {
+    pub fn publish(&self, app: &App, id: &str, info: &str) -> Result<Published, UnknownId> {
         Ok(self.get_owned(app, id)?.publish(info))
     }
 
@@ -163,7 +163,7 @@ mod tests {
             .create(&app("a"), id("owned-by-a-0000001"), None)
             .unwrap();
         assert_eq!(
-            store.publish(&app("b"), "owned-by-a-0000001", Arc::from("x")),
+            store.publish(&app("b"), "owned-by-a-0000001", "x"),
             Err(UnknownId)
         );
         assert_eq!(
@@ -173,7 +173,7 @@ mod tests {
         assert!(store.get("owned-by-a-0000001").is_some());
         assert_eq!(
             store
-                .publish(&app("a"), "owned-by-a-0000001", Arc::from("x"))
+                .publish(&app("a"), "owned-by-a-0000001", "x")
                 .unwrap()
                 .seq,
             1

@@ -110,8 +110,8 @@ impl<'a> From<&'a Latest> for Value<'a> {
 
 /// The slot a browser asks about, counted as activity.
 fn find(state: &AppState, id: &str) -> Result<Arc<Slot>, ApiError> {
-    let id = Id::parse(id)?;
-    let slot = state.store.get(id.as_str()).ok_or(ApiError::UnknownId)?;
+    Id::check(id)?;
+    let slot = state.store.get(id).ok_or(ApiError::UnknownId)?;
     slot.touch();
     Ok(slot)
 }

@@ -72,9 +72,24 @@ pub enum Command {
     NotifyRate(NotifyRateArgs),
     /// `idle --transport sse`, then `fanout --transport sse`, in one run.
     Sse(SseArgs),
+    /// Memory per stored id with no client: create ids, give each an info, read the RSS.
+    Store(StoreArgs),
     /// Internal: one worker process holding a share of the clients (started by the tool).
     #[command(hide = true)]
     Worker(WorkerArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Ids to create (CallHome) or channels to publish to (Nchan).
+    #[arg(long, value_parser = positive)]
+    pub ids: usize,
+    /// The server's process id; found from the --base port when omitted.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Keep-alive connections used to create and publish.
+    #[arg(long, default_value_t = 16, value_parser = positive)]
+    pub conns: usize,
 }
 
 #[derive(Debug, Clone, Args)]

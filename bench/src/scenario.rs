@@ -8,6 +8,7 @@
 mod fanout;
 mod idle;
 mod notify_rate;
+mod store;
 
 use std::fmt::Display;
 use std::time::Duration;
@@ -78,6 +79,7 @@ async fn dispatch(ctx: &Context, command: &Command) -> anyhow::Result<()> {
             fanout::run(ctx, args.clients, args.transport, &args.publish).await
         }
         Command::NotifyRate(args) => notify_rate::run(ctx, args).await,
+        Command::Store(args) => store::run(ctx, args).await,
         Command::Sse(args) => {
             let idle = IdleArgs {
                 clients: args.clients,

@@ -129,7 +129,7 @@ pub async fn run(ctx: &Context, args: &IdleArgs) -> anyhow::Result<()> {
 }
 
 /// `--server-pid`, or the process listening on the `--base` port.
-fn server_pid(ctx: &Context, given: Option<u32>) -> anyhow::Result<u32> {
+pub(super) fn server_pid(ctx: &Context, given: Option<u32>) -> anyhow::Result<u32> {
     let pid = if let Some(pid) = given {
         pid
     } else {
