@@ -9,8 +9,9 @@
 //! docs/performance.md has the measurements.
 //!
 //! What this module does not do: decide anything about the API. Every request other than the
-//! held ones becomes an `http::Request` for the same router the tests use, and held requests go
-//! through the same functions as the router's routes. Anything unusual at the HTTP level
+//! held ones and notifies becomes an `http::Request` for the same router the tests use; held
+//! requests and notifies (the busiest backend request: building a request and routing it was
+//! a third of its cost) go through the same functions as the router's routes. Anything unusual at the HTTP level
 //! (chunked request bodies, `Expect`, upgrades, HTTP/2, a head this parser rejects) is handed to
 //! hyper, with the bytes already read put back in front of the socket.
 
@@ -31,6 +32,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 use tokio::net::TcpStream;
 use tower::ServiceExt as _;
 
+use crate::api;
 use crate::error::ApiError;
 use crate::server::{AppState, common_headers};
 use crate::transport::Held;
@@ -107,10 +109,17 @@ impl Connection {
                 && head.body_len <= state.body_limit
                 && !state.shutdown.is_cancelled();
             let is_head = head.method == Method::HEAD;
-            let response = match Held::at(path(&head.target)).filter(|_| head.method == Method::GET)
+            let response = if let Some(waiting) =
+                Held::at(path(&head.target)).filter(|_| head.method == Method::GET)
             {
-                Some(waiting) => self.wait_for(waiting, head, state).await?,
-                None => self.route(head, state, router).await?,
+                self.wait_for(waiting, head, state).await?
+            } else if head.method == Method::POST
+                && notify_id(path(&head.target)).is_some()
+                && head.body_len <= state.body_limit
+            {
+                Some(self.notify(head, state).await?)
+            } else {
+                self.route(head, state, router).await?
             };
             let Some(response) = response else {
                 return Ok(()); // the client left while its request waited
@@ -164,6 +173,28 @@ impl Connection {
             response = respond => Ok(Some(response)),
             () = closed(&self.stream, &mut self.buf) => Ok(None),
         }
+    }
+
+    /// Serves a notify in place: the busiest backend request skips building an
+    /// `http::Request` and the router, and goes through the same steps as the routed handler.
+    async fn notify(&mut self, head: Head, state: &AppState) -> io::Result<Response<Body>> {
+        let body = tokio::time::timeout(BODY_TIMEOUT, self.read_body(head.len, head.body_len))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        let header = |name: &HeaderName| {
+            head.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, value)| value)
+        };
+        let id = notify_id(path(&head.target)).unwrap_or_default();
+        Ok(api::notify_in_place(
+            state,
+            header(&header::AUTHORIZATION),
+            header(&header::CONTENT_TYPE),
+            id,
+            &body,
+        ))
     }
 
     /// Serves any other request through the router.
@@ -433,6 +464,13 @@ fn parse(buf: &[u8]) -> Parsed {
     })
 }
 
+/// The id of a `/v1/ids/{id}/notify` path. A percent-encoded id goes to the router, which
+/// decodes it.
+fn notify_id(path: &str) -> Option<&str> {
+    let id = path.strip_prefix("/v1/ids/")?.strip_suffix("/notify")?;
+    (!id.is_empty() && !id.contains(['/', '%'])).then_some(id)
+}
+
 fn path(target: &str) -> &str {
     target.split_once('?').map_or(target, |(path, _)| path)
 }
@@ -542,6 +580,15 @@ mod tests {
         ] {
             assert!(matches!(parse(raw.as_bytes()), Parsed::HandOff), "{raw:?}");
         }
+    }
+
+    #[test]
+    fn notify_paths() {
+        assert_eq!(notify_id("/v1/ids/abcdefghijklmnop/notify"), Some("abcdefghijklmnop"));
+        assert_eq!(notify_id("/v1/ids//notify"), None);
+        assert_eq!(notify_id("/v1/ids/a/b/notify"), None);
+        assert_eq!(notify_id("/v1/ids/%61bc/notify"), None);
+        assert_eq!(notify_id("/v1/ids/abc"), None);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -69,14 +69,27 @@ impl FromRequest<AppState> for Body {
 
 /// The media type of the body (`text/plain` for `text/plain; charset=utf-8`), lower-cased.
 pub fn media_type(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    media_type_of(headers.get(header::CONTENT_TYPE))
+}
+
+/// [`media_type`] of a `Content-Type` value.
+pub fn media_type_of(content_type: Option<&HeaderValue>) -> Option<String> {
+    let value = content_type?.to_str().ok()?;
     let essence = value.split(';').next().unwrap_or_default().trim();
     Some(essence.to_ascii_lowercase())
 }
 
 /// Parses a JSON body, insisting on `Content-Type: application/json`.
 pub fn json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
-    match media_type(headers).as_deref() {
+    json_of(headers.get(header::CONTENT_TYPE), body)
+}
+
+/// [`json`] given the `Content-Type` value.
+pub fn json_of<T: DeserializeOwned>(
+    content_type: Option<&HeaderValue>,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    match media_type_of(content_type).as_deref() {
         Some("application/json") => {
             serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))
         }

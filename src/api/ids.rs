@@ -3,14 +3,16 @@
 use std::time::SystemTime;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
 use super::Authenticated;
+use crate::auth::App;
 use crate::error::ApiError;
+use crate::id::Id;
 use crate::extract::{self, Body, PathId};
 use crate::server::AppState;
 
@@ -57,17 +59,30 @@ struct NotifyRequest {
 async fn notify(
     State(state): State<AppState>,
     Authenticated(app): Authenticated,
-    PathId(id): PathId,
+    Path(id): Path<String>,
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Json<super::Notified>, ApiError> {
+    notify_body(&state, &app, &id, headers.get(header::CONTENT_TYPE), &body).map(Json)
+}
+
+/// Validates `id`, reads the info from a notify body of type `content_type`, and notifies.
+/// Shared by the routed handler and `connection`'s in-place path.
+pub(super) fn notify_body(
+    state: &AppState,
+    app: &App,
+    id: &str,
+    content_type: Option<&HeaderValue>,
+    body: &[u8],
+) -> Result<super::Notified, ApiError> {
+    Id::check(id)?;
     // An empty body is a notify with empty info, whatever its type (`curl -d ''` says form).
-    let info = match extract::media_type(&headers).as_deref() {
+    let info = match extract::media_type_of(content_type).as_deref() {
         _ if body.is_empty() => "",
-        Some("text/plain") => std::str::from_utf8(&body).map_err(|_| ApiError::InvalidInfo)?,
+        Some("text/plain") => std::str::from_utf8(body).map_err(|_| ApiError::InvalidInfo)?,
         Some("application/json") => {
-            let request: NotifyRequest = extract::json(&headers, &body)?;
-            return super::notify(&state, &app, id.as_str(), &request.info).map(Json);
+            let request: NotifyRequest = extract::json_of(content_type, body)?;
+            return super::notify(state, app, id, &request.info);
         }
         other => {
             return Err(ApiError::UnsupportedMediaType(
@@ -76,7 +91,7 @@ async fn notify(
             ));
         }
     };
-    super::notify(&state, &app, id.as_str(), info).map(Json)
+    super::notify(state, app, id, info)
 }
 
 #[derive(Debug, Serialize)]
