@@ -90,6 +90,9 @@ enum Next {
 
 impl Connection {
     async fn run(mut self, state: &AppState, router: &Router) -> io::Result<()> {
+        // Every connection's task is as large as the largest state this loop can be in, for as
+        // long as the connection lives. Waiting is the state that lasts, so the other steps
+        // (routing, writing, hyper) are boxed: their memory exists only while they run.
         loop {
             let next = tokio::select! {
                 next = tokio::time::timeout(HEAD_TIMEOUT, self.read_head()) => match next {
@@ -102,7 +105,7 @@ impl Connection {
             let head = match next {
                 Next::Request(head) => head,
                 Next::Closed => return Ok(()),
-                Next::HandOff => return self.hand_off(state, router).await,
+                Next::HandOff => return Box::pin(self.hand_off(state, router)).await,
             };
             // A body too large to read is refused unread, so the connection cannot be reused.
             let keep_alive = head.keep_alive
@@ -117,14 +120,14 @@ impl Connection {
                 && notify_id(path(&head.target)).is_some()
                 && head.body_len <= state.body_limit
             {
-                Some(self.notify(head, state).await?)
+                Some(Box::pin(self.notify(head, state)).await?)
             } else {
-                self.route(head, state, router).await?
+                Box::pin(self.route(head, state, router)).await?
             };
             let Some(response) = response else {
                 return Ok(()); // the client left while its request waited
             };
-            if !self.write(response, keep_alive, is_head).await? || !keep_alive {
+            if !Box::pin(self.write(response, keep_alive, is_head)).await? || !keep_alive {
                 return Ok(());
             }
         }
