@@ -15,6 +15,8 @@
 #   NOTIFY_SECS=10   length of the notify-rate scenario
 #   CONNS=16         publisher connections (notify-rate and fan-out)
 #   HOLD_SECS=10     idle CPU sampling window; SETTLE_SECS=2 before reading memory
+#   STORE_IDS=1000000  ids with a 16-byte info for the memory-per-stored-id scenario
+#   CH_WORKERS=1     CallHome's worker threads (Nchan runs one worker process)
 #   NOFILE=20000     `ulimit -n` for the servers (nginx's worker_rlimit_nofile is 20000)
 #   CH_PORT=18080 NCHAN_PORT=18081   first ports tried (the next free one is taken)
 #   NO_INSTALL=1     never apt-get (fail instead when nginx or nchan is missing)
@@ -34,6 +36,11 @@ NOTIFY_SECS=${NOTIFY_SECS:-10}
 CONNS=${CONNS:-16}
 HOLD_SECS=${HOLD_SECS:-10}
 SETTLE_SECS=${SETTLE_SECS:-2}
+# Ids created for the memory-per-stored-id measurement (the issue's target is at 1,000,000).
+STORE_IDS=${STORE_IDS:-1000000}
+# CallHome's worker threads. 1, like Nchan's single worker: on 2 cores shared with the load
+# generator, one thread is the faster setting for both (docs/performance.md).
+CH_WORKERS=${CH_WORKERS:-1}
 NOFILE=${NOFILE:-20000}
 CH_PORT=${CH_PORT:-18080}
 NCHAN_PORT=${NCHAN_PORT:-18081}
@@ -239,12 +246,14 @@ log "callhome on 127.0.0.1:$CH_PORT, nchan on 127.0.0.1:$NCHAN_PORT; results in 
 
 step "record machine facts and versions"
 N=$N ROUNDS=$ROUNDS NOTIFY_SECS=$NOTIFY_SECS CONNS=$CONNS HOLD_SECS=$HOLD_SECS \
+    STORE_IDS=$STORE_IDS CH_WORKERS=$CH_WORKERS \
     SETTLE_SECS=$SETTLE_SECS NGINX=$NGINX MODULE=$MODULE STAMP=$STAMP CALLHOME=$CALLHOME \
     timeout 60 python3 "$HERE/summarize.py" meta "$OUT/meta.json" || die "collecting machine facts failed"
 
 # ---------------------------------------------------------------------------------------
 start_callhome() {
-    (ulimit -n "$NOFILE" && exec "$CALLHOME" --config "$TMP/callhome.toml" \
+    (ulimit -n "$NOFILE" && CALLHOME_WORKERS=$CH_WORKERS CALLHOME_LIMITS__MAX_IDS=$((STORE_IDS + N + 1000)) \
+        exec "$CALLHOME" --config "$TMP/callhome.toml" \
         --listen "127.0.0.1:$CH_PORT" --log warn) >>"$TMP/callhome.log" 2>&1 &
     SERVER_PID=$!
     wait_port "$CH_PORT" "$SERVER_PID" 20 || die "callhome did not listen on $CH_PORT (see callhome.log)"
@@ -287,7 +296,7 @@ run_case() {
     local args=(--json --max-secs "$bounded" --target "$target" --base "http://127.0.0.1:$port")
     [[ $server == callhome ]] && args+=(--key "$KEY")
     local measured=("$@")
-    [[ $case == idle-* ]] && measured+=(--server-pid "$MEASURE_PID")
+    [[ $case == idle-* || $case == store ]] && measured+=(--server-pid "$MEASURE_PID")
     {
         echo "### round $round $case $server: $BENCH ${args[*]} ${measured[*]}"
     } >>"$OUT/bench.log"
@@ -340,6 +349,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
     for server in callhome nchan; do
         run_case "$round" fanout-poll "$server" -- fanout --clients "$N" --conns "$CONNS" --transport poll
     done
+    # Ids need no sockets, so memory per stored id is measured at full size. The target is
+    # absolute (bytes per id), so CallHome only.
+    run_case "$round" store callhome -- store --ids "$STORE_IDS" --conns "$CONNS"
 done
 
 step "write $DOC and $SVG"

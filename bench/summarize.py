@@ -54,6 +54,7 @@ METRICS = [
     ("fanout-poll", "wrong", "Fan-out: wrong deliveries", "count"),
     ("fanout-poll", "publish_errors", "Fan-out: failed publishes", "count"),
     ("fanout-poll", "connect_errors", "Fan-out: connection errors", "count"),
+    ("store", "rss_per_id", "Stored ids, no clients: RSS per id (CallHome only)", "bytes"),
 ]
 
 # The targets. ratio: CallHome / Nchan compared with `value`; abs: CallHome's own
@@ -80,6 +81,8 @@ TARGETS = [
      "text": "Idle CPU < 2 % of one core (long poll)"},
     {"case": "idle-sse", "field": "idle_cpu_percent", "kind": "abs", "op": "<", "value": 2.0,
      "text": "Idle CPU < 2 % of one core (SSE)"},
+    {"case": "store", "field": "rss_per_id", "kind": "abs", "op": "<=", "value": 300,
+     "text": "RSS per stored id (16-byte info, no client) ≤ 300 B"},
 ]
 
 
@@ -145,7 +148,8 @@ def meta(out):
                                "libnginx-mod-nchan"]),
         "nchan_module": env.get("MODULE", ""),
         "knobs": {k: env.get(k, "") for k in
-                  ("N", "ROUNDS", "NOTIFY_SECS", "CONNS", "HOLD_SECS", "SETTLE_SECS")},
+                  ("N", "ROUNDS", "NOTIFY_SECS", "CONNS", "HOLD_SECS", "SETTLE_SECS",
+                   "STORE_IDS", "CH_WORKERS")},
     }
     Path(out).write_text(json.dumps(facts, indent=2) + "\n")
 
@@ -194,6 +198,9 @@ def brief(raw):
                  f"connect errors {r.get('connect_errors')}")
     elif case == "notify-rate":
         extra = (f"{fmt('rate', r.get('publish_per_sec'))}, errors {r.get('errors')}")
+    elif case == "store":
+        extra = (f"rss/id {fmt('bytes', r.get('rss_per_id'))} over {r.get('ids')} ids, "
+                 f"errors {r.get('create_errors')} create / {r.get('publish_errors')} publish")
     else:
         extra = (f"all answered {fmt('secs', r.get('all_answered_secs'))}, "
                  f"p99 {fmt('ms', r.get('latency_p99_ms'))}, missing {r.get('missing')}, "
@@ -318,8 +325,9 @@ def report(outdir, doc, svg):
     w("")
     w(f"Run `{m.get('stamp')}`: N = {n} waiting clients, "
       f"{knobs.get('CONNS')} publisher connections, notify-rate for "
-      f"{knobs.get('NOTIFY_SECS')} s" + (f", wall time {int(wall) // 60} min "
-                                         f"{int(wall) % 60} s." if wall else "."))
+      f"{knobs.get('NOTIFY_SECS')} s, {knobs.get('STORE_IDS')} stored ids; CallHome with "
+      f"`workers = {knobs.get('CH_WORKERS')}` and Nchan with one worker process"
+      + (f", wall time {int(wall) // 60} min {int(wall) % 60} s." if wall else "."))
     w("")
     w("## Targets")
     w("")
