@@ -41,7 +41,10 @@ impl FromRequestParts<AppState> for Authenticated {
 }
 
 /// The app whose key an `Authorization` value carries.
-fn authenticate(state: &AppState, authorization: Option<&HeaderValue>) -> Result<Arc<App>, ApiError> {
+fn authenticate(
+    state: &AppState,
+    authorization: Option<&HeaderValue>,
+) -> Result<Arc<App>, ApiError> {
     let key = authorization
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {

@@ -587,7 +587,10 @@ mod tests {
 
     #[test]
     fn notify_paths() {
-        assert_eq!(notify_id("/v1/ids/abcdefghijklmnop/notify"), Some("abcdefghijklmnop"));
+        assert_eq!(
+            notify_id("/v1/ids/abcdefghijklmnop/notify"),
+            Some("abcdefghijklmnop")
+        );
         assert_eq!(notify_id("/v1/ids//notify"), None);
         assert_eq!(notify_id("/v1/ids/a/b/notify"), None);
         assert_eq!(notify_id("/v1/ids/%61bc/notify"), None);

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use super::Authenticated;
 use crate::auth::App;
 use crate::error::ApiError;
-use crate::id::Id;
 use crate::extract::{self, Body, PathId};
+use crate::id::Id;
 use crate::server::AppState;
 
 pub fn routes() -> Router<AppState> {

@@ -391,14 +391,8 @@ async fn status_reports_the_id() {
 async fn delete_answers_waiting_polls_with_410_then_the_id_is_unknown() {
     let s = TestServer::spawn();
     let id = s.new_id().await;
-    let waiting = tokio::spawn({
-        let (client, url) = (
-            s.client.clone(),
-            s.url(&format!("/v1/poll?id={id}&since=0")),
-        );
-        async move { client.get(url).send().await.unwrap() }
-    });
-    wait_for_waiters(&s, &id, 1).await;
+    let waiting = s.spawn_poll(&id, 0);
+    s.wait_for_waiters(&id, 1).await;
 
     let r = s
         .client
@@ -532,25 +526,4 @@ async fn seed_urls_work_with_query_or_form_parameters() {
         (r.status(), error_code(r).await.as_str()),
         (StatusCode::NOT_FOUND, "unknown_id")
     );
-}
-
-/// Waits (bounded) until the server reports `n` clients waiting on `id`.
-pub async fn wait_for_waiters(s: &TestServer, id: &str, n: u64) {
-    for _ in 0..500 {
-        let v: Value = s
-            .client
-            .get(s.url(&format!("/v1/ids/{id}")))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["waiting"] == n {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!("{n} waiters never showed up on {id}");
 }

@@ -7,7 +7,6 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::api::wait_for_waiters;
 use crate::support::browser::{Browser, free_port};
 use crate::support::{Daemon, KEY, PageServer, TestServer, client};
 
@@ -87,7 +86,7 @@ async fn notify_reaches_the_page(transport: Option<&str>, expected_mode: &str) {
     }
     let id = id_of(&url);
     open(&b, &page, &[&url]).await;
-    wait_for_waiters(&s, &id, 1).await;
+    s.wait_for_waiters(&id, 1).await;
     assert_eq!(transport_in_frame(&b).await, expected_mode);
 
     s.notify(KEY, &id, "hello").await;
@@ -96,7 +95,7 @@ async fn notify_reaches_the_page(transport: Option<&str>, expected_mode: &str) {
     assert_eq!(received(&b, 0).await, [("hello".to_owned(), 1)]);
 
     // And the next one, on the reconnected wait.
-    wait_for_waiters(&s, &id, 1).await;
+    s.wait_for_waiters(&id, 1).await;
     s.notify(KEY, &id, "again").await;
     b.wait_for("the second value", "return window.received[0].length === 2")
         .await;
@@ -127,7 +126,7 @@ async fn quick_notifies_deliver_the_newest_and_never_go_backwards() {
         let url = format!("{}&transport={transport}", iframe_url(&s, json!({})).await);
         let id = id_of(&url);
         open(&b, &page, &[&url]).await;
-        wait_for_waiters(&s, &id, 1).await;
+        s.wait_for_waiters(&id, 1).await;
         for n in 1..=3 {
             s.notify(KEY, &id, &n.to_string()).await;
         }
@@ -153,8 +152,8 @@ async fn several_subscriptions_on_one_page_each_get_their_own() {
     let first = iframe_url(&s, json!({})).await;
     let second = format!("{}&transport=poll", iframe_url(&s, json!({})).await);
     open(&b, &page, &[&first, &second]).await;
-    wait_for_waiters(&s, &id_of(&first), 1).await;
-    wait_for_waiters(&s, &id_of(&second), 1).await;
+    s.wait_for_waiters(&id_of(&first), 1).await;
+    s.wait_for_waiters(&id_of(&second), 1).await;
     s.notify(KEY, &id_of(&second), "for the second").await;
     s.notify(KEY, &id_of(&first), "for the first").await;
     b.wait_for(
@@ -194,7 +193,7 @@ async fn a_deleted_id_reaches_on_error_as_gone_once() {
         let url = format!("{}&transport={transport}", iframe_url(&s, json!({})).await);
         let id = id_of(&url);
         open(&b, &page, &[&url]).await;
-        wait_for_waiters(&s, &id, 1).await;
+        s.wait_for_waiters(&id, 1).await;
         let r = s
             .client
             .delete(s.url(&format!("/v1/ids/{id}")))

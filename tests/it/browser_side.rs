@@ -3,21 +3,14 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::api::wait_for_waiters;
 use crate::support::{KEY, KEY_TWO, ORIGIN, ORIGIN_TWO_A, ORIGIN_TWO_B, TestServer, error_code};
 
 #[tokio::test]
 async fn a_held_poll_is_answered_by_notify() {
     let s = TestServer::spawn();
     let id = s.new_id().await;
-    let poll = tokio::spawn({
-        let (client, url) = (
-            s.client.clone(),
-            s.url(&format!("/v1/poll?id={id}&since=0")),
-        );
-        async move { client.get(url).send().await.unwrap() }
-    });
-    wait_for_waiters(&s, &id, 1).await;
+    let poll = s.spawn_poll(&id, 0);
+    s.wait_for_waiters(&id, 1).await;
     let r = s.notify(KEY, &id, "hello").await;
     assert_eq!(
         r.json::<Value>().await.unwrap(),
@@ -103,16 +96,8 @@ async fn poll_errors() {
 async fn too_many_waiters_on_one_id_answers_429() {
     let s = TestServer::spawn_with(|c| c.limits.max_waiters_per_id = 2);
     let id = s.new_id().await;
-    let held: Vec<_> = (0..2)
-        .map(|_| {
-            let (client, url) = (
-                s.client.clone(),
-                s.url(&format!("/v1/poll?id={id}&since=0")),
-            );
-            tokio::spawn(async move { client.get(url).send().await.unwrap() })
-        })
-        .collect();
-    wait_for_waiters(&s, &id, 2).await;
+    let held: Vec<_> = (0..2).map(|_| s.spawn_poll(&id, 0)).collect();
+    s.wait_for_waiters(&id, 2).await;
     let r = s.poll(&id, 0).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(r.headers()["retry-after"], "5");

@@ -34,7 +34,7 @@ async fn a_thousand_waiting_ids_each_get_exactly_their_own_value() {
     }
     // Every poll is held before any notify goes out.
     for id in &ids {
-        crate::api::wait_for_waiters(&s, id, 1).await;
+        s.wait_for_waiters(id, 1).await;
     }
 
     let mut notifies = JoinSet::new();

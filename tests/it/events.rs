@@ -5,7 +5,6 @@ use std::time::Duration;
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::api::wait_for_waiters;
 use crate::support::{KEY, TestServer, error_code};
 
 /// Reads a `text/event-stream` response one block (event or comment) at a time.
@@ -82,7 +81,7 @@ async fn every_new_value_is_one_event_with_its_seq_as_id() {
     assert_eq!(first[0], "id: 1");
     assert_eq!(data(&first), json!({"seq": 1, "info": "before"}));
 
-    wait_for_waiters(&s, &id, 1).await;
+    s.wait_for_waiters(&id, 1).await;
     let r = s.notify(KEY, &id, "after").await;
     assert_eq!(
         r.json::<Value>().await.unwrap(),
@@ -110,7 +109,7 @@ async fn last_event_id_resumes_after_the_clients_last_seq() {
         .unwrap();
     let mut events = EventReader::new(r);
     assert_eq!(events.next_event().await.unwrap()[0], "event: ready");
-    wait_for_waiters(&s, &id, 1).await;
+    s.wait_for_waiters(&id, 1).await;
     s.notify(KEY, &id, "d").await;
     assert_eq!(
         data(&events.next_event().await.unwrap()),
@@ -143,7 +142,7 @@ async fn delete_ends_the_stream_with_gone() {
     let s = TestServer::spawn();
     let id = s.new_id().await;
     let mut events = open(&s, &id, 0).await;
-    wait_for_waiters(&s, &id, 1).await;
+    s.wait_for_waiters(&id, 1).await;
     s.client
         .delete(s.url(&format!("/v1/ids/{id}")))
         .bearer_auth(KEY)
@@ -204,7 +203,7 @@ async fn a_closed_stream_gives_its_place_back() {
     let s = TestServer::spawn_with(|c| c.limits.max_waiters_per_id = 1);
     let id = s.new_id().await;
     let held = open(&s, &id, 0).await;
-    wait_for_waiters(&s, &id, 1).await;
+    s.wait_for_waiters(&id, 1).await;
     drop(held);
-    wait_for_waiters(&s, &id, 0).await;
+    s.wait_for_waiters(&id, 0).await;
 }

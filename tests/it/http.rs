@@ -6,7 +6,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::api::wait_for_waiters;
 use crate::support::{KEY, TestServer};
 
 /// Reads from `stream` until `done` says the text so far is complete (bounded).
@@ -65,9 +64,9 @@ async fn a_client_that_leaves_while_waiting_gives_its_place_back() {
         c.write_all(format!("GET {path}?id={id} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
             .await
             .unwrap();
-        wait_for_waiters(&s, &id, 1).await;
+        s.wait_for_waiters(&id, 1).await;
         drop(c);
-        wait_for_waiters(&s, &id, 0).await;
+        s.wait_for_waiters(&id, 0).await;
     }
 }
 
@@ -79,7 +78,7 @@ async fn a_waiting_poll_on_a_keep_alive_connection_is_answered_then_the_next_req
     c.write_all(format!("GET /v1/poll?id={id}&since=0 HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .await
         .unwrap();
-    wait_for_waiters(&s, &id, 1).await;
+    s.wait_for_waiters(&id, 1).await;
     s.notify(KEY, &id, "woke").await;
     let text = read_until(&mut c, |t| t.ends_with('}')).await;
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");

@@ -136,6 +136,35 @@ impl TestServer {
             .unwrap()
     }
 
+    /// Waits (bounded) until the server reports `n` clients waiting on app one's `id`.
+    pub async fn wait_for_waiters(&self, id: &str, n: u64) {
+        for _ in 0..500 {
+            let status: Value = self
+                .client
+                .get(self.url(&format!("/v1/ids/{id}")))
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if status["waiting"] == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{n} waiters never showed up on {id}");
+    }
+
+    /// A poll started in the background, to be held by the server.
+    pub fn spawn_poll(&self, id: &str, since: u64) -> tokio::task::JoinHandle<Response> {
+        let request = self
+            .client
+            .get(self.url(&format!("/v1/poll?id={id}&since={since}")));
+        tokio::spawn(async move { request.send().await.unwrap() })
+    }
+
     /// `GET /v1/poll?id=..&since=..`.
     pub async fn poll(&self, id: &str, since: u64) -> Response {
         self.client
