@@ -237,7 +237,9 @@ CH_PORT=$(free_port "$CH_PORT")
 NCHAN_PORT=$(free_port "$NCHAN_PORT")
 ((CH_PORT != NCHAN_PORT)) || NCHAN_PORT=$(free_port $((NCHAN_PORT + 1)))
 # The shipped config (its demo app key), with the port moved to ours by --listen.
-cp config/callhome.toml "$TMP/callhome.toml"
+# Without its snapshot file: Nchan's memory store keeps nothing across restarts either, and a
+# snapshot of a million ids written every second would be measured as the server's memory.
+grep -v '^snapshot_path' config/callhome.toml >"$TMP/callhome.toml"
 sed -e "s|@MODULE@|$MODULE|g" -e "s|@DIR@|$TMP/nginx|g" -e "s|@PORT@|$NCHAN_PORT|g" \
     "$HERE/nchan.conf.template" >"$TMP/nginx/nginx.conf"
 timeout 30 "$NGINX" -t -q -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" -p "$TMP/nginx/" >&2 ||

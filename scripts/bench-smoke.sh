@@ -16,7 +16,8 @@ cleanup() {
 trap cleanup EXIT
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-target/debug/callhome --config config/callhome.toml --listen "127.0.0.1:$port" --log warn >"$dir/daemon.log" 2>&1 &
+CALLHOME_STORE__SNAPSHOT_PATH="$dir/state" \
+  target/debug/callhome --config config/callhome.toml --listen "127.0.0.1:$port" --log warn >"$dir/daemon.log" 2>&1 &
 daemon_pid=$!
 for _ in $(seq 100); do
   curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break

@@ -35,8 +35,31 @@ pub struct Config {
     pub workers: usize,
     /// Resource limits.
     pub limits: Limits,
+    /// Where state is kept across restarts.
+    pub store: StoreConfig,
     /// The registered web applications.
     pub apps: Vec<AppConfig>,
+}
+
+/// Where state is kept across restarts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The snapshot file; `None` keeps state in memory only (a restart forgets every id).
+    pub snapshot_path: Option<PathBuf>,
+    /// How often the snapshot is written when something changed. A `kill -9` loses at most
+    /// this much.
+    #[serde(with = "humantime_serde")]
+    pub snapshot_interval: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            snapshot_path: None,
+            snapshot_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 /// Resource limits.
@@ -82,6 +105,7 @@ impl Default for Config {
             log: "info".into(),
             workers: 0,
             limits: Limits::default(),
+            store: StoreConfig::default(),
             apps: Vec::new(),
         }
     }
@@ -126,6 +150,8 @@ pub struct Settings {
     pub workers: usize,
     /// Resource limits.
     pub limits: Limits,
+    /// Where state is kept across restarts.
+    pub store: StoreConfig,
     /// The registered apps.
     pub apps: Apps,
     /// Things worth a warning at start-up (weak keys and the like), already worded.
@@ -160,7 +186,7 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 
 /// Top-level keys that `CALLHOME_*` variables may set. Other `CALLHOME_*` variables (an app's
 /// `key_env`, say) are left alone instead of being taken for unknown config keys.
-const ENV_KEYS: &[&str] = &["listen", "public_url", "log", "workers", "limits"];
+const ENV_KEYS: &[&str] = &["listen", "public_url", "log", "workers", "limits", "store"];
 
 impl Config {
     /// Loads the layers: defaults, the file at `path`, the environment, then `overrides`.
@@ -171,8 +197,9 @@ impl Config {
         Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::file(path))
             .merge(Env::prefixed("CALLHOME_").split("__").filter(|key| {
+                // Compare without case: keys may keep the variable's.
                 let top = key.as_str().split('.').next().unwrap_or_default();
-                ENV_KEYS.contains(&top)
+                ENV_KEYS.iter().any(|k| k.eq_ignore_ascii_case(top))
             }))
             .merge(Serialized::globals(overrides))
             .extract()
@@ -206,6 +233,7 @@ impl Config {
             ));
         }
         validate_limits(&self.limits)?;
+        validate_store(&self.store)?;
 
         let mut apps = Vec::with_capacity(self.apps.len());
         let mut warnings = Vec::new();
@@ -272,6 +300,7 @@ impl Config {
             log: self.log,
             workers: self.workers,
             limits: self.limits,
+            store: self.store,
             apps: Apps::new(apps),
             warnings,
         })
@@ -291,6 +320,27 @@ fn parse_public_url(text: &str) -> Result<String, ConfigError> {
         return Err(invalid("public_url", "must not have a query or fragment"));
     }
     Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+fn validate_store(store: &StoreConfig) -> Result<(), ConfigError> {
+    let interval = store.snapshot_interval;
+    if interval < Duration::from_millis(100) || interval > Duration::from_secs(3600) {
+        return Err(invalid(
+            "store.snapshot_interval",
+            "must be between 100ms and 1h",
+        ));
+    }
+    if store
+        .snapshot_path
+        .as_ref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        return Err(invalid(
+            "store.snapshot_path",
+            "must not be empty (leave it out instead)",
+        ));
+    }
+    Ok(())
 }
 
 fn validate_limits(limits: &Limits) -> Result<(), ConfigError> {
@@ -453,6 +503,10 @@ mod tests {
         assert_eq!(shipped.limits, Limits::default());
         assert_eq!(shipped.log, Config::default().log);
         assert_eq!(shipped.workers, Config::default().workers);
+        assert_eq!(
+            shipped.store.snapshot_interval,
+            StoreConfig::default().snapshot_interval
+        );
         shipped.validate(no_env).unwrap();
     }
 
@@ -477,6 +531,31 @@ mod tests {
             Err(ConfigError::Missing(_))
         ));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    // figment's Jail API returns its own large error type; not ours to shrink.
+    #[allow(clippy::result_large_err)]
+    fn environment_variables_override_the_file_and_flags_override_them() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CALLHOME_LIMITS__MAX_IDS", "77");
+            jail.set_env("CALLHOME_STORE__SNAPSHOT_PATH", "/tmp/elsewhere");
+            jail.set_env("CALLHOME_LISTEN", "127.0.0.1:1111");
+            jail.set_env("CALLHOME_SOME_APP_KEY", "not a config key, left alone");
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/callhome.toml");
+            let overrides = Overrides {
+                listen: Some("127.0.0.1:2222".into()),
+                ..Overrides::default()
+            };
+            let c = Config::load(&path, &overrides).unwrap();
+            assert_eq!(c.limits.max_ids, 77);
+            assert_eq!(
+                c.store.snapshot_path.as_deref(),
+                Some(Path::new("/tmp/elsewhere"))
+            );
+            assert_eq!(c.listen, "127.0.0.1:2222");
+            Ok(())
+        });
     }
 
     #[test]

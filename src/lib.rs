@@ -34,6 +34,7 @@ pub mod origin;
 pub mod server;
 pub mod shutdown;
 pub mod slot;
+pub mod snapshot;
 pub mod store;
 pub mod telemetry;
 pub mod transport;

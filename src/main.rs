@@ -29,6 +29,10 @@ struct Cli {
     /// Tracing filter, e.g. `info` or `callhome=debug` (overrides `log`).
     #[arg(long)]
     log: Option<String>,
+    /// Move the snapshot file aside (to `<snapshot_path>.discarded-<time>`) and start with no
+    /// ids; for a snapshot that is damaged or from an incompatible version.
+    #[arg(long)]
+    discard_state: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +53,16 @@ fn main() -> anyhow::Result<()> {
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if settings.workers > 0 {
         runtime.worker_threads(settings.workers);
+    }
+    if cli.discard_state
+        && let Some(path) = &settings.store.snapshot_path
+        && let Some(aside) = callhome::snapshot::discard(path)?
+    {
+        tracing::warn!(
+            "moved {} aside to {}; starting with no ids",
+            path.display(),
+            aside.display()
+        );
     }
     runtime.enable_all().build()?.block_on(serve(settings))
 }

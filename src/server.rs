@@ -24,8 +24,9 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::Apps;
-use crate::config::{Limits, Settings};
+use crate::config::{Limits, Settings, StoreConfig};
 use crate::error::ApiError;
+use crate::snapshot::{self, SnapshotError};
 use crate::store::Store;
 use crate::{api, connection, health, transport};
 
@@ -59,6 +60,8 @@ pub struct Shared {
     pub body_limit: usize,
     /// Cancelled when the server shuts down; held requests answer at once.
     pub shutdown: CancellationToken,
+    /// Where the store is saved across restarts.
+    pub snapshot: StoreConfig,
 }
 
 impl std::ops::Deref for AppState {
@@ -84,6 +87,7 @@ impl AppState {
             public_url,
             body_limit,
             shutdown,
+            snapshot: settings.store,
         }))
     }
 }
@@ -146,14 +150,42 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::Internal("a handler panicked".into()).into_response()
 }
 
-/// Serves `listener` until `shutdown` is cancelled, then waits for the connections to finish
-/// (held polls answer at once when the token is cancelled; idle connections close).
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The listener failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// The snapshot could not be read at start or written at shutdown.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+}
+
+/// Restores the snapshot, if one is configured, then serves `listener` until `shutdown` is
+/// cancelled, waits for the connections to finish (held polls answer at once when the token
+/// is cancelled; idle connections close) and writes the final snapshot.
 pub async fn run(
     listener: TcpListener,
     settings: Settings,
     shutdown: CancellationToken,
-) -> io::Result<()> {
+) -> Result<(), RunError> {
     let state = AppState::new(settings, listener.local_addr()?, shutdown.clone());
+    if let Some(path) = state.snapshot.snapshot_path.clone() {
+        let started = std::time::Instant::now();
+        let restored = snapshot::restore(&path, &state.store, &state.apps)?;
+        tracing::info!(
+            ids = restored.ids,
+            unknown_app = restored.unknown_app,
+            over_limit = restored.over_limit,
+            took = ?started.elapsed(),
+            "restored {}", path.display()
+        );
+        tokio::spawn(snapshot::run_periodic(
+            path,
+            state.snapshot.snapshot_interval,
+            state.clone(),
+        ));
+    }
     let router = router(state.clone());
     let connections = TaskTracker::new();
     loop {
@@ -177,5 +209,13 @@ pub async fn run(
     drop(listener);
     connections.close();
     connections.wait().await;
+    if let Some(path) = state.snapshot.snapshot_path.clone() {
+        let started = std::time::Instant::now();
+        let store = state.clone();
+        let bytes = tokio::task::spawn_blocking(move || snapshot::save(&path, &store.store))
+            .await
+            .map_err(io::Error::other)??;
+        tracing::info!(bytes, took = ?started.elapsed(), "final snapshot written");
+    }
     Ok(())
 }

@@ -51,6 +51,19 @@ pub struct Latest {
     pub info: Option<CompactString>,
 }
 
+/// What a snapshot keeps of a slot besides its id, app and origin.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    /// The newest value's sequence number.
+    pub seq: Seq,
+    /// The newest value.
+    pub info: Option<CompactString>,
+    /// Unix seconds of creation.
+    pub created_at: u64,
+    /// Unix seconds of the last poll or notify.
+    pub last_active: u64,
+}
+
 /// What a notify did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Published {
@@ -90,6 +103,35 @@ impl Slot {
             waiting: AtomicU32::new(0),
             deleted: AtomicBool::new(false),
             changed: Notify::new(),
+        }
+    }
+
+    /// A slot as a snapshot saved it.
+    pub fn restore(id: Id, app: Arc<str>, origin: Option<Origin>, saved: Saved) -> Self {
+        Self {
+            id,
+            app,
+            origin,
+            created_at: saved.created_at,
+            latest: Mutex::new(Latest {
+                seq: saved.seq,
+                info: saved.info,
+            }),
+            last_active: AtomicU64::new(saved.last_active),
+            waiting: AtomicU32::new(0),
+            deleted: AtomicBool::new(false),
+            changed: Notify::new(),
+        }
+    }
+
+    /// What a snapshot keeps of this slot.
+    pub fn save(&self) -> Saved {
+        let latest = self.latest();
+        Saved {
+            seq: latest.seq,
+            info: latest.info,
+            created_at: self.created_at,
+            last_active: self.last_active.load(Ordering::Relaxed),
         }
     }
 

@@ -10,7 +10,7 @@
 //! uses.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -27,6 +27,8 @@ pub struct Store {
     /// Ids in `slots`, kept beside the map because `DashMap::len` locks every shard.
     count: AtomicUsize,
     max_ids: usize,
+    /// Bumped by every create, notify and delete, so snapshots are written only after a change.
+    changes: AtomicU64,
 }
 
 /// Why an id could not be created.
@@ -55,6 +57,7 @@ impl Store {
             slots: DashMap::new(),
             count: AtomicUsize::new(0),
             max_ids,
+            changes: AtomicU64::new(0),
         }
     }
 
@@ -92,6 +95,7 @@ impl Store {
                     .map_err(|_| CreateError::Full(self.max_ids))?;
                 let slot = Arc::new(Slot::new(id, Arc::clone(app.name()), origin));
                 vacant.insert(Arc::clone(&slot));
+                self.changed();
                 Ok(slot)
             }
         }
@@ -111,7 +115,9 @@ impl Store {
 
     /// Stores `info` as the newest value of `app`'s `id` and wakes its waiting clients.
     pub fn publish(&self, app: &App, id: &str, info: &str) -> Result<Published, UnknownId> {
-        Ok(self.get_owned(app, id)?.publish(info))
+        let published = self.get_owned(app, id)?.publish(info);
+        self.changed();
+        Ok(published)
     }
 
     /// Deletes `app`'s `id`; its waiting clients are released at once as gone.
@@ -122,7 +128,41 @@ impl Store {
             .ok_or(UnknownId)?;
         self.count.fetch_sub(1, Ordering::AcqRel);
         slot.close();
+        self.changed();
         Ok(())
+    }
+
+    /// Puts a slot read from a snapshot back. Counts towards `max_ids` like a create.
+    pub fn restore(&self, slot: Slot) -> Result<(), CreateError> {
+        match self.slots.entry(slot.id().clone()) {
+            Entry::Occupied(_) => Err(CreateError::Taken),
+            Entry::Vacant(vacant) => {
+                self.count
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (n < self.max_ids).then_some(n + 1)
+                    })
+                    .map_err(|_| CreateError::Full(self.max_ids))?;
+                vacant.insert(Arc::new(slot));
+                Ok(())
+            }
+        }
+    }
+
+    /// A number that moves whenever an id is created, notified or deleted.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    /// Every slot, one shard at a time (each shard is read-locked only while it is copied).
+    pub fn slots(&self) -> Vec<Arc<Slot>> {
+        self.slots
+            .iter()
+            .map(|entry| Arc::clone(entry.value()))
+            .collect()
+    }
+
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
     }
 }
 

@@ -313,7 +313,7 @@ async fn the_page_recovers_after_the_daemon_restarts() {
         }
     };
 
-    let daemon = Daemon::start_on(&config, &listen);
+    let daemon = Daemon::start_on(&config, &listen, None, &[]);
     let url = create().await;
     open(&b, &page, &[&url]).await;
     waiting().await;
@@ -325,7 +325,7 @@ async fn the_page_recovers_after_the_daemon_restarts() {
     .await;
 
     drop(daemon);
-    let _daemon = Daemon::start_on(&config, &listen);
+    let _daemon = Daemon::start_on(&config, &listen, None, &[]);
     // The memory store forgot the id; the app makes it again, as it would after a restart.
     create().await;
     waiting().await;

@@ -11,5 +11,6 @@ mod concurrency;
 mod demo;
 mod events;
 mod http;
+mod restart;
 mod routing;
 mod support;

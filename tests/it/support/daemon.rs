@@ -1,30 +1,52 @@
 //! The real `callhome` binary, started on a config file and port 0, killed on drop.
+//!
+//! Its snapshot (if the config has one) never goes into the repository: `start` points it at
+//! a fresh temporary file, and the restart tests name their own.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
 pub struct Daemon {
     pub addr: SocketAddr,
     child: Child,
+    /// A snapshot directory this daemon made for itself, removed on drop.
+    own_dir: Option<PathBuf>,
 }
 
 impl Daemon {
-    /// Starts the binary on `config`, listening on 127.0.0.1 port 0.
+    /// Starts the binary on `config`, listening on 127.0.0.1 port 0, with a snapshot file of
+    /// its own in a temporary directory.
     pub fn start(config: &Path) -> Self {
-        Self::start_on(config, "127.0.0.1:0")
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "callhome-daemon-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut daemon = Self::start_on(config, "127.0.0.1:0", Some(&dir.join("state")), &[]);
+        daemon.own_dir = Some(dir);
+        daemon
     }
 
-    /// Starts the binary on `config` and `listen`, and waits for the line that announces the
+    /// Starts the binary on `config` and `listen`, with `snapshot` as its snapshot file (or
+    /// the config's, when `None`) and `args` added, and waits for the line that announces the
     /// address (no sleeping and hoping).
-    pub fn start_on(config: &Path, listen: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_callhome"))
+    pub fn start_on(config: &Path, listen: &str, snapshot: Option<&Path>, args: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_callhome"));
+        if let Some(snapshot) = snapshot {
+            command.env("CALLHOME_STORE__SNAPSHOT_PATH", snapshot);
+        }
+        let mut child = command
             .arg("--config")
             .arg(config)
             .args(["--listen", listen])
+            .args(args)
             .env_remove("CALLHOME_LISTEN")
             .env_remove("CALLHOME_PUBLIC_URL")
             .stdout(Stdio::piped())
@@ -54,7 +76,27 @@ impl Daemon {
         let addr = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("the daemon announces its address");
-        Self { addr, child }
+        Self {
+            addr,
+            child,
+            own_dir: None,
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit; returns whether it exited
+    /// successfully.
+    pub fn terminate(&mut self) -> bool {
+        Command::new("kill")
+            .args(["-s", "TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the daemon did not exit within 6 s of SIGTERM");
     }
 }
 
@@ -62,5 +104,8 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.own_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

@@ -1,0 +1,363 @@
+//! Snapshots of the memory store, so a restart loses nothing.
+//!
+//! Every id (with its app, origin, seq, newest info and timestamps) is written to
+//! `snapshot_path` every `snapshot_interval` when something changed, and once more at shutdown
+//! after the last request was answered; it is read back at start. A write goes to a temporary
+//! file that is fsynced and renamed over the old one, so a crash leaves either the old or the
+//! new snapshot, never half of one. A `kill -9` loses at most the changes of the last interval.
+//!
+//! The file: the 16-byte magic `CALLHOME-SNAPSHT`, a little-endian `u32` format version, a
+//! little-endian `u32` CRC-32 of the body, then the body in postcard (a compact, stable serde
+//! format). A file that is not a snapshot, of another version, or whose checksum or body does
+//! not match stops start-up with a message and is left untouched.
+
+use std::fs::{self, File};
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::auth::Apps;
+use crate::id::Id;
+use crate::origin::Origin;
+use crate::server::AppState;
+use crate::slot::{Saved, Slot};
+use crate::store::Store;
+use serde::{Deserialize, Serialize};
+
+const MAGIC: &[u8; 16] = b"CALLHOME-SNAPSHT";
+/// Bumped whenever the body's shape changes; older files are refused, not guessed at.
+pub const VERSION: u32 = 1;
+const HEADER: usize = 16 + 4 + 4;
+
+/// The body of a snapshot file.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct Body {
+    ids: Vec<SavedId>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct SavedId {
+    id: String,
+    app: String,
+    origin: Option<String>,
+    slot: Saved,
+}
+
+/// Why a snapshot could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// Reading or writing the file failed.
+    #[error("snapshot {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: io::Error,
+    },
+    /// The file is not a snapshot, is damaged, or is of a format this version cannot read.
+    #[error(
+        "snapshot {path} cannot be used: {reason}. It was left untouched; start with \
+         --discard-state to move it aside and start with no ids"
+    )]
+    Unusable {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// What a restore did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Ids put back.
+    pub ids: usize,
+    /// Ids skipped because their app is no longer configured.
+    pub unknown_app: usize,
+    /// Ids skipped because `max_ids` was reached.
+    pub over_limit: usize,
+}
+
+/// Reads the snapshot at `path` into `store`. A missing file is an empty store.
+pub fn restore(path: &Path, store: &Store, apps: &Apps) -> Result<Restored, SnapshotError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Restored::default()),
+        Err(source) => {
+            return Err(SnapshotError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let unusable = |reason: String| SnapshotError::Unusable {
+        path: path.to_owned(),
+        reason,
+    };
+    let body = decode(&bytes).map_err(unusable)?;
+    let mut restored = Restored::default();
+    for saved in body.ids {
+        let Some(app) = apps.get(&saved.app) else {
+            restored.unknown_app += 1;
+            continue;
+        };
+        let id = Id::parse(&saved.id).map_err(|e| unusable(format!("id {:?}: {e}", saved.id)))?;
+        let origin = saved
+            .origin
+            .as_deref()
+            .map(|o| {
+                // Share the app's own allocation when the origin is one of its.
+                let parsed = Origin::parse(o).map_err(|e| unusable(e.to_string()))?;
+                Ok(app
+                    .origins()
+                    .iter()
+                    .find(|a| **a == parsed)
+                    .cloned()
+                    .unwrap_or(parsed))
+            })
+            .transpose()?;
+        let slot = Slot::restore(id, std::sync::Arc::clone(app.name()), origin, saved.slot);
+        match store.restore(slot) {
+            Ok(()) => restored.ids += 1,
+            Err(_) => restored.over_limit += 1,
+        }
+    }
+    Ok(restored)
+}
+
+/// Writes every id in `store` to `path`, atomically. Returns the file's size in bytes.
+pub fn save(path: &Path, store: &Store) -> Result<u64, SnapshotError> {
+    let body = Body {
+        ids: store
+            .slots()
+            .iter()
+            .filter(|slot| !slot.is_closed())
+            .map(|slot| SavedId {
+                id: slot.id().to_string(),
+                app: slot.app().to_owned(),
+                origin: slot.origin().map(ToString::to_string),
+                slot: slot.save(),
+            })
+            .collect(),
+    };
+    let bytes = encode(&body);
+    write_atomically(path, &bytes).map_err(|source| SnapshotError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(bytes.len() as u64)
+}
+
+/// Moves the snapshot at `path` aside (to `<path>.discarded-<unix seconds>`), if there is one.
+pub fn discard(path: &Path) -> Result<Option<PathBuf>, SnapshotError> {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".discarded-{secs}"));
+    let aside = PathBuf::from(aside);
+    match fs::rename(path, &aside) {
+        Ok(()) => Ok(Some(aside)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(SnapshotError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Saves the store every `interval` when it changed, until shutdown. The final snapshot at
+/// shutdown is the server's job, after the last request was answered.
+pub async fn run_periodic(path: PathBuf, interval: Duration, state: AppState) {
+    let mut saved_at = state.store.changes();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = state.shutdown.cancelled() => return,
+        }
+        let changes = state.store.changes();
+        if changes == saved_at {
+            continue;
+        }
+        let (path, state) = (path.clone(), state.clone());
+        let started = Instant::now();
+        match tokio::task::spawn_blocking(move || save(&path, &state.store)).await {
+            Ok(Ok(bytes)) => {
+                saved_at = changes;
+                tracing::debug!(bytes, took = ?started.elapsed(), "snapshot written");
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "snapshot failed; will retry"),
+            Err(e) => tracing::error!(error = %e, "snapshot task failed; will retry"),
+        }
+    }
+}
+
+fn encode(body: &Body) -> Vec<u8> {
+    let payload =
+        postcard::to_allocvec(body).expect("a snapshot body of strings and numbers serialises");
+    let mut bytes = Vec::with_capacity(HEADER + payload.len());
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&VERSION.to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    bytes.extend_from_slice(&payload);
+    bytes
+}
+
+fn decode(bytes: &[u8]) -> Result<Body, String> {
+    if bytes.len() < HEADER || &bytes[..16] != MAGIC {
+        return Err("it is not a CallHome snapshot".into());
+    }
+    let word =
+        |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let version = word(16);
+    if version != VERSION {
+        return Err(format!(
+            "it is format version {version}; this CallHome reads version {VERSION}"
+        ));
+    }
+    let payload = &bytes[HEADER..];
+    if crc32fast::hash(payload) != word(20) {
+        return Err("its checksum does not match (the file is damaged or truncated)".into());
+    }
+    postcard::from_bytes(payload).map_err(|e| format!("its body does not decode: {e}"))
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(dir)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    // The rename itself is durable only once the directory is synced.
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{App, AppKey};
+
+    fn apps() -> Apps {
+        Apps::new(vec![App::new(
+            "one",
+            &AppKey::new("k".into()),
+            vec![Origin::parse("https://one.example").unwrap()],
+        )])
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("callhome-snapshot-{}-{name}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        dir.join("state.snapshot")
+    }
+
+    #[test]
+    fn what_is_saved_comes_back() {
+        let apps = apps();
+        let app = apps.get("one").unwrap();
+        let store = Store::new(10);
+        let a = store
+            .create(app, None, app.default_origin().cloned())
+            .unwrap();
+        a.publish("first");
+        a.publish("second");
+        let b = store
+            .create(app, Some(Id::parse("chosen-id-0000001").unwrap()), None)
+            .unwrap();
+        let path = temp("roundtrip");
+        save(&path, &store).unwrap();
+
+        let again = Store::new(10);
+        let restored = restore(&path, &again, &apps).unwrap();
+        assert_eq!(
+            restored,
+            Restored {
+                ids: 2,
+                ..Restored::default()
+            }
+        );
+        let a2 = again.get(a.id().as_str()).unwrap();
+        assert_eq!(a2.latest(), a.latest());
+        assert_eq!(a2.origin(), a.origin());
+        assert_eq!(a2.save(), a.save());
+        assert_eq!(again.get(b.id().as_str()).unwrap().latest().seq, 0);
+        fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_missing_file_is_an_empty_store() {
+        let path = temp("missing").with_file_name("nothing-here");
+        assert_eq!(
+            restore(&path, &Store::new(1), &apps()).unwrap(),
+            Restored::default()
+        );
+    }
+
+    #[test]
+    fn damaged_files_are_refused_and_left_alone() {
+        let apps = apps();
+        let store = Store::new(10);
+        store.create(apps.get("one").unwrap(), None, None).unwrap();
+        let path = temp("damaged");
+        save(&path, &store).unwrap();
+        let good = fs::read(&path).unwrap();
+
+        let mut flipped = good.clone();
+        *flipped.last_mut().unwrap() ^= 0xff;
+        let mut other_version = good.clone();
+        other_version[16] = 9;
+        for (bytes, expected) in [
+            (b"hello".to_vec(), "not a CallHome snapshot"),
+            (flipped, "checksum"),
+            (good[..good.len() - 3].to_vec(), "checksum"),
+            (other_version, "version 9"),
+        ] {
+            fs::write(&path, &bytes).unwrap();
+            let err = restore(&path, &Store::new(10), &apps)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(expected) && err.contains("--discard-state"),
+                "{err}"
+            );
+            assert_eq!(
+                fs::read(&path).unwrap(),
+                bytes,
+                "the file is left untouched"
+            );
+        }
+        let aside = discard(&path).unwrap().unwrap();
+        assert!(!path.exists() && aside.exists());
+        fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn ids_of_apps_no_longer_configured_are_skipped() {
+        let other = Apps::new(vec![App::new("gone", &AppKey::new("g".into()), vec![])]);
+        let store = Store::new(10);
+        store
+            .create(other.get("gone").unwrap(), None, None)
+            .unwrap();
+        let path = temp("unknown-app");
+        save(&path, &store).unwrap();
+        let restored = restore(&path, &Store::new(10), &apps()).unwrap();
+        assert_eq!(
+            restored,
+            Restored {
+                unknown_app: 1,
+                ..Restored::default()
+            }
+        );
+        fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+}
