@@ -33,6 +33,11 @@ pub struct Config {
     /// Threads serving requests; 0 means one per CPU core. On a machine shared with other
     /// busy processes, fewer threads than cores can be faster (docs/performance.md).
     pub workers: usize,
+    /// How long a shutdown waits for open connections to finish their current response
+    /// before the process exits anyway (held polls are answered at once, so this is mostly
+    /// for slow clients and requests in flight).
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
     /// Resource limits.
     pub limits: Limits,
     /// Where state is kept across restarts.
@@ -104,6 +109,7 @@ impl Default for Config {
             public_url: None,
             log: "info".into(),
             workers: 0,
+            drain_timeout: Duration::from_secs(10),
             limits: Limits::default(),
             store: StoreConfig::default(),
             apps: Vec::new(),
@@ -148,6 +154,8 @@ pub struct Settings {
     pub log: String,
     /// Threads serving requests (0: one per core).
     pub workers: usize,
+    /// How long a shutdown waits for connections.
+    pub drain_timeout: Duration,
     /// Resource limits.
     pub limits: Limits,
     /// Where state is kept across restarts.
@@ -186,7 +194,15 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 
 /// Top-level keys that `CALLHOME_*` variables may set. Other `CALLHOME_*` variables (an app's
 /// `key_env`, say) are left alone instead of being taken for unknown config keys.
-const ENV_KEYS: &[&str] = &["listen", "public_url", "log", "workers", "limits", "store"];
+const ENV_KEYS: &[&str] = &[
+    "listen",
+    "public_url",
+    "log",
+    "workers",
+    "drain_timeout",
+    "limits",
+    "store",
+];
 
 impl Config {
     /// Loads the layers: defaults, the file at `path`, the environment, then `overrides`.
@@ -231,6 +247,9 @@ impl Config {
                 "workers",
                 "must be at most 1024 (0 means one per core)",
             ));
+        }
+        if self.drain_timeout > Duration::from_secs(3600) {
+            return Err(invalid("drain_timeout", "must be at most 1h"));
         }
         validate_limits(&self.limits)?;
         validate_store(&self.store)?;
@@ -299,6 +318,7 @@ impl Config {
             public_url,
             log: self.log,
             workers: self.workers,
+            drain_timeout: self.drain_timeout,
             limits: self.limits,
             store: self.store,
             apps: Apps::new(apps),
@@ -503,6 +523,7 @@ mod tests {
         assert_eq!(shipped.limits, Limits::default());
         assert_eq!(shipped.log, Config::default().log);
         assert_eq!(shipped.workers, Config::default().workers);
+        assert_eq!(shipped.drain_timeout, Config::default().drain_timeout);
         assert_eq!(
             shipped.store.snapshot_interval,
             StoreConfig::default().snapshot_interval

@@ -1,7 +1,11 @@
-//! `/healthz`: the process is up and serving HTTP.
+//! `/healthz` (the process is up and serving HTTP) and `/readyz` (it wants new work: not
+//! draining for a shutdown). A load balancer takes a node out of rotation on a failing
+//! `/readyz` while its open connections finish.
 
 use axum::Json;
 use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::{Value, json};
 
@@ -9,9 +13,52 @@ use crate::server::AppState;
 
 /// The health routes.
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/healthz", get(healthz))
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
 }
 
 async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    if state.shutdown.is_cancelled() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "draining" })),
+        )
+    } else {
+        (StatusCode::OK, Json(json!({ "status": "ready" })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tokio_util::sync::CancellationToken;
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::config::Config;
+
+    async fn readyz_status(shutdown: &CancellationToken) -> StatusCode {
+        let settings = Config::default().validate(|_| None).unwrap();
+        let addr = "127.0.0.1:8080".parse().unwrap();
+        let router = crate::server::router(AppState::new(settings, addr, shutdown.clone()));
+        let request = Request::get("/readyz").body(Body::empty()).unwrap();
+        router.oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn readyz_fails_once_the_server_drains() {
+        let shutdown = CancellationToken::new();
+        assert_eq!(readyz_status(&shutdown).await, StatusCode::OK);
+        shutdown.cancel();
+        assert_eq!(
+            readyz_status(&shutdown).await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
 }

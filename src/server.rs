@@ -62,6 +62,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Where the store is saved across restarts.
     pub snapshot: StoreConfig,
+    /// How long a shutdown waits for open connections.
+    pub drain_timeout: Duration,
 }
 
 impl std::ops::Deref for AppState {
@@ -88,6 +90,7 @@ impl AppState {
             body_limit,
             shutdown,
             snapshot: settings.store,
+            drain_timeout: settings.drain_timeout,
         }))
     }
 }
@@ -208,7 +211,15 @@ pub async fn run(
     }
     drop(listener);
     connections.close();
-    connections.wait().await;
+    if tokio::time::timeout(state.drain_timeout, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            "drain timeout: exiting with connections still open"
+        );
+    }
     if let Some(path) = state.snapshot.snapshot_path.clone() {
         let started = std::time::Instant::now();
         let store = state.clone();

@@ -11,6 +11,9 @@ async fn healthz() {
     let r = s.client.get(s.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "ok");
+    let r = s.client.get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "ready");
 }
 
 #[tokio::test]
