@@ -88,11 +88,7 @@ impl Store {
         match self.slots.entry(id.clone()) {
             Entry::Occupied(_) => Err(CreateError::Taken),
             Entry::Vacant(vacant) => {
-                self.count
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                        (n < self.max_ids).then_some(n + 1)
-                    })
-                    .map_err(|_| CreateError::Full(self.max_ids))?;
+                self.reserve()?;
                 let slot = Arc::new(Slot::new(id, Arc::clone(app.name()), origin));
                 vacant.insert(Arc::clone(&slot));
                 self.changed();
@@ -137,11 +133,7 @@ impl Store {
         match self.slots.entry(slot.id().clone()) {
             Entry::Occupied(_) => Err(CreateError::Taken),
             Entry::Vacant(vacant) => {
-                self.count
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                        (n < self.max_ids).then_some(n + 1)
-                    })
-                    .map_err(|_| CreateError::Full(self.max_ids))?;
+                self.reserve()?;
                 vacant.insert(Arc::new(slot));
                 Ok(())
             }
@@ -159,6 +151,16 @@ impl Store {
             .iter()
             .map(|entry| Arc::clone(entry.value()))
             .collect()
+    }
+
+    /// Takes one of the `max_ids` places, or says the store is full.
+    fn reserve(&self) -> Result<(), CreateError> {
+        self.count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_ids).then_some(n + 1)
+            })
+            .map(drop)
+            .map_err(|_| CreateError::Full(self.max_ids))
     }
 
     fn changed(&self) {
