@@ -15,24 +15,20 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 
-# Dependencies first, against stub targets, so this layer is reused until Cargo.toml or
-# Cargo.lock change.
+# The whole workspace (the load tool in bench/ is a member; examples and benches are
+# declared targets), built with cache mounts so rebuilds reuse the registry and target
+# directory (BuildKit, the default builder of current Docker).
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src tests/it \
-    && echo 'fn main() {}' > src/main.rs \
-    && echo '' > src/lib.rs \
-    && echo '' > tests/it/main.rs \
-    && cargo build --release --locked --bin callhome \
-    && rm -rf src
-
-# The real sources. assets/ is compiled in (include_str!). Remove the stub's build
-# artefacts so cargo cannot mistake them for up to date (COPY keeps the sources' older
-# mtimes).
 COPY src ./src
 COPY assets ./assets
-RUN rm -rf target/release/.fingerprint/callhome-* \
-           target/release/deps/callhome-* target/release/deps/libcallhome-* \
-    && cargo build --release --locked --bin callhome
+COPY bench ./bench
+COPY benches ./benches
+COPY examples ./examples
+COPY tests ./tests
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p callhome --bin callhome \
+    && cp target/release/callhome /usr/local/bin/callhome
 
 # ---- runtime -----------------------------------------------------------------------------
 FROM debian:bookworm-slim
@@ -43,15 +39,19 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system callhome \
     && useradd --system --gid callhome --no-create-home --home-dir /nonexistent \
-               --shell /usr/sbin/nologin callhome
+               --shell /usr/sbin/nologin callhome \
+    && install -d -o callhome -g callhome /var/lib/callhome
 
-COPY --from=build /src/target/release/callhome /usr/local/bin/callhome
+COPY --from=build /usr/local/bin/callhome /usr/local/bin/callhome
 COPY config/callhome.toml /etc/callhome/callhome.toml
 
 # CALLHOME_CONFIG is read by the --config flag; CALLHOME_LISTEN and CALLHOME_PUBLIC_URL
 # override the file's listen and public_url. Set CALLHOME_PUBLIC_URL at run time.
+# The snapshot (ids across restarts) lives in a volume the non-root user can write.
 ENV CALLHOME_CONFIG=/etc/callhome/callhome.toml \
-    CALLHOME_LISTEN=0.0.0.0:8080
+    CALLHOME_LISTEN=0.0.0.0:8080 \
+    CALLHOME_STORE__SNAPSHOT_PATH=/var/lib/callhome/callhome.snapshot
+VOLUME /var/lib/callhome
 
 EXPOSE 8080
 
