@@ -5,6 +5,7 @@
 
 pub mod browser;
 mod daemon;
+pub mod nginx;
 mod page;
 
 pub use daemon::Daemon;
