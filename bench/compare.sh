@@ -253,8 +253,14 @@ N=$N ROUNDS=$ROUNDS NOTIFY_SECS=$NOTIFY_SECS CONNS=$CONNS HOLD_SECS=$HOLD_SECS \
     timeout 60 python3 "$HERE/summarize.py" meta "$OUT/meta.json" || die "collecting machine facts failed"
 
 # ---------------------------------------------------------------------------------------
+# Rate limits off: Nchan has none, and the load tool is one client making thousands of
+# requests on purpose.
+NO_RATE_LIMITS=(CALLHOME_RATE_LIMITS__CREATE_PER_APP__PER_SECOND=0
+    CALLHOME_RATE_LIMITS__NOTIFY_PER_APP__PER_SECOND=0
+    CALLHOME_RATE_LIMITS__BROWSER_PER_IP__PER_SECOND=0)
 start_callhome() {
-    (ulimit -n "$NOFILE" && CALLHOME_WORKERS=$CH_WORKERS CALLHOME_LIMITS__MAX_IDS=$((STORE_IDS + N + 1000)) \
+    (ulimit -n "$NOFILE" && export "${NO_RATE_LIMITS[@]}" &&
+        CALLHOME_WORKERS=$CH_WORKERS CALLHOME_LIMITS__MAX_IDS=$((STORE_IDS + N + 1000)) \
         exec "$CALLHOME" --config "$TMP/callhome.toml" \
         --listen "127.0.0.1:$CH_PORT" --log warn) >>"$TMP/callhome.log" 2>&1 &
     SERVER_PID=$!

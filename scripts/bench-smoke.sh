@@ -16,6 +16,10 @@ cleanup() {
 trap cleanup EXIT
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# Rate limits off: the load tool is one client making hundreds of requests on purpose.
+CALLHOME_RATE_LIMITS__CREATE_PER_APP__PER_SECOND=0 \
+CALLHOME_RATE_LIMITS__NOTIFY_PER_APP__PER_SECOND=0 \
+CALLHOME_RATE_LIMITS__BROWSER_PER_IP__PER_SECOND=0 \
 CALLHOME_STORE__SNAPSHOT_PATH="$dir/state" \
   target/debug/callhome --config config/callhome.toml --listen "127.0.0.1:$port" --log warn >"$dir/daemon.log" 2>&1 &
 daemon_pid=$!

@@ -66,7 +66,7 @@ pub fn notify_in_place(
 ) -> Response {
     let answer = authenticate(state, authorization)
         .and_then(|app| ids::notify_body(state, &app, id, content_type, body));
-    match answer {
+    match count_notify(state, answer) {
         Ok(notified) => Json(notified).into_response(),
         Err(e) => e.into_response(),
     }
@@ -97,6 +97,22 @@ impl From<Published> for Notified {
     }
 }
 
+/// Counts a notify by how it ended (`callhome_notifies_total`) and passes the answer on.
+/// Every notify path ends here, including those refused before they reached [`notify`].
+pub fn count_notify(
+    state: &AppState,
+    answer: Result<Notified, ApiError>,
+) -> Result<Notified, ApiError> {
+    let outcomes = &state.metrics.notifies;
+    match &answer {
+        Ok(notified) if notified.waiting > 0 => outcomes.delivered.inc(),
+        Ok(_) => outcomes.stored.inc(),
+        Err(ApiError::UnknownId) => outcomes.unknown_id.inc(),
+        Err(_) => outcomes.rejected.inc(),
+    };
+    answer
+}
+
 /// Creates an id for `app`: the given one or a fresh one, bound to the given origin or the
 /// app's only origin.
 pub fn create(
@@ -105,6 +121,7 @@ pub fn create(
     id: Option<&str>,
     origin: Option<&str>,
 ) -> Result<Created, ApiError> {
+    state.limiters.create(app)?;
     let id = id.map(Id::parse).transpose()?;
     let origin = match origin {
         Some(text) => {
@@ -122,6 +139,7 @@ pub fn create(
         None => app.default_origin().cloned(),
     };
     let slot = state.store.create(app, id, origin)?;
+    state.metrics.ids_created.inc();
     let id = slot.id().as_str();
     let mut iframe_query = url::form_urlencoded::Serializer::new(String::new());
     iframe_query.append_pair("id", id);
@@ -139,6 +157,7 @@ pub fn create(
 
 /// Stores `info` as `app`'s `id`'s newest value and wakes its waiting clients.
 pub fn notify(state: &AppState, app: &App, id: &str, info: &str) -> Result<Notified, ApiError> {
+    state.limiters.notify(app)?;
     let limit = state.limits.info_max_bytes;
     if info.len() > limit {
         return Err(ApiError::InfoTooLarge {

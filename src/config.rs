@@ -14,6 +14,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{App, AppKey, Apps};
+use crate::client_ip::TrustedProxies;
 use crate::origin::Origin;
 
 /// Keys an app key shorter than this is warned about at start-up.
@@ -30,6 +31,8 @@ pub struct Config {
     pub public_url: Option<String>,
     /// A tracing filter such as `info` or `callhome=debug,tower_http=info`.
     pub log: String,
+    /// `text` (human-readable) or `json` (one object per line, for log shippers).
+    pub log_format: LogFormat,
     /// Threads serving requests; 0 means one per CPU core. On a machine shared with other
     /// busy processes, fewer threads than cores can be faster (docs/performance.md).
     pub workers: usize,
@@ -38,12 +41,86 @@ pub struct Config {
     /// for slow clients and requests in flight).
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// How long `/readyz` answers 503 before a shutdown stops accepting and releases the
+    /// held requests, so a load balancer polling it takes this node out of rotation first.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Reverse proxies (IPs or CIDR ranges) whose `X-Forwarded-For` is believed when
+    /// deciding a client's IP for rate limits. Empty: the TCP peer is the client.
+    pub trusted_proxies: Vec<String>,
     /// Resource limits.
     pub limits: Limits,
+    /// Request rates.
+    pub rate_limits: RateLimits,
     /// Where state is kept across restarts.
     pub store: StoreConfig,
     /// The registered web applications.
     pub apps: Vec<AppConfig>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// Request rates, each a token bucket: `burst` requests at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    /// Id creations per app (`POST /v1/ids`, `/idcreate`).
+    pub create_per_app: RateLimit,
+    /// Notifies per app.
+    pub notify_per_app: RateLimit,
+    /// Polls, event streams and iframe pages per client IP (IPv6: per /64).
+    pub browser_per_ip: RateLimit,
+}
+
+/// One rate: `per_second` = 0 turns it off.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Sustained requests per second; 0 for no limit.
+    pub per_second: u32,
+    /// Requests allowed at once after a quiet spell; at least 1 when the limit is on.
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// No limit.
+    pub const OFF: Self = Self {
+        per_second: 0,
+        burst: 0,
+    };
+
+    /// True when this rate limits anything.
+    pub fn is_on(self) -> bool {
+        self.per_second > 0
+    }
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            create_per_app: RateLimit {
+                per_second: 100,
+                burst: 1000,
+            },
+            notify_per_app: RateLimit {
+                per_second: 50_000,
+                burst: 100_000,
+            },
+            browser_per_ip: RateLimit {
+                per_second: 50,
+                burst: 500,
+            },
+        }
+    }
 }
 
 /// Where state is kept across restarts.
@@ -86,6 +163,25 @@ pub struct Limits {
     /// Clients that may wait on one id at once (a page open in several tabs); one more
     /// answers 429.
     pub max_waiters_per_id: u32,
+    /// Ids neither polled nor notified for this long are deleted.
+    #[serde(with = "humantime_serde")]
+    pub id_idle_ttl: Duration,
+    /// Open client connections; one more is answered 503 and closed. 0: the open-file
+    /// limit minus a reserve for everything else the process opens.
+    pub max_connections: usize,
+    /// How long a client may take to send a whole request head once it has started one.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// How long a connection may sit idle between requests.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How long a request body may take to arrive.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// How long writing one response (or one event of a stream) may take before a client
+    /// that does not read is dropped.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
 }
 
 /// One web application as written in the config.
@@ -110,7 +206,11 @@ impl Default for Config {
             log: "info".into(),
             workers: 0,
             drain_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::ZERO,
+            trusted_proxies: Vec::new(),
+            log_format: LogFormat::Text,
             limits: Limits::default(),
+            rate_limits: RateLimits::default(),
             store: StoreConfig::default(),
             apps: Vec::new(),
         }
@@ -125,6 +225,12 @@ impl Default for Limits {
             poll_timeout: Duration::from_secs(25),
             sse_keepalive: Duration::from_secs(15),
             max_waiters_per_id: 8,
+            id_idle_ttl: Duration::from_secs(24 * 3600),
+            max_connections: 0,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -141,6 +247,9 @@ pub struct Overrides {
     /// `--log`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
+    /// `--log-format`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
 }
 
 /// The configuration after validation: typed, and ready to run on.
@@ -152,12 +261,20 @@ pub struct Settings {
     pub public_url: Option<String>,
     /// The tracing filter.
     pub log: String,
+    /// How log lines are written.
+    pub log_format: LogFormat,
     /// Threads serving requests (0: one per core).
     pub workers: usize,
     /// How long a shutdown waits for connections.
     pub drain_timeout: Duration,
+    /// How long `/readyz` fails before a shutdown stops accepting.
+    pub shutdown_grace: Duration,
+    /// Whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: TrustedProxies,
     /// Resource limits.
     pub limits: Limits,
+    /// Request rates.
+    pub rate_limits: RateLimits,
     /// Where state is kept across restarts.
     pub store: StoreConfig,
     /// The registered apps.
@@ -200,7 +317,11 @@ const ENV_KEYS: &[&str] = &[
     "log",
     "workers",
     "drain_timeout",
+    "shutdown_grace",
+    "trusted_proxies",
+    "log_format",
     "limits",
+    "rate_limits",
     "store",
 ];
 
@@ -251,80 +372,112 @@ impl Config {
         if self.drain_timeout > Duration::from_secs(3600) {
             return Err(invalid("drain_timeout", "must be at most 1h"));
         }
+        if self.shutdown_grace > Duration::from_secs(600) {
+            return Err(invalid("shutdown_grace", "must be at most 10m"));
+        }
+        let trusted_proxies = self
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                TrustedProxies::parse_one(text).map_err(|reason| {
+                    invalid(
+                        format!("trusted_proxies[{i}]"),
+                        format!("{text:?} {reason}"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(TrustedProxies::new)?;
         validate_limits(&self.limits)?;
+        validate_rate_limits(&self.rate_limits)?;
         validate_store(&self.store)?;
 
-        let mut apps = Vec::with_capacity(self.apps.len());
-        let mut warnings = Vec::new();
-        let mut seen_keys: Vec<AppKey> = Vec::new();
-        for (i, app) in self.apps.iter().enumerate() {
-            let field = |name: &str| format!("apps[{i}].{name}");
-            if app.name.trim().is_empty() {
-                return Err(invalid(field("name"), "must not be empty"));
-            }
-            if self.apps[..i].iter().any(|a| a.name == app.name) {
-                return Err(invalid(
-                    field("name"),
-                    format!("duplicate app name {:?}", app.name),
-                ));
-            }
-            let key = match (&app.key, &app.key_env) {
-                (Some(_), Some(_)) => {
-                    return Err(invalid(field("key"), "set either key or key_env, not both"));
-                }
-                (None, None) => return Err(invalid(field("key"), "missing (set key or key_env)")),
-                (Some(key), None) => key.clone(),
-                (None, Some(var)) => AppKey::new(env(var).ok_or_else(|| {
-                    invalid(
-                        field("key_env"),
-                        format!("environment variable {var} is not set"),
-                    )
-                })?),
-            };
-            if key.is_empty() {
-                return Err(invalid(field("key"), "must not be empty"));
-            }
-            if seen_keys.contains(&key) {
-                return Err(invalid(field("key"), "the same key is used by another app"));
-            }
-            if key.len() < WEAK_KEY_LEN {
-                warnings.push(format!(
-                    "app {:?} has a key of only {} bytes; use {WEAK_KEY_LEN} or more random bytes",
-                    app.name,
-                    key.len()
-                ));
-            }
-            if app.origins.is_empty() {
-                return Err(invalid(field("origins"), "list at least one origin"));
-            }
-            let origins = app
-                .origins
-                .iter()
-                .enumerate()
-                .map(|(j, o)| {
-                    Origin::parse(o)
-                        .map_err(|e| invalid(format!("apps[{i}].origins[{j}]"), e.to_string()))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            apps.push(App::new(&app.name, &key, origins));
-            seen_keys.push(key);
-        }
-        if apps.is_empty() {
-            warnings.push("no [[apps]] configured: no backend can create ids".into());
-        }
+        let (apps, warnings) = validate_apps(&self.apps, env)?;
 
         Ok(Settings {
             listen,
             public_url,
             log: self.log,
+            log_format: self.log_format,
             workers: self.workers,
             drain_timeout: self.drain_timeout,
+            shutdown_grace: self.shutdown_grace,
+            trusted_proxies,
             limits: self.limits,
+            rate_limits: self.rate_limits,
             store: self.store,
-            apps: Apps::new(apps),
+            apps,
             warnings,
         })
     }
+}
+
+/// Checks every `[[apps]]` entry; returns the apps and the warnings worth logging.
+fn validate_apps(
+    configs: &[AppConfig],
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(Apps, Vec<String>), ConfigError> {
+    let mut apps = Vec::with_capacity(configs.len());
+    let mut warnings = Vec::new();
+    let mut seen_keys: Vec<AppKey> = Vec::new();
+    for (i, app) in configs.iter().enumerate() {
+        let field = |name: &str| format!("apps[{i}].{name}");
+        if app.name.trim().is_empty() {
+            return Err(invalid(field("name"), "must not be empty"));
+        }
+        if configs[..i].iter().any(|a| a.name == app.name) {
+            return Err(invalid(
+                field("name"),
+                format!("duplicate app name {:?}", app.name),
+            ));
+        }
+        let key = match (&app.key, &app.key_env) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(field("key"), "set either key or key_env, not both"));
+            }
+            (None, None) => return Err(invalid(field("key"), "missing (set key or key_env)")),
+            (Some(key), None) => key.clone(),
+            (None, Some(var)) => AppKey::new(env(var).ok_or_else(|| {
+                invalid(
+                    field("key_env"),
+                    format!("environment variable {var} is not set"),
+                )
+            })?),
+        };
+        if key.is_empty() {
+            return Err(invalid(field("key"), "must not be empty"));
+        }
+        if seen_keys.contains(&key) {
+            return Err(invalid(field("key"), "the same key is used by another app"));
+        }
+        if key.len() < WEAK_KEY_LEN {
+            warnings.push(format!(
+                "app {:?} has a key of only {} bytes; use {WEAK_KEY_LEN} or more random bytes",
+                app.name,
+                key.len()
+            ));
+        }
+        if app.origins.is_empty() {
+            return Err(invalid(field("origins"), "list at least one origin"));
+        }
+        let origins = app
+            .origins
+            .iter()
+            .enumerate()
+            .map(|(j, o)| {
+                Origin::parse(o)
+                    .map_err(|e| invalid(format!("apps[{i}].origins[{j}]"), e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        apps.push(App::new(&app.name, &key, origins));
+        seen_keys.push(key);
+    }
+    if apps.is_empty() {
+        warnings.push("no [[apps]] configured: no backend can create ids".into());
+    }
+
+    Ok((Apps::new(apps), warnings))
 }
 
 fn parse_public_url(text: &str) -> Result<String, ConfigError> {
@@ -385,6 +538,41 @@ fn validate_limits(limits: &Limits) -> Result<(), ConfigError> {
             "limits.sse_keepalive",
             "must be between 1s and 10m",
         ));
+    }
+    if limits.id_idle_ttl < Duration::from_secs(60) {
+        return Err(invalid("limits.id_idle_ttl", "must be at least 1m"));
+    }
+    if limits.id_idle_ttl <= limits.poll_timeout {
+        return Err(invalid(
+            "limits.id_idle_ttl",
+            "must be longer than limits.poll_timeout",
+        ));
+    }
+    for (field, value) in [
+        ("limits.header_timeout", limits.header_timeout),
+        ("limits.idle_timeout", limits.idle_timeout),
+        ("limits.body_timeout", limits.body_timeout),
+        ("limits.send_timeout", limits.send_timeout),
+    ] {
+        if value < Duration::from_millis(100) || value > Duration::from_secs(3600) {
+            return Err(invalid(field, "must be between 100ms and 1h"));
+        }
+    }
+    Ok(())
+}
+
+fn validate_rate_limits(rates: &RateLimits) -> Result<(), ConfigError> {
+    for (field, rate) in [
+        ("rate_limits.create_per_app", rates.create_per_app),
+        ("rate_limits.notify_per_app", rates.notify_per_app),
+        ("rate_limits.browser_per_ip", rates.browser_per_ip),
+    ] {
+        if rate.is_on() && rate.burst == 0 {
+            return Err(invalid(
+                field,
+                "burst must be at least 1 (or per_second = 0 to turn the limit off)",
+            ));
+        }
     }
     Ok(())
 }

@@ -16,7 +16,9 @@
 //! hyper, with the bytes already read put back in front of the socket.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,16 +26,22 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, Method, Request, Response, Version, header};
 use bytes::Bytes;
+use futures_util::TryFutureExt as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Body as _;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tower::ServiceExt as _;
+use tracing::Instrument as _;
 
 use crate::api;
+use crate::client_ip::X_FORWARDED_FOR;
 use crate::error::ApiError;
+use crate::extract::PeerAddr;
+use crate::request_id::{RequestId, X_REQUEST_ID};
 use crate::server::{AppState, common_headers};
 use crate::transport::Held;
 
@@ -43,26 +51,66 @@ const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 48;
 /// First read of a new request head. Most heads fit; the buffer grows when one does not.
 const READ_CHUNK: usize = 1024;
-/// How long a connection may take to send a complete request head, counted from the moment we
-/// start waiting for it (so it is also the keep-alive idle time). Held requests are not
-/// affected: they wait after their head has arrived.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a request body may take to arrive.
-const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Refused connections being answered at once; past this many, new ones are closed unanswered
+/// (answering is a courtesy that must not itself eat the file descriptors the cap protects).
+const MAX_REFUSING: usize = 256;
+/// How long a refused connection is read from after its answer, so the client sees the answer
+/// rather than a reset caused by its unread request.
+const REFUSE_LINGER: Duration = Duration::from_secs(1);
 
-/// Serves `stream` until the client closes it, breaks the protocol or the server shuts down.
-pub async fn serve(stream: TcpStream, state: AppState, router: Router) {
+/// Serves `stream` from `peer` until the client closes it, breaks the protocol, is too slow
+/// (`header_timeout`, `idle_timeout`, `body_timeout`, `send_timeout`) or the server shuts down.
+/// Held requests are not cut by any of these: they wait after their head has arrived.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, state: AppState, router: Router) {
     let conn = Connection {
         stream,
+        peer,
         buf: Vec::new(),
     };
-    if let Err(e) = conn.run(&state, &router).await {
-        tracing::debug!(error = %e, "connection ended");
+    match conn.run(&state, &router).await {
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => tracing::debug!("connection too slow"),
+        Err(e) => tracing::debug!(error = %e, "connection ended"),
+        Ok(()) => {}
     }
+    state.metrics.connections_open.dec();
+}
+
+/// Answers a connection over `max_connections` with `503 too_many_connections` and closes it,
+/// without reading its request (or holding it for more than [`REFUSE_LINGER`]).
+pub fn refuse(stream: TcpStream, state: &AppState) {
+    static REFUSING: AtomicUsize = AtomicUsize::new(0);
+    if REFUSING.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
+        REFUSING.fetch_sub(1, Ordering::AcqRel);
+        return; // dropped: closed unanswered
+    }
+    let response = axum::response::IntoResponse::into_response(ApiError::TooManyConnections(
+        state.max_connections,
+    ));
+    let state = state.clone();
+    tokio::spawn(async move {
+        let peer = stream
+            .peer_addr()
+            .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+        let mut conn = Connection {
+            stream,
+            peer,
+            buf: Vec::new(),
+        };
+        let linger = async {
+            if conn.write(response, false, false, &state).await.is_ok() {
+                let _ = conn.stream.shutdown().await;
+                let mut sink = [0u8; 1024];
+                while matches!(conn.stream.read(&mut sink).await, Ok(n) if n > 0) {}
+            }
+        };
+        let _ = tokio::time::timeout(REFUSE_LINGER, linger).await;
+        REFUSING.fetch_sub(1, Ordering::AcqRel);
+    });
 }
 
 struct Connection {
     stream: TcpStream,
+    peer: SocketAddr,
     /// Bytes read but not yet used. Empty (and unallocated) while a request waits.
     buf: Vec<u8>,
 }
@@ -95,10 +143,7 @@ impl Connection {
         // (routing, writing, hyper) are boxed: their memory exists only while they run.
         loop {
             let next = tokio::select! {
-                next = tokio::time::timeout(HEAD_TIMEOUT, self.read_head()) => match next {
-                    Ok(next) => next?,
-                    Err(_) => return Ok(()),
-                },
+                next = self.read_head(state) => next?,
                 // Between requests, shutdown closes the connection at once.
                 () = state.shutdown.cancelled(), if self.buf.is_empty() => return Ok(()),
             };
@@ -112,29 +157,58 @@ impl Connection {
                 && head.body_len <= state.body_limit
                 && !state.shutdown.is_cancelled();
             let is_head = head.method == Method::HEAD;
+            let request_id = self.request_id(&head, state);
+            let span = tracing::info_span!("request", id = %request_id);
             let response = if let Some(waiting) =
                 Held::at(path(&head.target)).filter(|_| head.method == Method::GET)
             {
+                // No span across the wait: waiting requests log nothing, and a span would
+                // cost every waiting client its memory for as long as it waits.
                 self.wait_for(waiting, head, state).await?
             } else if head.method == Method::POST
                 && notify_id(path(&head.target)).is_some()
                 && head.body_len <= state.body_limit
             {
-                Some(Box::pin(self.notify(head, state)).await?)
+                Some(Box::pin(self.notify(head, state)).instrument(span).await?)
             } else {
-                Box::pin(self.route(head, state, router)).await?
+                Box::pin(self.route(head, state, router))
+                    .instrument(span)
+                    .await?
             };
-            let Some(response) = response else {
+            let Some(mut response) = response else {
                 return Ok(()); // the client left while its request waited
             };
-            if !Box::pin(self.write(response, keep_alive, is_head)).await? || !keep_alive {
+            response
+                .headers_mut()
+                .insert(X_REQUEST_ID, request_id.to_header());
+            if !Box::pin(self.write(response, keep_alive, is_head, state)).await? || !keep_alive {
                 return Ok(());
             }
         }
     }
 
-    /// Reads until a whole request head is buffered, and decides who serves it.
-    async fn read_head(&mut self) -> io::Result<Next> {
+    /// The request's id: its trusted proxy's, or a fresh one.
+    fn request_id(&self, head: &Head, state: &AppState) -> RequestId {
+        if state.trusted_proxies.contains(self.peer.ip()) {
+            let given = head.headers.iter().find(|(name, _)| name == X_REQUEST_ID);
+            RequestId::from_proxy(given.map(|(_, value)| value))
+        } else {
+            RequestId::generate()
+        }
+    }
+
+    /// Reads until a whole request head is buffered, and decides who serves it. Waiting for
+    /// the first byte is bounded by `idle_timeout`, the rest of the head by `header_timeout`
+    /// from that byte on, so a client trickling a head byte by byte is cut off.
+    async fn read_head(&mut self, state: &AppState) -> io::Result<Next> {
+        let limits = &state.limits;
+        let mut started = !self.buf.is_empty();
+        let mut deadline = Instant::now()
+            + if started {
+                limits.header_timeout
+            } else {
+                limits.idle_timeout
+            };
         loop {
             if !self.buf.is_empty() {
                 match parse(&self.buf) {
@@ -145,7 +219,28 @@ impl Connection {
                 }
             }
             self.buf.reserve(READ_CHUNK);
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
+            let Ok(read) =
+                tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await
+            else {
+                let timeouts = &state.metrics.timeouts;
+                if started {
+                    &timeouts.header
+                } else {
+                    &timeouts.idle
+                }
+                .inc();
+                // Idle keep-alive connections ending is routine; a stalled head is not.
+                return if started {
+                    Err(io::ErrorKind::TimedOut.into())
+                } else {
+                    Ok(Next::Closed)
+                };
+            };
+            if !started {
+                started = true;
+                deadline = Instant::now() + limits.header_timeout;
+            }
+            if read? == 0 {
                 return if self.buf.is_empty() {
                     Ok(Next::Closed)
                 } else {
@@ -169,9 +264,17 @@ impl Connection {
             .iter()
             .find(|(name, _)| name.as_str() == "last-event-id")
             .map(|(_, value)| value.clone());
+        let forwarded_for = head
+            .headers
+            .iter()
+            .filter(|(name, _)| name.as_str() == X_FORWARDED_FOR)
+            .map(|(_, value)| value);
+        let client = state
+            .trusted_proxies
+            .client_ip(self.peer.ip(), forwarded_for);
         self.consume(head.len);
         drop(head);
-        let respond = request.respond(state.clone(), query, last_event_id);
+        let respond = request.respond(state.clone(), query, last_event_id, client);
         tokio::select! {
             response = respond => Ok(Some(response)),
             () = closed(&self.stream, &mut self.buf) => Ok(None),
@@ -181,9 +284,7 @@ impl Connection {
     /// Serves a notify in place: the busiest backend request skips building an
     /// `http::Request` and the router, and goes through the same steps as the routed handler.
     async fn notify(&mut self, head: Head, state: &AppState) -> io::Result<Response<Body>> {
-        let body = tokio::time::timeout(BODY_TIMEOUT, self.read_body(head.len, head.body_len))
-            .await
-            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        let body = self.read_body(head.len, head.body_len, state).await?;
         let header = |name: &HeaderName| {
             head.headers
                 .iter()
@@ -214,13 +315,12 @@ impl Connection {
                 ApiError::BodyTooLarge(state.body_limit),
             )));
         }
-        let body = tokio::time::timeout(BODY_TIMEOUT, self.read_body(head.len, head.body_len))
-            .await
-            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        let body = self.read_body(head.len, head.body_len, state).await?;
         let mut request = Request::builder()
             .method(head.method)
             .uri(&head.target)
-            .version(head.version);
+            .version(head.version)
+            .extension(PeerAddr(self.peer));
         if let Some(headers) = request.headers_mut() {
             headers.extend(head.headers);
         }
@@ -237,12 +337,24 @@ impl Connection {
         ))
     }
 
-    /// Takes the `body_len` bytes after a head of `head_len` bytes off the connection.
-    async fn read_body(&mut self, head_len: usize, body_len: usize) -> io::Result<Bytes> {
+    /// Takes the `body_len` bytes after a head of `head_len` bytes off the connection, within
+    /// `body_timeout`.
+    async fn read_body(
+        &mut self,
+        head_len: usize,
+        body_len: usize,
+        state: &AppState,
+    ) -> io::Result<Bytes> {
         let total = head_len + body_len;
+        let deadline = Instant::now() + state.limits.body_timeout;
         while self.buf.len() < total {
             self.buf.reserve(total - self.buf.len());
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
+            let read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await;
+            let Ok(read) = read else {
+                state.metrics.timeouts.body.inc();
+                return Err(io::ErrorKind::TimedOut.into());
+            };
+            if read? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
         }
@@ -259,12 +371,24 @@ impl Connection {
         }
     }
 
+    /// Sends `bytes`, within `send_timeout`: a client that stops reading is dropped rather than
+    /// holding its connection (and our buffers) forever.
+    async fn send(&mut self, bytes: &[u8], state: &AppState) -> io::Result<()> {
+        let sent = tokio::time::timeout(state.limits.send_timeout, self.stream.write_all(bytes));
+        let Ok(sent) = sent.await else {
+            state.metrics.timeouts.send.inc();
+            return Err(io::ErrorKind::TimedOut.into());
+        };
+        sent
+    }
+
     /// Writes `response`; `false` when the client left before the body was complete.
     async fn write(
         &mut self,
         response: Response<Body>,
         keep_alive: bool,
         is_head: bool,
+        state: &AppState,
     ) -> io::Result<bool> {
         let (mut parts, mut body) = response.into_parts();
         common_headers(&mut parts.headers);
@@ -304,7 +428,7 @@ impl Connection {
         out.extend_from_slice(b"\r\n");
 
         if is_head {
-            self.stream.write_all(&out).await?;
+            self.send(&out, state).await?;
             return Ok(true);
         }
         if let Some(len) = exact {
@@ -312,12 +436,12 @@ impl Connection {
             let bytes = body.collect().await.map_err(io::Error::other)?.to_bytes();
             debug_assert_eq!(bytes.len() as u64, len);
             out.extend_from_slice(&bytes);
-            self.stream.write_all(&out).await?;
+            self.send(&out, state).await?;
             return Ok(true);
         }
         // A stream (server-sent events): head now, then one chunk per frame as it comes, while
         // watching for the client leaving so its waiting place is given back at once.
-        self.stream.write_all(&out).await?;
+        self.send(&out, state).await?;
         drop(out);
         loop {
             let frame = tokio::select! {
@@ -334,13 +458,13 @@ impl Connection {
                         let mut chunk = format!("{:x}\r\n", data.len()).into_bytes();
                         chunk.extend_from_slice(&data);
                         chunk.extend_from_slice(b"\r\n");
-                        self.stream.write_all(&chunk).await?;
+                        self.send(&chunk, state).await?;
                     }
                 }
                 Some(Err(e)) => return Err(io::Error::other(e)),
             }
         }
-        self.stream.write_all(b"0\r\n\r\n").await?;
+        self.send(b"0\r\n\r\n", state).await?;
         Ok(true)
     }
 
@@ -350,8 +474,34 @@ impl Connection {
             prefix: Bytes::from(self.buf),
             inner: self.stream,
         });
-        let service = TowerToHyperService::new(router.clone());
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let peer = PeerAddr(self.peer);
+        let trusted = state.trusted_proxies.contains(self.peer.ip());
+        let router = router.clone();
+        let service =
+            TowerToHyperService::new(tower::service_fn(move |mut request: Request<_>| {
+                request.extensions_mut().insert(peer);
+                let request_id = if trusted {
+                    RequestId::from_proxy(request.headers().get(X_REQUEST_ID))
+                } else {
+                    RequestId::generate()
+                };
+                let span = tracing::info_span!("request", id = %request_id);
+                router
+                    .clone()
+                    .oneshot(request)
+                    .map_ok(move |mut response| {
+                        response
+                            .headers_mut()
+                            .insert(X_REQUEST_ID, request_id.to_header());
+                        response
+                    })
+                    .instrument(span)
+            }));
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(state.limits.header_timeout);
         let conn = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
         tokio::select! {

@@ -21,6 +21,15 @@ use crate::store::{CreateError, UnknownId};
 const RETRY_FULL: Duration = Duration::from_secs(30);
 /// How long a client told "too many waiters" should wait: one tab closing frees a place.
 const RETRY_WAITERS: Duration = Duration::from_secs(5);
+/// How long a client refused for too many connections should wait.
+const RETRY_CONNECTIONS: Duration = Duration::from_secs(1);
+
+/// Whole seconds to wait, rounded up and at least 1: `Retry-After: 0` would invite a retry
+/// that is refused again.
+fn retry_secs(after: Duration) -> u64 {
+    let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+    secs.max(1)
+}
 
 /// A failed request.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +87,12 @@ pub enum ApiError {
     /// The id already has `max_waiters_per_id` waiting clients.
     #[error(transparent)]
     TooManyWaiters(#[from] TooManyWaiters),
+    /// A rate limit was reached; one more request would pass after the duration.
+    #[error("too many requests; try again in {}s", retry_secs(*.0))]
+    RateLimited(Duration),
+    /// `max_connections` connections are open.
+    #[error("the server holds its maximum of {0} connections; try again later")]
+    TooManyConnections(usize),
     /// No route for the path.
     #[error("no such endpoint; see docs/api.md")]
     NotFound,
@@ -107,8 +122,8 @@ impl ApiError {
             Self::Gone => StatusCode::GONE,
             Self::InfoTooLarge { .. } | Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(..) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::TooManyWaiters(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::TooManyIds(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyWaiters(_) | Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyIds(_) | Self::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -132,6 +147,8 @@ impl ApiError {
             Self::UnsupportedMediaType(..) => "unsupported_media_type",
             Self::InvalidParameters(_) => "invalid_parameters",
             Self::TooManyWaiters(_) => "too_many_waiters",
+            Self::RateLimited(_) => "rate_limited",
+            Self::TooManyConnections(_) => "too_many_connections",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Internal(_) => "internal",
@@ -142,6 +159,8 @@ impl ApiError {
         match self {
             Self::TooManyIds(_) => Some(RETRY_FULL),
             Self::TooManyWaiters(_) => Some(RETRY_WAITERS),
+            Self::RateLimited(after) => Some(*after),
+            Self::TooManyConnections(_) => Some(RETRY_CONNECTIONS),
             _ => None,
         }
     }
@@ -179,7 +198,7 @@ impl IntoResponse for ApiError {
         if let Some(after) = self.retry_after() {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_secs(after)));
         }
         response
     }
@@ -233,6 +252,12 @@ mod tests {
                 429,
                 "too_many_waiters",
             ),
+            (
+                ApiError::RateLimited(Duration::from_millis(1)),
+                429,
+                "rate_limited",
+            ),
+            (ApiError::TooManyConnections(1), 503, "too_many_connections"),
             (ApiError::NotFound, 404, "not_found"),
             (ApiError::MethodNotAllowed, 405, "method_not_allowed"),
             (ApiError::Internal("x".into()), 500, "internal"),
@@ -258,6 +283,10 @@ mod tests {
         assert_eq!(r.headers()[header::RETRY_AFTER], "30");
         let r = ApiError::TooManyWaiters(TooManyWaiters(8)).into_response();
         assert_eq!(r.headers()[header::RETRY_AFTER], "5");
+        for (wait, header) in [(1, "1"), (999, "1"), (1000, "1"), (1001, "2"), (0, "1")] {
+            let r = ApiError::RateLimited(Duration::from_millis(wait)).into_response();
+            assert_eq!(r.headers()[header::RETRY_AFTER], header, "{wait} ms");
+        }
         assert!(
             ApiError::Gone
                 .into_response()

@@ -99,3 +99,31 @@ pub fn json_of<T: DeserializeOwned>(
         )),
     }
 }
+
+/// The TCP peer of the connection a request came on, put in the request's extensions by
+/// `connection`.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+/// The client's IP: the peer, or who a trusted proxy says it forwards (see `client_ip`).
+/// `None` for a request that did not come over a socket (a test calling the router directly).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub Option<std::net::IpAddr>);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let ip = parts.extensions.get::<PeerAddr>().map(|peer| {
+            let forwarded_for = parts
+                .headers
+                .get_all(crate::client_ip::X_FORWARDED_FOR)
+                .iter();
+            state.trusted_proxies.client_ip(peer.0.ip(), forwarded_for)
+        });
+        Ok(Self(ip))
+    }
+}

@@ -24,13 +24,18 @@
 
 pub mod api;
 pub mod auth;
+pub mod client_ip;
 pub mod config;
 pub mod connection;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod housekeeping;
 pub mod id;
+pub mod metrics;
 pub mod origin;
+pub mod rate_limit;
+pub mod request_id;
 pub mod server;
 pub mod shutdown;
 pub mod slot;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use callhome::config::{Config, Overrides};
+use callhome::config::{Config, LogFormat, Overrides};
 use callhome::{server, shutdown, telemetry};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +29,9 @@ struct Cli {
     /// Tracing filter, e.g. `info` or `callhome=debug` (overrides `log`).
     #[arg(long)]
     log: Option<String>,
+    /// Log lines as human-readable `text` or one `json` object each (overrides `log_format`).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
     /// Move the snapshot file aside (to `<snapshot_path>.discarded-<time>`) and start with no
     /// ids; for a snapshot that is damaged or from an incompatible version.
     #[arg(long)]
@@ -41,11 +44,12 @@ fn main() -> anyhow::Result<()> {
         listen: cli.listen,
         public_url: cli.public_url,
         log: cli.log,
+        log_format: cli.log_format,
     };
     let settings = Config::load(&cli.config, &overrides)
         .and_then(|config| config.validate(|var| std::env::var(var).ok()))
         .with_context(|| format!("invalid configuration ({})", cli.config.display()))?;
-    telemetry::init(&settings.log)?;
+    telemetry::init(&settings.log, settings.log_format)?;
     for warning in &settings.warnings {
         tracing::warn!("{warning}");
     }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{HeaderMap, HeaderValue, Request, header};
 use axum::middleware::map_response;
 use axum::response::{IntoResponse, Response};
@@ -23,12 +23,17 @@ use tokio_util::task::TaskTracker;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::auth::Apps;
+use crate::client_ip::TrustedProxies;
 use crate::config::{Limits, Settings, StoreConfig};
 use crate::error::ApiError;
+use crate::metrics::{self, Metrics};
+use crate::rate_limit::RateLimiters;
 use crate::snapshot::{self, SnapshotError};
 use crate::store::Store;
-use crate::{api, connection, health, transport};
+use crate::{api, connection, health, housekeeping, transport};
 
 /// Pending connections the kernel queues for us. Tokio's default (1024) refuses clients
 /// during fast ramps of thousands of new connections; the kernel caps it at `somaxconn`.
@@ -39,6 +44,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Bytes of body read beyond the info itself: JSON quoting and the `{"info":...}` wrapper.
 const BODY_OVERHEAD: usize = 1024;
+
+/// File descriptors kept back from `max_connections = 0` (automatic) for everything else the
+/// process opens: the listener, snapshot files, the runtime's own, a backplane.
+const FD_RESERVE: u64 = 64;
 
 /// What every handler can reach: one `Arc`, so cloning it per request is one atomic add
 /// (cloning the fields one by one showed up in profiles of the notify path).
@@ -64,6 +73,18 @@ pub struct Shared {
     pub snapshot: StoreConfig,
     /// How long a shutdown waits for open connections.
     pub drain_timeout: Duration,
+    /// How long `/readyz` fails before a shutdown stops accepting.
+    pub shutdown_grace: Duration,
+    /// Set when a shutdown begins, `shutdown_grace` before `shutdown` is cancelled.
+    pub draining: AtomicBool,
+    /// Open connections allowed (`max_connections`, resolved).
+    pub max_connections: usize,
+    /// Whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: TrustedProxies,
+    /// Request rates.
+    pub limiters: RateLimiters,
+    /// Everything `/metrics` shows.
+    pub metrics: Metrics,
 }
 
 impl std::ops::Deref for AppState {
@@ -82,8 +103,10 @@ impl AppState {
             .unwrap_or_else(|| format!("http://{local_addr}"));
         // A JSON string may spend six bytes (`\u00XX`) on each byte of info.
         let body_limit = settings.limits.info_max_bytes * 6 + BODY_OVERHEAD;
+        let metrics = Metrics::new();
+        let limiters = RateLimiters::new(&settings.rate_limits, &settings.apps, &metrics);
         Self(Arc::new(Shared {
-            store: Store::new(settings.limits.max_ids),
+            store: Store::new(settings.limits.max_ids).with_idle_ttl(settings.limits.id_idle_ttl),
             apps: settings.apps,
             limits: settings.limits,
             public_url,
@@ -91,8 +114,36 @@ impl AppState {
             shutdown,
             snapshot: settings.store,
             drain_timeout: settings.drain_timeout,
+            shutdown_grace: settings.shutdown_grace,
+            draining: AtomicBool::new(false),
+            max_connections: connection_budget(settings.limits.max_connections),
+            trusted_proxies: settings.trusted_proxies,
+            limiters,
+            metrics,
         }))
     }
+
+    /// True from the moment a shutdown begins: `/readyz` fails.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire) || self.shutdown.is_cancelled()
+    }
+}
+
+/// `max_connections`, or when it is 0 the open-file limit less a reserve for everything else.
+fn connection_budget(configured: usize) -> usize {
+    let files = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+    let fit = usize::try_from(files.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
+    if configured == 0 {
+        return fit.max(1);
+    }
+    if configured > fit {
+        tracing::warn!(
+            max_connections = configured,
+            open_file_limit = files,
+            "max_connections is above what the open-file limit allows; accepts will fail first"
+        );
+    }
+    configured
 }
 
 /// Binds `addr` with a listen backlog large enough for fast ramps of new clients.
@@ -115,6 +166,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api::routes())
         .merge(transport::routes())
         .merge(health::routes())
+        .merge(metrics::routes())
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
@@ -128,9 +180,13 @@ pub fn router(state: AppState) -> Router {
     // a measurable share of each notify for lines nobody sees, so they are left out.
     if tracing::enabled!(tracing::Level::DEBUG) {
         router.layer(
-            // Spans name the method and path only: query strings carry ids.
+            // Spans name the method and the route only: paths and query strings carry ids.
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                tracing::debug_span!("request", method = %req.method(), path = %req.uri().path())
+                let route = req
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map_or("(no route)", MatchedPath::as_str);
+                tracing::debug_span!("request", method = %req.method(), route)
             }),
         )
     } else {
@@ -165,14 +221,18 @@ pub enum RunError {
 }
 
 /// Restores the snapshot, if one is configured, then serves `listener` until `shutdown` is
-/// cancelled, waits for the connections to finish (held polls answer at once when the token
-/// is cancelled; idle connections close) and writes the final snapshot.
+/// cancelled. Then `/readyz` fails for `shutdown_grace` while everything else goes on, so load
+/// balancers stop sending new clients; then the listener closes, held polls answer at once,
+/// streams end with a retry hint, idle connections close, and the final snapshot is written
+/// once the connections are gone (or `drain_timeout` passed).
 pub async fn run(
     listener: TcpListener,
     settings: Settings,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let state = AppState::new(settings, listener.local_addr()?, shutdown.clone());
+    let stop = CancellationToken::new();
+    let state = AppState::new(settings, listener.local_addr()?, stop.clone());
+    tracing::info!(max_connections = state.max_connections, "connection limit");
     if let Some(path) = state.snapshot.snapshot_path.clone() {
         let started = std::time::Instant::now();
         let restored = snapshot::restore(&path, &state.store, &state.apps)?;
@@ -189,18 +249,33 @@ pub async fn run(
             state.clone(),
         ));
     }
+    tokio::spawn(housekeeping::run(state.clone()));
+    tokio::spawn(begin_shutdown(shutdown, state.clone(), stop.clone()));
     let router = router(state.clone());
     let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = shutdown.cancelled() => break,
+            () = stop.cancelled() => break,
         };
         match accepted {
-            Ok((stream, _)) => {
+            Ok((stream, peer)) => {
+                let open = usize::try_from(state.metrics.connections_open.get()).unwrap_or(0);
+                if open >= state.max_connections {
+                    state.metrics.connections.refused.inc();
+                    connection::refuse(stream, &state);
+                    continue;
+                }
+                state.metrics.connections.accepted.inc();
+                state.metrics.connections_open.inc();
                 // Answers are small and written whole; do not let Nagle hold them back.
                 let _ = stream.set_nodelay(true);
-                connections.spawn(connection::serve(stream, state.clone(), router.clone()));
+                connections.spawn(connection::serve(
+                    stream,
+                    peer,
+                    state.clone(),
+                    router.clone(),
+                ));
             }
             Err(e) => {
                 // Out of file descriptors, most likely: spinning would not free any.
@@ -221,12 +296,23 @@ pub async fn run(
         );
     }
     if let Some(path) = state.snapshot.snapshot_path.clone() {
-        let started = std::time::Instant::now();
-        let store = state.clone();
-        let bytes = tokio::task::spawn_blocking(move || snapshot::save(&path, &store.store))
-            .await
-            .map_err(io::Error::other)??;
-        tracing::info!(bytes, took = ?started.elapsed(), "final snapshot written");
+        let (bytes, took) = snapshot::save_measured(path, &state).await?;
+        tracing::info!(bytes, took = ?took, "final snapshot written");
     }
     Ok(())
+}
+
+/// When `shutdown` is cancelled: fail `/readyz`, wait `shutdown_grace`, then `stop`.
+async fn begin_shutdown(shutdown: CancellationToken, state: AppState, stop: CancellationToken) {
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = stop.cancelled() => return,
+    }
+    state.draining.store(true, Ordering::Release);
+    if !state.shutdown_grace.is_zero() {
+        tracing::info!(grace = ?state.shutdown_grace, "shutting down: /readyz fails from now");
+        tokio::time::sleep(state.shutdown_grace).await;
+    }
+    tracing::info!("shutting down: no new connections; releasing held requests");
+    stop.cancel();
 }

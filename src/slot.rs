@@ -5,12 +5,13 @@
 //! built on [`tokio::sync::Notify`]: a waiter registers for the wake-up *before* it looks at
 //! `seq`, so a notify can never slip in between the look and the sleep.
 //!
-//! No axum, no I/O, no clocks other than tokio's: this module is tested with paused time.
+//! No axum, no I/O. Waiting is tested with tokio's paused time; idleness is counted in
+//! wall-clock seconds (it survives restarts in snapshots), delivery time on a monotonic clock.
 
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use compact_str::CompactString;
 use tokio::sync::Notify;
@@ -37,6 +38,8 @@ pub struct Slot {
     last_active: AtomicU64,
     /// Clients holding a request open on this id right now.
     waiting: AtomicU32,
+    /// When the newest value was published, in [`micros`]: for the delivery-latency metric.
+    published_at: AtomicU32,
     deleted: AtomicBool,
     changed: Notify,
 }
@@ -76,8 +79,14 @@ pub struct Published {
 /// How a wait ended. Shutting down is an outcome, not an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WaitOutcome {
-    /// There is a value the client has not seen.
-    Value(Latest),
+    /// There is a value the client has not seen. `woken` when it was published while the
+    /// client waited (a delivery), rather than found at once.
+    Value {
+        /// The value.
+        latest: Latest,
+        /// Published while the client waited.
+        woken: bool,
+    },
     /// The id was deleted while the client waited.
     Gone,
     /// The server is shutting down; the client should ask again (elsewhere, or later).
@@ -101,6 +110,7 @@ impl Slot {
             latest: Mutex::new(Latest { seq: 0, info: None }),
             last_active: AtomicU64::new(unix_secs(now)),
             waiting: AtomicU32::new(0),
+            published_at: AtomicU32::new(micros()),
             deleted: AtomicBool::new(false),
             changed: Notify::new(),
         }
@@ -119,6 +129,7 @@ impl Slot {
             }),
             last_active: AtomicU64::new(saved.last_active),
             waiting: AtomicU32::new(0),
+            published_at: AtomicU32::new(micros()),
             deleted: AtomicBool::new(false),
             changed: Notify::new(),
         }
@@ -160,6 +171,17 @@ impl Slot {
         unix_secs(SystemTime::now()).saturating_sub(self.last_active.load(Ordering::Relaxed))
     }
 
+    /// True when nobody waits on the id and it has been idle for `ttl` (whole seconds).
+    pub fn is_expired(&self, ttl: Duration) -> bool {
+        self.waiting() == 0 && self.idle_secs() >= ttl.as_secs()
+    }
+
+    /// Time since the newest value was published (meaningful for up to an hour).
+    pub fn since_published(&self) -> Duration {
+        let then = self.published_at.load(Ordering::Relaxed);
+        Duration::from_micros(u64::from(micros().wrapping_sub(then)))
+    }
+
     /// How many clients are waiting right now.
     pub fn waiting(&self) -> u32 {
         self.waiting.load(Ordering::Acquire)
@@ -178,6 +200,7 @@ impl Slot {
             latest.seq += 1;
             // A copy, never a slice of a request buffer: a stored value must not pin one.
             latest.info = Some(CompactString::from(info));
+            self.published_at.store(micros(), Ordering::Relaxed);
             latest.seq
         };
         self.touch();
@@ -248,6 +271,7 @@ impl Waiter {
     /// the client going away for a stream).
     pub async fn wait_after(&self, since: Seq, shutdown: &CancellationToken) -> WaitOutcome {
         let slot = &self.slot;
+        let mut woken = false;
         loop {
             // Register first, then look: a publish between the look and the sleep still
             // wakes this future, because it is already enabled.
@@ -257,24 +281,44 @@ impl Waiter {
                 return WaitOutcome::Gone;
             }
             if let Some(latest) = slot.newer_than(since) {
-                return WaitOutcome::Value(latest);
+                return WaitOutcome::Value { latest, woken };
             }
             tokio::select! {
                 () = &mut changed => {}
                 () = shutdown.cancelled() => return WaitOutcome::ShuttingDown,
             }
+            woken = true;
         }
+    }
+}
+
+impl Waiter {
+    /// The slot waited on.
+    pub fn slot(&self) -> &Slot {
+        &self.slot
     }
 }
 
 impl Drop for Waiter {
     fn drop(&mut self) {
+        // The end of a wait is activity too: an id whose stream just closed is not idle.
+        self.slot.touch();
         self.slot.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Microseconds on a monotonic clock, wrapping every 71 minutes: four bytes per slot are
+/// enough to time a delivery, which takes milliseconds.
+fn micros() -> u32 {
+    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    // Truncation is the point: differences are taken with wrapping arithmetic.
+    #[allow(clippy::cast_possible_truncation)]
+    let micros = START.elapsed().as_micros() as u32;
+    micros
 }
 
 #[cfg(test)]
@@ -329,12 +373,34 @@ mod tests {
         assert_eq!(p.waiting, 1);
         assert_eq!(
             wait.await.unwrap(),
-            WaitOutcome::Value(Latest {
-                seq: 1,
-                info: Some("x".into())
-            })
+            WaitOutcome::Value {
+                latest: Latest {
+                    seq: 1,
+                    info: Some("x".into())
+                },
+                woken: true
+            }
         );
         assert_eq!(s.waiting(), 0, "the place is given back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_value_already_there_is_not_a_wake_up() {
+        let s = slot();
+        s.publish("x");
+        let w = s.join(8).unwrap();
+        let out = w.wait_after(0, &CancellationToken::new()).await;
+        assert!(matches!(out, WaitOutcome::Value { woken: false, .. }));
+    }
+
+    #[test]
+    fn an_id_expires_only_when_idle_and_unwatched() {
+        let s = slot();
+        assert!(!s.is_expired(Duration::from_secs(60)));
+        assert!(s.is_expired(Duration::ZERO), "idle for 0 s already");
+        let w = s.join(8).unwrap();
+        assert!(!s.is_expired(Duration::ZERO), "a waiting client keeps it");
+        drop(w);
     }
 
     #[tokio::test(start_paused = true)]
@@ -396,7 +462,9 @@ mod tests {
                 .await
                 .expect("a wake-up was lost")
                 .unwrap();
-            assert!(matches!(out, WaitOutcome::Value(Latest { seq, .. }) if seq == round + 1));
+            assert!(
+                matches!(out, WaitOutcome::Value { latest: Latest { seq, .. }, .. } if seq == round + 1)
+            );
         }
     }
 }

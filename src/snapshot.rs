@@ -14,6 +14,7 @@
 use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::auth::Apps;
@@ -40,6 +41,15 @@ struct SavedId {
     id: String,
     app: String,
     origin: Option<String>,
+    slot: Saved,
+}
+
+/// [`SavedId`] borrowing from the slot, for writing: serialises to the same bytes.
+#[derive(Debug, Serialize)]
+struct SavedIdRef<'a> {
+    id: &'a str,
+    app: &'a str,
+    origin: Option<&'a str>,
     slot: Saved,
 }
 
@@ -126,21 +136,35 @@ pub fn restore(path: &Path, store: &Store, apps: &Apps) -> Result<Restored, Snap
 }
 
 /// Writes every id in `store` to `path`, atomically. Returns the file's size in bytes.
+///
+/// Ids are encoded one at a time straight into the file's bytes (the same encoding as
+/// [`Body`]), so a snapshot costs the file's size in memory, not a second copy of every id.
+/// Saves are serialised: a periodic snapshot still writing when the final one starts would
+/// otherwise share its temporary file.
+///
+/// # Panics
+/// Never: strings and numbers always serialise.
 pub fn save(path: &Path, store: &Store) -> Result<u64, SnapshotError> {
-    let body = Body {
-        ids: store
-            .slots()
-            .iter()
-            .filter(|slot| !slot.is_closed())
-            .map(|slot| SavedId {
-                id: slot.id().to_string(),
-                app: slot.app().to_owned(),
-                origin: slot.origin().map(ToString::to_string),
-                slot: slot.save(),
-            })
-            .collect(),
-    };
-    let bytes = encode(&body);
+    static WRITING: Mutex<()> = Mutex::new(());
+    let _writing = WRITING.lock().unwrap_or_else(PoisonError::into_inner);
+    let slots: Vec<_> = store
+        .slots()
+        .into_iter()
+        .filter(|slot| !slot.is_closed())
+        .collect();
+    let mut payload = Vec::with_capacity(slots.len() * 80);
+    // A postcard sequence: its length as a varint, then the elements.
+    payload = postcard::to_extend(&slots.len(), payload).expect("a length serialises");
+    for slot in slots {
+        let saved = SavedIdRef {
+            id: slot.id().as_str(),
+            app: slot.app(),
+            origin: slot.origin().map(Origin::as_str),
+            slot: slot.save(),
+        };
+        payload = postcard::to_extend(&saved, payload).expect("strings and numbers serialise");
+    }
+    let bytes = frame(&payload);
     write_atomically(path, &bytes).map_err(|source| SnapshotError::Io {
         path: path.to_owned(),
         source,
@@ -179,27 +203,56 @@ pub async fn run_periodic(path: PathBuf, interval: Duration, state: AppState) {
         if changes == saved_at {
             continue;
         }
-        let (path, state) = (path.clone(), state.clone());
-        let started = Instant::now();
-        match tokio::task::spawn_blocking(move || save(&path, &state.store)).await {
-            Ok(Ok(bytes)) => {
+        match save_measured(path.clone(), &state).await {
+            Ok((bytes, took)) => {
                 saved_at = changes;
-                tracing::debug!(bytes, took = ?started.elapsed(), "snapshot written");
+                tracing::debug!(bytes, took = ?took, "snapshot written");
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "snapshot failed; will retry"),
-            Err(e) => tracing::error!(error = %e, "snapshot task failed; will retry"),
+            Err(e) => tracing::error!(error = %e, "snapshot failed; will retry"),
         }
     }
 }
 
-fn encode(body: &Body) -> Vec<u8> {
-    let payload =
-        postcard::to_allocvec(body).expect("a snapshot body of strings and numbers serialises");
+/// [`save`] off the request threads, timed and counted in the metrics: bytes written and
+/// the time it took.
+pub async fn save_measured(
+    path: PathBuf,
+    state: &AppState,
+) -> Result<(u64, Duration), SnapshotError> {
+    let started = Instant::now();
+    let store = state.clone();
+    let file = path.clone();
+    let saved = tokio::task::spawn_blocking(move || save(&file, &store.store))
+        .await
+        .unwrap_or_else(|e| {
+            Err(SnapshotError::Io {
+                path,
+                source: io::Error::other(e),
+            })
+        });
+    let took = started.elapsed();
+    let metrics = &state.metrics;
+    match saved {
+        Ok(bytes) => {
+            metrics.snapshots.ok.inc();
+            metrics.snapshot_duration.observe(took.as_secs_f64());
+            metrics.snapshot_bytes.set(bytes);
+            Ok((bytes, took))
+        }
+        Err(e) => {
+            metrics.snapshots.error.inc();
+            Err(e)
+        }
+    }
+}
+
+/// The header (magic, version, checksum) and `payload`.
+fn frame(payload: &[u8]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(HEADER + payload.len());
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&VERSION.to_le_bytes());
-    bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    bytes.extend_from_slice(&payload);
+    bytes.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    bytes.extend_from_slice(payload);
     bytes
 }
 
@@ -291,6 +344,33 @@ mod tests {
         assert_eq!(a2.origin(), a.origin());
         assert_eq!(a2.save(), a.save());
         assert_eq!(again.get(b.id().as_str()).unwrap().latest().seq, 0);
+        fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn the_streamed_encoding_is_the_body_format() {
+        // `save` writes ids one by one; the file must still decode as one `Body`, exactly.
+        let apps = apps();
+        let app = apps.get("one").unwrap();
+        let store = Store::new(10);
+        let slot = store
+            .create(app, None, app.default_origin().cloned())
+            .unwrap();
+        slot.publish("héllo");
+        let path = temp("streamed");
+        save(&path, &store).unwrap();
+        let bytes = fs::read(&path).unwrap();
+        let body = decode(&bytes).unwrap();
+        let expected = Body {
+            ids: vec![SavedId {
+                id: slot.id().to_string(),
+                app: "one".into(),
+                origin: Some("https://one.example".into()),
+                slot: slot.save(),
+            }],
+        };
+        assert_eq!(body, expected);
+        assert_eq!(&bytes[HEADER..], postcard::to_allocvec(&expected).unwrap());
         fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 

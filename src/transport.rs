@@ -11,6 +11,7 @@ mod iframe;
 mod poll;
 mod script;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -21,6 +22,7 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
+use crate::extract::ClientIp;
 use crate::id::Id;
 use crate::server::AppState;
 use crate::slot::{Latest, Seq, Slot};
@@ -30,13 +32,20 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route(
             POLL_PATH,
-            get(|State(state), RawQuery(query)| poll::poll(state, query)),
+            get(
+                |State(state), ClientIp(client), RawQuery(query)| async move {
+                    poll::poll(state, query, client).await
+                },
+            ),
         )
         .route(
             EVENTS_PATH,
             get(
-                |State(state): State<AppState>, RawQuery(query), headers: HeaderMap| async move {
-                    events::events(&state, query.as_deref(), headers.get(LAST_EVENT_ID))
+                |State(state): State<AppState>,
+                 ClientIp(client),
+                 RawQuery(query),
+                 headers: HeaderMap| async move {
+                    events::events(&state, query.as_deref(), headers.get(LAST_EVENT_ID), client)
                 },
             ),
         )
@@ -75,10 +84,16 @@ impl Held {
         state: AppState,
         query: Option<String>,
         last_event_id: Option<HeaderValue>,
+        client: IpAddr,
     ) -> Response {
         match self {
-            Self::Poll => poll::poll(state, query).await,
-            Self::Events => events::events(&state, query.as_deref(), last_event_id.as_ref()),
+            Self::Poll => poll::poll(state, query, Some(client)).await,
+            Self::Events => events::events(
+                &state,
+                query.as_deref(),
+                last_event_id.as_ref(),
+                Some(client),
+            ),
         }
     }
 }
@@ -106,6 +121,11 @@ impl<'a> From<&'a Latest> for Value<'a> {
             info: latest.info.as_deref(),
         }
     }
+}
+
+/// Charges one request to the client's rate limit, when the client is known.
+fn admit(state: &AppState, client: Option<IpAddr>) -> Result<(), ApiError> {
+    client.map_or(Ok(()), |ip| state.limiters.browser(ip))
 }
 
 /// The slot a browser asks about, counted as activity.

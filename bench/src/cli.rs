@@ -3,6 +3,8 @@
 //! The common flags are global so they can stand before or after the subcommand, and so the
 //! coordinator can hand the same flags back to the worker processes it re-executes.
 
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::target::{Kind, Transport};
@@ -74,6 +76,9 @@ pub enum Command {
     Sse(SseArgs),
     /// Memory per stored id with no client: create ids, give each an info, read the RSS.
     Store(StoreArgs),
+    /// Hold N long polls until the server exits (stopped by someone else, e.g. SIGTERM);
+    /// report how each held poll ended: answered, cut, or never.
+    Drain(DrainArgs),
     /// Internal: one worker process holding a share of the clients (started by the tool).
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -90,6 +95,28 @@ pub struct StoreArgs {
     /// Keep-alive connections used to create and publish.
     #[arg(long, default_value_t = 16, value_parser = positive)]
     pub conns: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DrainArgs {
+    /// Held long polls, one per id. Each client polls once: it does not poll again after its
+    /// answer, so every poll ends exactly once and is counted by how it ended.
+    #[arg(long, value_parser = positive)]
+    pub clients: usize,
+    /// The server's process id; found from the --base port when omitted.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Seconds to wait after all clients are connected, so the server holds every poll,
+    /// before saying ready.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub settle_secs: u64,
+    /// Written (with the number of held polls) once every poll is held: the moment to stop
+    /// the server.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+    /// Seconds to wait, once ready, for the server to exit; past it the run fails.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub wait_secs: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -190,6 +217,9 @@ pub struct WorkerArgs {
     pub id_modulo: Option<usize>,
     #[arg(long, value_enum)]
     pub record: Record,
+    /// Each client polls once and stops at its first answer or break (drain).
+    #[arg(long)]
+    pub single_poll: bool,
 }
 
 /// What a worker reports about deliveries.
@@ -244,6 +274,25 @@ mod tests {
         assert_eq!(cli.common.target, Kind::Nchan);
         assert!(cli.common.json);
         assert!(matches!(cli.command, Command::Fanout(ref a) if a.clients == 10));
+    }
+
+    #[test]
+    fn drain_takes_a_ready_file() {
+        let cli = Cli::try_parse_from([
+            "callhome-bench",
+            "drain",
+            "--clients",
+            "300",
+            "--ready-file",
+            "/tmp/ready",
+        ])
+        .expect("valid flags");
+        let Command::Drain(args) = cli.command else {
+            panic!("not drain: {:?}", cli.command);
+        };
+        assert_eq!(args.clients, 300);
+        assert_eq!(args.ready_file, Some(PathBuf::from("/tmp/ready")));
+        assert_eq!((args.settle_secs, args.wait_secs), (1, 120));
     }
 
     #[test]

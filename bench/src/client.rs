@@ -45,6 +45,9 @@ pub struct Shared {
     pub stats: Stats,
     /// Where deliveries are recorded; `None` when only counts are wanted.
     pub deliveries: Option<UnboundedSender<Delivery>>,
+    /// Poll once and stop at the first answer or break, so each client ends exactly once
+    /// (drain: how did the held polls end?).
+    single_poll: bool,
     /// Which kinds of failure have been described on stderr already (once each).
     noted: [AtomicBool; 4],
 }
@@ -54,12 +57,14 @@ impl Shared {
         target: Target,
         transport: Transport,
         deliveries: Option<UnboundedSender<Delivery>>,
+        single_poll: bool,
     ) -> Self {
         Self {
             target,
             transport,
             stats: Stats::default(),
             deliveries,
+            single_poll,
             noted: Default::default(),
         }
     }
@@ -202,6 +207,7 @@ impl Waiter {
         loop {
             let failure = match self.connect().await {
                 Ok(mut stream) => match self.poll_on(&mut stream, &mut buf).await {
+                    Ok(()) if self.shared.single_poll => return,
                     // The server closed the connection between answers: open another.
                     Ok(()) => {
                         bump(&self.shared.stats.reconnects);
@@ -211,7 +217,8 @@ impl Waiter {
                 },
                 Err(failure) => failure,
             };
-            if self.give_up(&failure) {
+            // A single poll is counted by how it ended and not retried.
+            if self.give_up(&failure) || self.shared.single_poll {
                 return;
             }
             tokio::time::sleep(RETRY_BACKOFF * self.failures).await;
@@ -237,7 +244,7 @@ impl Waiter {
             };
             fresh = false;
             self.on_poll_answer(&response, at)?;
-            if response.head.close {
+            if response.head.close || self.shared.single_poll {
                 return Ok(());
             }
         }
@@ -467,5 +474,89 @@ async fn read_response(
         if buf.len() >= MAX_RESPONSE {
             return Err(Failure::TooLarge);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use clap::Parser as _;
+    use tokio::net::TcpListener;
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::cli::Cli;
+
+    /// A loopback server that answers every request with `answer`, or closes the connection
+    /// without a byte when `answer` is empty. Returns its address and the requests it read.
+    async fn serve(answer: &'static [u8]) -> (SocketAddr, Arc<AtomicU64>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let addr = listener.local_addr().expect("bound");
+        let requests = Arc::new(AtomicU64::new(0));
+        let seen = Arc::clone(&requests);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 4096];
+                    // The client writes each small request whole: one read, one request.
+                    while let Ok(n) = stream.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                        seen.fetch_add(1, Ordering::Relaxed);
+                        if answer.is_empty() || stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, requests)
+    }
+
+    /// Runs one single-poll client against `answer`; its counts and the requests it sent.
+    async fn single_poll_against(answer: &'static [u8]) -> (ClientCounts, u64) {
+        let (addr, requests) = serve(answer).await;
+        let base = format!("http://{addr}");
+        let cli =
+            Cli::try_parse_from(["callhome-bench", "drain", "--clients", "1", "--base", &base])
+                .expect("valid flags");
+        let target = Target::new(&cli.common).expect("a loopback base");
+        let shared = Arc::new(Shared::new(target, Transport::Poll, None, true));
+        let permit = Arc::new(Semaphore::new(1))
+            .acquire_owned()
+            .await
+            .expect("a fresh semaphore is open");
+        let client = Client {
+            id_index: 0,
+            id: "btest00-00000000".into(),
+            source: None,
+        };
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            run(client, Arc::clone(&shared), permit),
+        )
+        .await
+        .expect("a single poll ends by itself");
+        (shared.stats.snapshot(), requests.load(Ordering::Relaxed))
+    }
+
+    #[tokio::test]
+    async fn a_single_poll_ends_at_its_first_answer() {
+        let (counts, requests) = single_poll_against(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        assert_eq!(requests, 1, "no poll after the 204");
+        assert_eq!((counts.ready, counts.repolls, counts.errors()), (1, 1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_cut_single_poll_is_counted_once_and_not_retried() {
+        let (counts, requests) = single_poll_against(b"").await;
+        assert_eq!(requests, 1, "no retry after the cut");
+        assert_eq!(
+            (counts.ready, counts.early_closes, counts.failed_connects),
+            (1, 1, 0)
+        );
     }
 }

@@ -34,6 +34,8 @@ pub struct Plan {
     /// Client k waits on id k mod this (default: id k).
     pub id_modulo: Option<usize>,
     pub record: Record,
+    /// Each client polls once and stops at its first answer or break.
+    pub single_poll: bool,
 }
 
 /// Worker processes for `clients` clients: `--workers`, or ceil(clients / 9000).
@@ -109,6 +111,9 @@ impl Fleet {
             }
             if let Some(m) = plan.id_modulo {
                 command.args(["--id-modulo", &m.to_string()]);
+            }
+            if plan.single_poll {
+                command.arg("--single-poll");
             }
             let mut child = command
                 .stdin(Stdio::piped())

@@ -7,7 +7,7 @@
 //! Modules: `cli` (flags), `target` (loopback-only base, per-server requests), `http` and
 //! `sse` (wire parsing), `client` and `worker` (the waiting side), `fleet` and `protocol`
 //! (coordinator to workers), `publisher` (the backend side), `proc` (/proc readings),
-//! `report` (percentiles, output), `scenario` (idle, fanout, notify-rate, sse).
+//! `report` (percentiles, output), `scenario` (idle, fanout, notify-rate, sse, store, drain).
 
 mod cli;
 mod client;

@@ -23,6 +23,14 @@ pub fn cpu_ticks(pid: u32) -> io::Result<u64> {
     parse_cpu_ticks(&stat).ok_or_else(|| bad_data(pid, "stat", "no utime/stime fields"))
 }
 
+/// Whether process `pid` still runs: it exists and is not a zombie waiting to be reaped.
+pub fn running(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| parse_state(&stat))
+        .is_some_and(|state| !matches!(state, 'Z' | 'X' | 'x'))
+}
+
 /// Clock ticks per second for [`cpu_ticks`], from `getconf CLK_TCK`, and whether it was read
 /// (`false`: the default of 100 was assumed).
 pub fn clock_ticks() -> (u64, bool) {
@@ -134,6 +142,12 @@ pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// The state letter (field 3: `R`, `S`, `Z`, ...) from /proc/PID/stat.
+pub fn parse_state(stat: &str) -> Option<char> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().next()?.chars().next()
+}
+
 /// The parent pid (field 4) from /proc/PID/stat.
 pub fn parse_parent_pid(stat: &str) -> Option<u32> {
     let after_name = &stat[stat.rfind(')')? + 1..];
@@ -175,6 +189,8 @@ mod tests {
                     150 27 0 0 20 0 3 0 123456 1000000 2000 18446744073709551615";
         assert_eq!(parse_cpu_ticks(stat), Some(177));
         assert_eq!(parse_parent_pid(stat), Some(1));
+        assert_eq!(parse_state(stat), Some('S'));
+        assert_eq!(parse_state("77 (x) Z 1 77"), Some('Z'));
         assert_eq!(parse_cpu_ticks("1 (x) S 1 2"), None);
     }
 
@@ -194,6 +210,8 @@ mod tests {
         let me = std::process::id();
         assert!(rss_bytes(me).expect("own status") > 0);
         cpu_ticks(me).expect("own stat");
+        assert!(running(me));
+        assert!(!running(u32::MAX), "no such process");
         assert!(clock_ticks().0 > 0);
     }
 }

@@ -5,6 +5,7 @@
 //! at `--max-secs` (dropping the workers kills them). A harness failure (no connection at
 //! all, a dead worker, a timeout) is an error; measured errors are reported, not raised.
 
+mod drain;
 mod fanout;
 mod idle;
 mod notify_rate;
@@ -80,6 +81,7 @@ async fn dispatch(ctx: &Context, command: &Command) -> anyhow::Result<()> {
         }
         Command::NotifyRate(args) => notify_rate::run(ctx, args).await,
         Command::Store(args) => store::run(ctx, args).await,
+        Command::Drain(args) => drain::run(ctx, args).await,
         Command::Sse(args) => {
             let idle = IdleArgs {
                 clients: args.clients,

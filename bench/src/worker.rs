@@ -46,7 +46,12 @@ pub async fn run(common: &Common, args: &WorkerArgs) -> anyhow::Result<()> {
         }
         Record::Counts => (None, None),
     };
-    let shared = Arc::new(Shared::new(target, args.transport, records_tx));
+    let shared = Arc::new(Shared::new(
+        target,
+        args.transport,
+        records_tx,
+        args.single_poll,
+    ));
     tokio::spawn(open_clients(
         Arc::clone(&shared),
         args.clone(),

@@ -56,14 +56,20 @@ struct NotifyRequest {
     info: String,
 }
 
+/// The routed notify (a percent-encoded id, a chunked body: see `connection`). Refusals by
+/// the extractors are taken as results, so they are counted like any other.
 async fn notify(
     State(state): State<AppState>,
-    Authenticated(app): Authenticated,
+    app: Result<Authenticated, ApiError>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Body(body): Body,
+    body: Result<Body, ApiError>,
 ) -> Result<Json<super::Notified>, ApiError> {
-    notify_body(&state, &app, &id, headers.get(header::CONTENT_TYPE), &body).map(Json)
+    let answer = app.and_then(|Authenticated(app)| {
+        let Body(body) = body?;
+        notify_body(&state, &app, &id, headers.get(header::CONTENT_TYPE), &body)
+    });
+    super::count_notify(&state, answer).map(Json)
 }
 
 /// Validates `id`, reads the info from a notify body of type `content_type`, and notifies.
@@ -126,6 +132,7 @@ async fn delete(
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
     state.store.remove(&app, id.as_str())?;
+    state.metrics.ids_deleted.inc();
     Ok(StatusCode::NO_CONTENT)
 }
 

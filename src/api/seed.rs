@@ -52,19 +52,23 @@ async fn idcreate(
 
 async fn notify(
     State(state): State<AppState>,
-    Authenticated(app): Authenticated,
+    app: Result<Authenticated, ApiError>,
     method: Method,
-    Query(query): Query<NotifyParams>,
+    query: Result<Query<NotifyParams>, ApiError>,
     headers: HeaderMap,
-    Body(body): Body,
+    body: Result<Body, ApiError>,
 ) -> Result<Json<super::Notified>, ApiError> {
-    let form: NotifyParams = form_body(&method, &headers, &body)?;
-    let id = query
-        .id
-        .or(form.id)
-        .ok_or_else(|| ApiError::InvalidParameters("missing parameter `id`".into()))?;
-    let info = query.info.or(form.info).unwrap_or_default();
-    super::notify(&state, &app, &id, &info).map(Json)
+    let answer = (|| {
+        let (Authenticated(app), Query(query), Body(body)) = (app?, query?, body?);
+        let form: NotifyParams = form_body(&method, &headers, &body)?;
+        let id = query
+            .id
+            .or(form.id)
+            .ok_or_else(|| ApiError::InvalidParameters("missing parameter `id`".into()))?;
+        let info = query.info.or(form.info).unwrap_or_default();
+        super::notify(&state, &app, &id, &info)
+    })();
+    super::count_notify(&state, answer).map(Json)
 }
 
 /// The parameters of a posted form, or the defaults when there is none.

@@ -7,6 +7,7 @@
 //! `retry:` hint so clients come back (to this node after a restart, or another).
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue};
@@ -14,32 +15,51 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt as _;
 use futures_util::stream;
-use tokio_util::sync::CancellationToken;
 
 use super::{Value, WaitParams};
 use crate::error::ApiError;
 use crate::extract::parse_query;
+use crate::metrics::Waiting;
 use crate::server::AppState;
 use crate::slot::{Seq, WaitOutcome, Waiter};
 
 /// How soon a client told "shutting down" should reconnect.
 const RECONNECT_AFTER_SHUTDOWN: Duration = Duration::from_secs(1);
 
-/// Answers an event-stream request whose query string is `query`. The response body is the
-/// stream, which lasts until the id is deleted, the server shuts down or the client leaves.
+/// Answers an event-stream request whose query string is `query`, from `client` (charged to
+/// its rate limit when known). The response body is the stream, which lasts until the id is
+/// deleted, the server shuts down or the client leaves.
 pub fn events(
     state: &AppState,
     query: Option<&str>,
     last_event_id: Option<&HeaderValue>,
+    client: Option<IpAddr>,
 ) -> Response {
-    open(state, query, last_event_id).unwrap_or_else(IntoResponse::into_response)
+    let outcomes = &state.metrics.streams;
+    match open(state, query, last_event_id, client) {
+        Ok(response) => {
+            outcomes.opened.inc();
+            response
+        }
+        Err(e) => {
+            if matches!(e, ApiError::UnknownId) {
+                &outcomes.unknown_id
+            } else {
+                &outcomes.rejected
+            }
+            .inc();
+            e.into_response()
+        }
+    }
 }
 
 fn open(
     state: &AppState,
     query: Option<&str>,
     last_event_id: Option<&HeaderValue>,
+    client: Option<IpAddr>,
 ) -> Result<Response, ApiError> {
+    super::admit(state, client)?;
     let params: WaitParams = parse_query(query)?;
     let since = match last_event_id {
         Some(value) => value
@@ -58,7 +78,8 @@ fn open(
         Some(Stream {
             waiter,
             since,
-            shutdown: state.shutdown.clone(),
+            state: state.clone(),
+            _waiting: Waiting::start(&state.metrics.waiting.events),
         }),
         next_event,
     ));
@@ -77,13 +98,22 @@ fn open(
 struct Stream {
     waiter: Waiter,
     since: Seq,
-    shutdown: CancellationToken,
+    state: AppState,
+    _waiting: Waiting,
 }
 
 async fn next_event(state: Option<Stream>) -> Option<(Result<Event, Infallible>, Option<Stream>)> {
     let mut state = state?;
-    let event = match state.waiter.wait_after(state.since, &state.shutdown).await {
-        WaitOutcome::Value(latest) => {
+    let event = match state
+        .waiter
+        .wait_after(state.since, &state.state.shutdown)
+        .await
+    {
+        WaitOutcome::Value { latest, woken } => {
+            if woken {
+                let elapsed = state.waiter.slot().since_published();
+                state.state.metrics.delivered_after(elapsed);
+            }
             state.since = latest.seq;
             let event = Event::default()
                 .id(latest.seq.to_string())

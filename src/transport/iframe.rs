@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
-use crate::extract::Query;
+use crate::extract::{ClientIp, Query};
 use crate::id::Id;
 use crate::origin::{Origin, OriginError};
 use crate::server::AppState;
@@ -81,8 +81,13 @@ struct PageConfig<'a> {
 
 async fn iframe(
     State(state): State<AppState>,
-    Query(params): Query<IframeParams>,
+    ClientIp(client): ClientIp,
+    params: Result<Query<IframeParams>, ApiError>,
 ) -> Result<Response, ApiError> {
+    if let Some(ip) = client {
+        state.limiters.browser(ip)?;
+    }
+    let Query(params) = params?;
     let id = Id::parse(&params.id)?;
     let origin = Origin::parse(&params.origin)?;
     if origin.is_wildcard() {

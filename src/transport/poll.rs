@@ -4,38 +4,78 @@
 //! a notify (200), a delete (410), `poll_timeout` (204) or shutdown (204; the client asks again,
 //! elsewhere or later).
 
+use std::net::IpAddr;
+
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
+use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
 use super::{Value, WaitParams};
 use crate::error::ApiError;
 use crate::extract::parse_query;
+use crate::metrics::Waiting;
 use crate::server::AppState;
 use crate::slot::WaitOutcome;
 
-/// Answers a poll whose query string is `query`. May wait long.
-pub async fn poll(state: AppState, query: Option<String>) -> Response {
-    answer(&state, query.as_deref())
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+/// Answers a poll whose query string is `query`, from `client` (charged to its rate limit
+/// when known). May wait long.
+pub async fn poll(state: AppState, query: Option<String>, client: Option<IpAddr>) -> Response {
+    let (outcome, response) = match answer(&state, query.as_deref(), client).await {
+        Ok(answered) => answered,
+        Err(e) => {
+            let outcomes = &state.metrics.polls;
+            let counter = match e {
+                ApiError::UnknownId => &outcomes.unknown_id,
+                ApiError::Gone => &outcomes.gone,
+                _ => &outcomes.rejected,
+            };
+            counter.inc();
+            return e.into_response();
+        }
+    };
+    outcome.inc();
+    response
 }
 
-async fn answer(state: &AppState, query: Option<&str>) -> Result<Response, ApiError> {
+async fn answer<'s>(
+    state: &'s AppState,
+    query: Option<&str>,
+    client: Option<IpAddr>,
+) -> Result<(&'s Counter, Response), ApiError> {
+    let outcomes = &state.metrics.polls;
+    super::admit(state, client)?;
     let params: WaitParams = parse_query(query)?;
     let slot = super::find(state, &params.id)?;
     if let Some(latest) = slot.newer_than(params.since) {
-        return Ok(Json(Value::from(&latest)).into_response());
+        return Ok((
+            &outcomes.immediate,
+            Json(Value::from(&latest)).into_response(),
+        ));
     }
     let waiter = slot.join(state.limits.max_waiters_per_id)?;
+    let _waiting = Waiting::start(&state.metrics.waiting.poll);
     // Nothing from the request lives across the wait but the cursor.
     let since = params.since;
     drop(params);
     let deadline = Instant::now() + state.limits.poll_timeout;
     let wait = waiter.wait_after(since, &state.shutdown);
     match tokio::time::timeout_at(deadline, wait).await {
-        Ok(WaitOutcome::Value(latest)) => Ok(Json(Value::from(&latest)).into_response()),
+        Ok(WaitOutcome::Value { latest, woken }) => {
+            let response = Json(Value::from(&latest)).into_response();
+            if woken {
+                state
+                    .metrics
+                    .delivered_after(waiter.slot().since_published());
+                Ok((&outcomes.delivered, response))
+            } else {
+                Ok((&outcomes.immediate, response))
+            }
+        }
         Ok(WaitOutcome::Gone) => Err(ApiError::Gone),
-        Ok(WaitOutcome::ShuttingDown) | Err(_) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Ok(WaitOutcome::ShuttingDown) => {
+            Ok((&outcomes.shutdown, StatusCode::NO_CONTENT.into_response()))
+        }
+        Err(_) => Ok((&outcomes.timeout, StatusCode::NO_CONTENT.into_response())),
     }
 }

@@ -16,7 +16,7 @@ use std::sync::Once;
 use std::time::Duration;
 
 use callhome::auth::AppKey;
-use callhome::config::{AppConfig, Config};
+use callhome::config::{AppConfig, Config, RateLimit, RateLimits};
 use callhome::server;
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
@@ -41,7 +41,7 @@ fn init_logs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            let _ = callhome::telemetry::init("debug");
+            let _ = callhome::telemetry::init("debug", callhome::config::LogFormat::Text);
         }
     });
 }
@@ -62,6 +62,15 @@ pub fn test_apps() -> Vec<AppConfig> {
             origins: vec![ORIGIN_TWO_A.into(), ORIGIN_TWO_B.into()],
         },
     ]
+}
+
+/// Turns every rate limit off, for tests that are a load on purpose.
+pub fn unlimited(config: &mut Config) {
+    config.rate_limits = RateLimits {
+        create_per_app: RateLimit::OFF,
+        notify_per_app: RateLimit::OFF,
+        browser_per_ip: RateLimit::OFF,
+    };
 }
 
 /// An HTTP client that never goes through a proxy from the environment.

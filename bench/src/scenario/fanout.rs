@@ -116,6 +116,7 @@ pub async fn run(
         run: ids.run.clone(),
         id_modulo: None,
         record: Record::Deliveries,
+        single_poll: false,
     };
     let mut started = super::start_fleet(ctx, &plan).await?;
     let rounds = usize::try_from(args.rounds)?;

@@ -75,6 +75,7 @@ pub async fn run(ctx: &Context, args: &IdleArgs) -> anyhow::Result<()> {
         run: ids.run.clone(),
         id_modulo: None,
         record: Record::Counts,
+        single_poll: false,
     };
     let mut started = super::start_fleet(ctx, &plan).await?;
     ctx.progress(format_args!("settling for {} s", args.measure.settle_secs));

@@ -52,6 +52,7 @@ pub async fn run(ctx: &Context, args: &NotifyRateArgs) -> anyhow::Result<()> {
             run: ids.run.clone(),
             id_modulo: Some(args.ids),
             record: Record::Counts,
+            single_poll: false,
         };
         fleet = Some(super::start_fleet(ctx, &plan).await?.fleet);
     }

@@ -1,0 +1,218 @@
+//! Request rates: per app for creates and notifies, per client IP for the browser side.
+//!
+//! Each limit is a token bucket (GCRA, from `governor`): `burst` requests at once, refilled at
+//! `per_second`. Over it the request is refused with `429 rate_limited` and a `Retry-After`
+//! saying when one more would pass, and counted in `callhome_rate_limited_total`. Apps are
+//! known at start, so each gets its own lock-free bucket; client IPs are not, so they share a
+//! keyed map that [`RateLimiters::forget_idle`] empties of addresses that went quiet.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::{Clock as _, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, NotUntil, Quota};
+use prometheus_client::metrics::counter::Counter;
+
+use crate::auth::{App, Apps};
+use crate::client_ip::rate_key;
+use crate::config::{RateLimit, RateLimits};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// How often the per-IP map forgets clients whose buckets are full again.
+pub const FORGET_EVERY: Duration = Duration::from_secs(60);
+
+/// Every configured rate limit.
+#[derive(Debug)]
+pub struct RateLimiters {
+    create: PerApp,
+    notify: PerApp,
+    browser: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    browser_refused: Counter,
+    clock: DefaultClock,
+}
+
+/// One bucket per app, or none when the limit is off.
+#[derive(Debug)]
+struct PerApp {
+    buckets: HashMap<Arc<str>, DefaultDirectRateLimiter>,
+    refused: Counter,
+}
+
+fn quota(rate: RateLimit) -> Option<Quota> {
+    let per_second = NonZeroU32::new(rate.per_second)?;
+    let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
+    Some(Quota::per_second(per_second).allow_burst(burst))
+}
+
+impl PerApp {
+    fn new(rate: RateLimit, apps: &Apps, refused: Counter) -> Self {
+        let buckets = quota(rate)
+            .map(|quota| {
+                apps.iter()
+                    .map(|app| {
+                        (
+                            Arc::clone(app.name()),
+                            DefaultDirectRateLimiter::direct(quota),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self { buckets, refused }
+    }
+
+    fn check(&self, app: &App, clock: &DefaultClock) -> Result<(), ApiError> {
+        match self.buckets.get(app.name()) {
+            Some(bucket) => bucket
+                .check()
+                .map_err(|not_until| refuse(&not_until, clock, &self.refused)),
+            None => Ok(()),
+        }
+    }
+}
+
+fn refuse(
+    not_until: &NotUntil<<DefaultClock as governor::clock::Clock>::Instant>,
+    clock: &DefaultClock,
+    refused: &Counter,
+) -> ApiError {
+    refused.inc();
+    ApiError::RateLimited(not_until.wait_time_from(clock.now()))
+}
+
+impl RateLimiters {
+    /// The limits of `rates` for `apps`, counting refusals in `metrics`.
+    pub fn new(rates: &RateLimits, apps: &Apps, metrics: &Metrics) -> Self {
+        Self {
+            create: PerApp::new(
+                rates.create_per_app,
+                apps,
+                metrics.rate_limited.create_per_app.clone(),
+            ),
+            notify: PerApp::new(
+                rates.notify_per_app,
+                apps,
+                metrics.rate_limited.notify_per_app.clone(),
+            ),
+            browser: quota(rates.browser_per_ip).map(DefaultKeyedRateLimiter::keyed),
+            browser_refused: metrics.rate_limited.browser_per_ip.clone(),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// One id creation by `app`.
+    pub fn create(&self, app: &App) -> Result<(), ApiError> {
+        self.create.check(app, &self.clock)
+    }
+
+    /// One notify by `app`.
+    pub fn notify(&self, app: &App) -> Result<(), ApiError> {
+        self.notify.check(app, &self.clock)
+    }
+
+    /// One poll, event stream or iframe page for the client at `ip`.
+    pub fn browser(&self, ip: IpAddr) -> Result<(), ApiError> {
+        match &self.browser {
+            Some(limiter) => limiter
+                .check_key(&rate_key(ip))
+                .map_err(|not_until| refuse(&not_until, &self.clock, &self.browser_refused)),
+            None => Ok(()),
+        }
+    }
+
+    /// Drops the buckets of clients that have not been limited lately (a full bucket is the
+    /// same as no bucket). Returns how many clients are still tracked.
+    pub fn forget_idle(&self) -> usize {
+        self.browser.as_ref().map_or(0, |limiter| {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+            limiter.len()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::AppKey;
+    use crate::origin::Origin;
+
+    fn apps() -> Apps {
+        Apps::new(vec![
+            App::new(
+                "a",
+                &AppKey::new("a-key".into()),
+                vec![Origin::parse("*").unwrap()],
+            ),
+            App::new(
+                "b",
+                &AppKey::new("b-key".into()),
+                vec![Origin::parse("*").unwrap()],
+            ),
+        ])
+    }
+
+    fn rates(create: RateLimit, browser: RateLimit) -> RateLimits {
+        RateLimits {
+            create_per_app: create,
+            notify_per_app: RateLimit::OFF,
+            browser_per_ip: browser,
+        }
+    }
+
+    const SLOW: RateLimit = RateLimit {
+        per_second: 1,
+        burst: 2,
+    };
+
+    #[test]
+    fn each_app_has_its_own_bucket() {
+        let apps = apps();
+        let metrics = Metrics::new();
+        let limits = RateLimiters::new(&rates(SLOW, RateLimit::OFF), &apps, &metrics);
+        let a = apps.authenticate("a-key").unwrap();
+        let b = apps.authenticate("b-key").unwrap();
+        assert!(limits.create(&a).is_ok());
+        assert!(limits.create(&a).is_ok());
+        let Err(ApiError::RateLimited(after)) = limits.create(&a) else {
+            panic!("the third create in a row must be refused");
+        };
+        assert!(
+            after > Duration::ZERO && after <= Duration::from_secs(1),
+            "{after:?}"
+        );
+        assert!(limits.create(&b).is_ok(), "b is not limited by a's traffic");
+        assert!(limits.notify(&a).is_ok(), "notify_per_app is off");
+        assert_eq!(metrics.rate_limited.create_per_app.get(), 1);
+    }
+
+    #[test]
+    fn each_client_ip_has_its_own_bucket_and_ipv6_counts_per_64() {
+        let metrics = Metrics::new();
+        let limits = RateLimiters::new(&rates(RateLimit::OFF, SLOW), &apps(), &metrics);
+        let one: IpAddr = "2001:db8::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8::ffff".parse().unwrap();
+        let other: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(limits.browser(one).is_ok());
+        assert!(limits.browser(same_64).is_ok());
+        assert!(limits.browser(one).is_err());
+        assert!(limits.browser(other).is_ok());
+        assert_eq!(metrics.rate_limited.browser_per_ip.get(), 1);
+        assert_eq!(limits.forget_idle(), 2, "both buckets are still refilling");
+    }
+
+    #[test]
+    fn off_means_off() {
+        let metrics = Metrics::new();
+        let limits = RateLimiters::new(&rates(RateLimit::OFF, RateLimit::OFF), &apps(), &metrics);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..10_000 {
+            assert!(limits.browser(ip).is_ok());
+        }
+        assert_eq!(limits.forget_idle(), 0);
+    }
+}
