@@ -49,12 +49,12 @@ impl Nginx {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::create_dir_all(&dir).unwrap();
         // The port was free a moment ago; should another process take it first, nginx says
-        // so and exits, and a fresh port is tried.
+        // so and exits (its drop removes the directory), and a fresh port is tried.
         for _ in 0..3 {
             let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let mut nginx = Self::spawn(&path, &dir, addr, upstream);
+            let site = site_config(addr, upstream);
+            let mut nginx = Self::spawn(&path, &dir, addr, &site);
             match nginx.wait_listening().await {
                 Ok(()) => return Some(nginx),
                 Err(log) if log.contains("Address already in use") => {}
@@ -64,10 +64,11 @@ impl Nginx {
         panic!("nginx found no free port in 3 tries");
     }
 
-    fn spawn(nginx: &Path, dir: &Path, addr: SocketAddr, upstream: SocketAddr) -> Self {
-        std::fs::write(dir.join("callhome.conf"), site_config(addr, upstream)).unwrap();
+    /// Starts nginx on `site` in `dir` (made here), listening on `addr`.
+    fn spawn(nginx: &Path, dir: &Path, addr: SocketAddr, site: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("callhome.conf"), site).unwrap();
         std::fs::write(dir.join("nginx.conf"), main_config(dir)).unwrap();
-        let _ = std::fs::remove_file(dir.join("error.log"));
         let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
         let child = Command::new(nginx)
             .arg("-p")
@@ -90,13 +91,19 @@ impl Nginx {
     }
 
     /// Waits (bounded) until nginx accepts connections; `Err` with its logs if it exited.
+    ///
+    /// A connection alone could reach another process that took the port; nginx writes its
+    /// pid file only once it has bound its listening socket, so both together mean it is ours.
     async fn wait_listening(&mut self) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + PATIENCE;
+        let pid = self.child.id().to_string();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return Err(format!("nginx exited with {status}\n{}", self.logs()));
             }
-            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+            let written = std::fs::read_to_string(self.dir.join("nginx.pid"))
+                .is_ok_and(|text| text.trim() == pid);
+            if written && tokio::net::TcpStream::connect(self.addr).await.is_ok() {
                 return Ok(());
             }
             assert!(
