@@ -22,6 +22,7 @@ use crate::id::Id;
 use crate::origin::Origin;
 use crate::server::AppState;
 use crate::slot::Published;
+use crate::telemetry::Redacted;
 
 /// The backend routes.
 pub fn routes() -> Router<AppState> {
@@ -141,6 +142,7 @@ pub fn create(
     let slot = state.store.create(app, id, origin)?;
     state.metrics.ids_created.inc();
     let id = slot.id().as_str();
+    tracing::debug!(app = %app.name(), id = %Redacted(id), "id created");
     let mut iframe_query = url::form_urlencoded::Serializer::new(String::new());
     iframe_query.append_pair("id", id);
     // Without a concrete origin the page names its own (callhome.js does this for it).
@@ -166,5 +168,13 @@ pub fn notify(state: &AppState, app: &App, id: &str, info: &str) -> Result<Notif
         });
     }
     Id::check(id)?;
-    Ok(state.store.publish(app, id, info)?.into())
+    let published = state.store.publish(app, id, info)?;
+    tracing::debug!(
+        app = %app.name(),
+        id = %Redacted(id),
+        seq = published.seq,
+        woke = published.waiting,
+        "notified"
+    );
+    Ok(published.into())
 }

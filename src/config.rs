@@ -665,6 +665,30 @@ mod tests {
         let mut c = config(vec![]);
         c.public_url = Some("example.com".into());
         assert_eq!(field_of(c.validate(no_env).unwrap_err()), "public_url");
+
+        let mut c = config(vec![]);
+        c.trusted_proxies = vec!["127.0.0.1".into(), "proxy.local".into()];
+        assert_eq!(
+            field_of(c.validate(no_env).unwrap_err()),
+            "trusted_proxies[1]"
+        );
+
+        let mut c = config(vec![]);
+        c.rate_limits.notify_per_app = RateLimit {
+            per_second: 10,
+            burst: 0,
+        };
+        assert_eq!(
+            field_of(c.validate(no_env).unwrap_err()),
+            "rate_limits.notify_per_app"
+        );
+
+        let mut c = config(vec![]);
+        c.limits.header_timeout = Duration::ZERO;
+        assert_eq!(
+            field_of(c.validate(no_env).unwrap_err()),
+            "limits.header_timeout"
+        );
     }
 
     #[test]
@@ -709,7 +733,11 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/callhome.toml");
         let shipped: Config = Figment::from(Toml::file(&path)).extract().unwrap();
         assert_eq!(shipped.limits, Limits::default());
+        assert_eq!(shipped.rate_limits, RateLimits::default());
         assert_eq!(shipped.log, Config::default().log);
+        assert_eq!(shipped.log_format, Config::default().log_format);
+        assert_eq!(shipped.shutdown_grace, Config::default().shutdown_grace);
+        assert_eq!(shipped.trusted_proxies, Config::default().trusted_proxies);
         assert_eq!(shipped.workers, Config::default().workers);
         assert_eq!(shipped.drain_timeout, Config::default().drain_timeout);
         assert_eq!(

@@ -15,6 +15,7 @@ use crate::error::ApiError;
 use crate::extract::{self, Body, PathId};
 use crate::id::Id;
 use crate::server::AppState;
+use crate::telemetry::Redacted;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -133,6 +134,7 @@ async fn delete(
 ) -> Result<StatusCode, ApiError> {
     state.store.remove(&app, id.as_str())?;
     state.metrics.ids_deleted.inc();
+    tracing::debug!(app = %app.name(), id = %Redacted(id.as_str()), "id deleted");
     Ok(StatusCode::NO_CONTENT)
 }
 

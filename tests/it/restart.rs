@@ -215,3 +215,87 @@ async fn a_damaged_snapshot_stops_start_up_and_is_kept_until_discarded() {
     drop(daemon);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_grace_fails_readyz_first_and_keeps_serving_until_it_ends() {
+    let dir = temp_dir("grace");
+    let config = dir.join("callhome.toml");
+    let shipped = std::fs::read_to_string(shipped_config()).unwrap();
+    let graceful = shipped.replace("shutdown_grace = \"0s\"", "shutdown_grace = \"2s\"");
+    assert_ne!(graceful, shipped, "the shipped config sets shutdown_grace");
+    std::fs::write(&config, graceful).unwrap();
+    let mut daemon = Daemon::start_on(&config, "127.0.0.1:0", Some(&dir.join("state")), &[]);
+    let api = Api::of(&daemon);
+    api.create("grace-test-id-00001").await;
+    let held = tokio::spawn({
+        let (http, base) = (api.http.clone(), api.base.clone());
+        async move {
+            http.get(format!("{base}/v1/poll?id=grace-test-id-00001&since=0"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    // Wait until the poll is held, so the signal finds it waiting.
+    for _ in 0..100 {
+        let status: Value = api
+            .http
+            .get(format!("{}/v1/ids/grace-test-id-00001", api.base))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["waiting"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    daemon.send_sigterm();
+    let mut draining = false;
+    for _ in 0..100 {
+        let r = api
+            .http
+            .get(format!("{}/readyz", api.base))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+            draining = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(draining, "/readyz fails once the signal has arrived");
+    // During the grace everything else goes on: new connections are accepted, requests are
+    // answered, and the held poll is still held.
+    let fresh = client();
+    let r = fresh
+        .get(format!("{}/healthz", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        api.notify("grace-test-id-00001", "during the grace").await["seq"],
+        1,
+        "a notify during the grace is served (and wakes the held poll)"
+    );
+    assert_eq!(held.await.unwrap(), StatusCode::OK);
+    assert!(!daemon.has_exited(), "the grace has not ended yet");
+    let again = api.poll("grace-test-id-00001", 1);
+    // After the grace this poll is released with 204 and the process exits cleanly.
+    let released = tokio::time::timeout(Duration::from_secs(10), again)
+        .await
+        .expect("the poll held during the grace is released when it ends");
+    assert_eq!(released.status(), StatusCode::NO_CONTENT);
+    assert!(
+        daemon.wait_exit(),
+        "a clean exit after the grace and the drain"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -86,10 +86,25 @@ impl Daemon {
     /// Sends SIGTERM and waits (bounded) for the process to exit; returns whether it exited
     /// successfully.
     pub fn terminate(&mut self) -> bool {
+        self.send_sigterm();
+        self.wait_exit()
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn send_sigterm(&self) {
         Command::new("kill")
             .args(["-s", "TERM", &self.child.id().to_string()])
             .status()
             .expect("kill runs");
+    }
+
+    /// True once the process has exited.
+    pub fn has_exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+
+    /// Waits (bounded) for the process to exit; returns whether it exited successfully.
+    pub fn wait_exit(&mut self) -> bool {
         for _ in 0..300 {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.success();
