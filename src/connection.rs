@@ -35,13 +35,12 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tower::ServiceExt as _;
-use tracing::Instrument as _;
 
 use crate::api;
 use crate::client_ip::X_FORWARDED_FOR;
 use crate::error::ApiError;
 use crate::extract::PeerAddr;
-use crate::request_id::{RequestId, X_REQUEST_ID};
+use crate::request_id::{self, RequestId, X_REQUEST_ID};
 use crate::server::{AppState, common_headers};
 use crate::transport::Held;
 
@@ -97,7 +96,12 @@ pub fn refuse(stream: TcpStream, state: &AppState) {
             buf: Vec::new(),
         };
         let linger = async {
-            if conn.write(response, false, false, &state).await.is_ok() {
+            let id = RequestId::generate();
+            if conn
+                .write(response, false, false, &id, &state)
+                .await
+                .is_ok()
+            {
                 let _ = conn.stream.shutdown().await;
                 let mut sink = [0u8; 1024];
                 while matches!(conn.stream.read(&mut sink).await, Ok(n) if n > 0) {}
@@ -157,31 +161,31 @@ impl Connection {
                 && head.body_len <= state.body_limit
                 && !state.shutdown.is_cancelled();
             let is_head = head.method == Method::HEAD;
+            // Everything the request causes, up to the last byte of its response, runs as this
+            // request (a streamed body is produced while it is written).
             let request_id = self.request_id(&head, state);
-            let span = tracing::info_span!("request", id = %request_id);
+            let current = request_id.clone();
             let response = if let Some(waiting) =
                 Held::at(path(&head.target)).filter(|_| head.method == Method::GET)
             {
-                // No span across the wait: waiting requests log nothing, and a span would
-                // cost every waiting client its memory for as long as it waits.
-                self.wait_for(waiting, head, state).await?
+                let wait = self.wait_for(waiting, head, state);
+                request_id::scope(current, wait).await?
             } else if head.method == Method::POST
                 && notify_id(path(&head.target)).is_some()
                 && head.body_len <= state.body_limit
             {
-                Some(Box::pin(self.notify(head, state)).instrument(span).await?)
+                let notify = Box::pin(self.notify(head, state));
+                Some(request_id::scope(current, notify).await?)
             } else {
-                Box::pin(self.route(head, state, router))
-                    .instrument(span)
-                    .await?
+                let route = Box::pin(self.route(head, state, router));
+                request_id::scope(current, route).await?
             };
-            let Some(mut response) = response else {
+            let Some(response) = response else {
                 return Ok(()); // the client left while its request waited
             };
-            response
-                .headers_mut()
-                .insert(X_REQUEST_ID, request_id.to_header());
-            if !Box::pin(self.write(response, keep_alive, is_head, state)).await? || !keep_alive {
+            let current = request_id.clone();
+            let write = Box::pin(self.write(response, keep_alive, is_head, &request_id, state));
+            if !request_id::scope(current, write).await? || !keep_alive {
                 return Ok(());
             }
         }
@@ -388,6 +392,7 @@ impl Connection {
         response: Response<Body>,
         keep_alive: bool,
         is_head: bool,
+        request_id: &RequestId,
         state: &AppState,
     ) -> io::Result<bool> {
         let (mut parts, mut body) = response.into_parts();
@@ -411,6 +416,7 @@ impl Connection {
             }
             push_header(&mut out, name.as_str(), value.as_bytes());
         }
+        push_header(&mut out, X_REQUEST_ID, request_id.as_str().as_bytes());
         push_header(
             &mut out,
             "date",
@@ -485,17 +491,12 @@ impl Connection {
                 } else {
                     RequestId::generate()
                 };
-                let span = tracing::info_span!("request", id = %request_id);
-                router
-                    .clone()
-                    .oneshot(request)
-                    .map_ok(move |mut response| {
-                        response
-                            .headers_mut()
-                            .insert(X_REQUEST_ID, request_id.to_header());
-                        response
-                    })
-                    .instrument(span)
+                let header = request_id.to_header();
+                let respond = router.clone().oneshot(request).map_ok(move |mut response| {
+                    response.headers_mut().insert(X_REQUEST_ID, header);
+                    response
+                });
+                Box::pin(request_id::scope(request_id, respond))
             }));
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder

@@ -1,16 +1,21 @@
 //! Logging through `tracing`, to standard output: human-readable lines, or one JSON object per
 //! line for log shippers (`log_format = "json"`).
 //!
-//! What is never logged: app keys (not even in part) and whole ids (see [`Redacted`]). Request
-//! lines carry a request id (see `connection`), so everything one request caused can be found
-//! together, and matched with the proxy's log through `X-Request-Id`.
+//! What is never logged: app keys (not even in part) and whole ids (see [`Redacted`]). Every
+//! line a request causes carries its `request_id` (see `request_id`), so everything one request
+//! caused can be found together, and matched with the proxy's log through `X-Request-Id`.
 
 use std::fmt;
 use std::io::IsTerminal as _;
 
+use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::LogFormat;
+use crate::request_id;
 
 /// The `log` filter does not parse.
 #[derive(Debug, thiserror::Error)]
@@ -28,15 +33,57 @@ pub fn init(filter: &str, format: LogFormat) -> Result<(), FilterError> {
     })?;
     let builder = tracing_subscriber::fmt().with_env_filter(env_filter);
     match format {
-        LogFormat::Text => builder.with_ansi(std::io::stdout().is_terminal()).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stdout().is_terminal())
+            .map_event_format(|inner| WithRequestId { inner, json: false })
+            .init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(true)
+            .map_event_format(|inner| WithRequestId { inner, json: true })
             .init(),
     }
     Ok(())
+}
+
+/// Adds the current request's id to a line: `"request_id":"..."` first in a JSON object,
+/// ` request_id=...` last on a text line. Lines outside requests are left as they are.
+struct WithRequestId<F> {
+    inner: F,
+    json: bool,
+}
+
+impl<S, N, F> FormatEvent<S, N> for WithRequestId<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let Some(id) = request_id::current() else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        let mut line = String::with_capacity(256);
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        // Request ids are ASCII letters, digits and `-_.:` (see `request_id`): nothing to
+        // escape in JSON.
+        let id = id.as_str();
+        match line.strip_prefix('{') {
+            Some(rest) if self.json => write!(writer, "{{\"request_id\":\"{id}\",{rest}"),
+            _ => {
+                let body = line.strip_suffix('\n').unwrap_or(&line);
+                writeln!(writer, "{body} request_id={id}")
+            }
+        }
+    }
 }
 
 /// An id (or any secret-ish token) as logs show it: its first 6 characters and its length,
