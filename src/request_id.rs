@@ -24,9 +24,11 @@ tokio::task_local! {
     static CURRENT: RequestId;
 }
 
-/// Runs `future` as the request `id`: log lines it writes carry the id.
-pub async fn scope<F: Future>(id: RequestId, future: F) -> F::Output {
-    CURRENT.scope(id, future).await
+/// Runs `future` as the request `id`: log lines it writes carry the id. A plain function, not
+/// an `async fn`: an `async fn` would keep `future` twice in its state (once as the argument,
+/// once inside the scope), and a waiting connection's task is as big as that state.
+pub fn scope<F: Future>(id: RequestId, future: F) -> impl Future<Output = F::Output> {
+    CURRENT.scope(id, future)
 }
 
 /// The id of the request being served here, if any.
