@@ -97,11 +97,12 @@ pub fn refuse(stream: TcpStream, state: &AppState) {
         };
         let linger = async {
             let id = RequestId::generate();
-            if conn
-                .write(response, false, false, &id, &state)
-                .await
-                .is_ok()
-            {
+            let framing = Framing {
+                keep_alive: false,
+                is_head: false,
+                http10: false,
+            };
+            if conn.write(response, framing, &id, &state).await.is_ok() {
                 let _ = conn.stream.shutdown().await;
                 let mut sink = [0u8; 1024];
                 while matches!(conn.stream.read(&mut sink).await, Ok(n) if n > 0) {}
@@ -128,6 +129,17 @@ struct Head {
     len: usize,
     body_len: usize,
     keep_alive: bool,
+}
+
+/// How a response is framed on the wire.
+#[derive(Debug, Clone, Copy)]
+struct Framing {
+    /// The connection may serve another request afterwards.
+    keep_alive: bool,
+    /// A `HEAD` request: the head only.
+    is_head: bool,
+    /// An HTTP/1.0 request: no chunked encoding.
+    http10: bool,
 }
 
 /// What to do with the bytes at the front of the buffer.
@@ -160,7 +172,11 @@ impl Connection {
             let keep_alive = head.keep_alive
                 && head.body_len <= state.body_limit
                 && !state.shutdown.is_cancelled();
-            let is_head = head.method == Method::HEAD;
+            let framing = Framing {
+                keep_alive,
+                is_head: head.method == Method::HEAD,
+                http10: head.version == Version::HTTP_10,
+            };
             // Everything the request causes, up to the last byte of its response, runs as this
             // request (a streamed body is produced while it is written).
             let request_id = self.request_id(&head, state);
@@ -184,7 +200,7 @@ impl Connection {
                 return Ok(()); // the client left while its request waited
             };
             let current = request_id.clone();
-            let write = Box::pin(self.write(response, keep_alive, is_head, &request_id, state));
+            let write = Box::pin(self.write(response, framing, &request_id, state));
             if !request_id::scope(current, write).await? || !keep_alive {
                 return Ok(());
             }
@@ -390,14 +406,24 @@ impl Connection {
     async fn write(
         &mut self,
         response: Response<Body>,
-        keep_alive: bool,
-        is_head: bool,
+        framing: Framing,
         request_id: &RequestId,
         state: &AppState,
     ) -> io::Result<bool> {
+        let Framing {
+            mut keep_alive,
+            is_head,
+            http10,
+        } = framing;
         let (mut parts, mut body) = response.into_parts();
         common_headers(&mut parts.headers);
         let exact = body.size_hint().exact();
+        // HTTP/1.0 has no chunked encoding: a stream is sent as it is and ends with the
+        // connection.
+        let chunked = exact.is_none() && !is_head && !http10;
+        if exact.is_none() && http10 {
+            keep_alive = false;
+        }
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(parts.status.as_str().as_bytes());
@@ -425,7 +451,6 @@ impl Connection {
         if !keep_alive {
             push_header(&mut out, "connection", b"close");
         }
-        let chunked = exact.is_none() && !is_head;
         match exact {
             Some(len) => push_header(&mut out, "content-length", len.to_string().as_bytes()),
             None if chunked => push_header(&mut out, "transfer-encoding", b"chunked"),
@@ -461,6 +486,10 @@ impl Connection {
                         if data.is_empty() {
                             continue;
                         }
+                        if !chunked {
+                            self.send(&data, state).await?;
+                            continue;
+                        }
                         let mut chunk = format!("{:x}\r\n", data.len()).into_bytes();
                         chunk.extend_from_slice(&data);
                         chunk.extend_from_slice(b"\r\n");
@@ -469,6 +498,9 @@ impl Connection {
                 }
                 Some(Err(e)) => return Err(io::Error::other(e)),
             }
+        }
+        if !chunked {
+            return Ok(false); // the end of the body is the end of the connection
         }
         self.send(b"0\r\n\r\n", state).await?;
         Ok(true)

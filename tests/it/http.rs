@@ -199,3 +199,27 @@ async fn a_request_split_across_many_writes_is_assembled() {
     let text = read_until(&mut c, |t| t.ends_with('}')).await;
     assert!(text.ends_with(r#"{"status":"ok"}"#), "{text}");
 }
+
+#[tokio::test]
+async fn an_http_1_0_event_stream_is_sent_unchunked_and_ends_with_the_connection() {
+    let s = TestServer::spawn();
+    let id = s.new_id().await;
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    let request = format!("GET /v1/events?id={id} HTTP/1.0\r\n\r\n");
+    c.write_all(request.as_bytes()).await.unwrap();
+    let head = read_until(&mut c, |t| t.contains("event: ready")).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(
+        !lower.contains("transfer-encoding"),
+        "HTTP/1.0 has no chunks: {head}"
+    );
+    assert!(lower.contains("connection: close"), "{head}");
+    assert!(
+        head.contains("\r\n\r\nevent: ready\ndata: {}\n\n"),
+        "raw events: {head}"
+    );
+    s.notify(KEY, &id, "one").await;
+    let more = read_until(&mut c, |t| t.contains("\"info\":\"one\"")).await;
+    assert!(more.starts_with("id: 1\n"), "{more}");
+}
