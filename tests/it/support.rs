@@ -7,7 +7,7 @@ pub mod browser;
 mod daemon;
 mod page;
 
-pub use daemon::Daemon;
+pub use daemon::{Daemon, Output};
 pub use page::PageServer;
 
 use std::net::SocketAddr;
