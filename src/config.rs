@@ -163,7 +163,8 @@ pub struct Limits {
     /// Clients that may wait on one id at once (a page open in several tabs); one more
     /// answers 429.
     pub max_waiters_per_id: u32,
-    /// Ids neither polled nor notified for this long are deleted.
+    /// Ids neither polled nor notified for this long are deleted. At least 1s, and longer
+    /// than `poll_timeout`.
     #[serde(with = "humantime_serde")]
     pub id_idle_ttl: Duration,
     /// Open client connections; one more is answered 503 and closed. 0: the open-file
@@ -539,8 +540,8 @@ fn validate_limits(limits: &Limits) -> Result<(), ConfigError> {
             "must be between 1s and 10m",
         ));
     }
-    if limits.id_idle_ttl < Duration::from_secs(60) {
-        return Err(invalid("limits.id_idle_ttl", "must be at least 1m"));
+    if limits.id_idle_ttl < Duration::from_secs(1) {
+        return Err(invalid("limits.id_idle_ttl", "must be at least 1s"));
     }
     if limits.id_idle_ttl <= limits.poll_timeout {
         return Err(invalid(
@@ -689,6 +690,26 @@ mod tests {
             field_of(c.validate(no_env).unwrap_err()),
             "limits.header_timeout"
         );
+    }
+
+    #[test]
+    fn id_idle_ttl_may_be_short_but_must_outlast_a_poll() {
+        let with = |ttl_ms: u64, poll_secs: u64| {
+            let mut c = config(vec![]);
+            c.limits.id_idle_ttl = Duration::from_millis(ttl_ms);
+            c.limits.poll_timeout = Duration::from_secs(poll_secs);
+            c.validate(no_env)
+        };
+        with(2_000, 1).unwrap();
+        with(1_500, 1).unwrap();
+        for (ttl_ms, poll_secs) in [(0, 1), (999, 1), (1_000, 1), (25_000, 25), (24_000, 25)] {
+            let err = with(ttl_ms, poll_secs).unwrap_err();
+            assert_eq!(
+                field_of(err),
+                "limits.id_idle_ttl",
+                "{ttl_ms} ms, {poll_secs} s"
+            );
+        }
     }
 
     #[test]

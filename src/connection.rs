@@ -331,6 +331,10 @@ impl Connection {
         if head.body_len > state.body_limit {
             // Not worth reading: answer, and the caller closes the connection.
             self.consume(self.buf.len());
+            if head.method == Method::POST && is_notify(path(&head.target)) {
+                // A refused notify like any other (`api::count_notify` counts the rest).
+                state.metrics.notifies.rejected.inc();
+            }
             return Ok(Some(axum::response::IntoResponse::into_response(
                 ApiError::BodyTooLarge(state.body_limit),
             )));
@@ -657,6 +661,13 @@ fn notify_id(path: &str) -> Option<&str> {
     (!id.is_empty() && !id.contains(['/', '%'])).then_some(id)
 }
 
+/// True for any `/v1/ids/{id}/notify` path, percent-encoded ids included.
+fn is_notify(path: &str) -> bool {
+    path.strip_prefix("/v1/ids/")
+        .and_then(|rest| rest.strip_suffix("/notify"))
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+}
+
 fn path(target: &str) -> &str {
     target.split_once('?').map_or(target, |(path, _)| path)
 }
@@ -778,6 +789,9 @@ mod tests {
         assert_eq!(notify_id("/v1/ids/a/b/notify"), None);
         assert_eq!(notify_id("/v1/ids/%61bc/notify"), None);
         assert_eq!(notify_id("/v1/ids/abc"), None);
+        assert!(is_notify("/v1/ids/%61bc/notify"));
+        assert!(!is_notify("/v1/ids/a/b/notify"));
+        assert!(!is_notify("/v1/ids//notify"));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! `seq`, so a notify can never slip in between the look and the sleep.
 //!
 //! No axum, no I/O. Waiting is tested with tokio's paused time; idleness is counted in
-//! wall-clock seconds (it survives restarts in snapshots), delivery time on a monotonic clock.
+//! wall-clock milliseconds (it survives restarts in snapshots, in whole seconds), delivery
+//! time on a monotonic clock.
 
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -34,7 +35,8 @@ pub struct Slot {
     /// Unix seconds; whole seconds are all the API shows, and half the size of a `SystemTime`.
     created_at: u64,
     latest: Mutex<Latest>,
-    /// Unix seconds of the last poll or notify, for `idle_secs` and (later) expiry.
+    /// Unix milliseconds of the last poll or notify, for `idle_secs` and expiry. Whole
+    /// seconds would let an id expire up to a second before its idle time is up.
     last_active: AtomicU64,
     /// Clients holding a request open on this id right now.
     waiting: AtomicU32,
@@ -108,7 +110,7 @@ impl Slot {
             origin,
             created_at: unix_secs(now),
             latest: Mutex::new(Latest { seq: 0, info: None }),
-            last_active: AtomicU64::new(unix_secs(now)),
+            last_active: AtomicU64::new(unix_millis(now)),
             waiting: AtomicU32::new(0),
             published_at: AtomicU32::new(micros()),
             deleted: AtomicBool::new(false),
@@ -127,7 +129,7 @@ impl Slot {
                 seq: saved.seq,
                 info: saved.info,
             }),
-            last_active: AtomicU64::new(saved.last_active),
+            last_active: AtomicU64::new(saved.last_active.saturating_mul(1000)),
             waiting: AtomicU32::new(0),
             published_at: AtomicU32::new(micros()),
             deleted: AtomicBool::new(false),
@@ -142,7 +144,7 @@ impl Slot {
             seq: latest.seq,
             info: latest.info,
             created_at: self.created_at,
-            last_active: self.last_active.load(Ordering::Relaxed),
+            last_active: self.last_active.load(Ordering::Relaxed) / 1000,
         }
     }
 
@@ -168,12 +170,18 @@ impl Slot {
 
     /// Whole seconds since the last poll or notify.
     pub fn idle_secs(&self) -> u64 {
-        unix_secs(SystemTime::now()).saturating_sub(self.last_active.load(Ordering::Relaxed))
+        self.idle().as_secs()
     }
 
-    /// True when nobody waits on the id and it has been idle for `ttl` (whole seconds).
+    /// Time since the last poll or notify, to the millisecond.
+    fn idle(&self) -> Duration {
+        let last = self.last_active.load(Ordering::Relaxed);
+        Duration::from_millis(unix_millis(SystemTime::now()).saturating_sub(last))
+    }
+
+    /// True when nobody waits on the id and it has been idle for `ttl`.
     pub fn is_expired(&self, ttl: Duration) -> bool {
-        self.waiting() == 0 && self.idle_secs() >= ttl.as_secs()
+        self.waiting() == 0 && self.idle() >= ttl
     }
 
     /// Time since the newest value was published (meaningful for up to an hour).
@@ -234,7 +242,7 @@ impl Slot {
     /// Counts a poll as activity, for idleness.
     pub fn touch(&self) {
         self.last_active
-            .store(unix_secs(SystemTime::now()), Ordering::Relaxed);
+            .store(unix_millis(SystemTime::now()), Ordering::Relaxed);
     }
 
     /// Takes one of the id's `max` waiting places. The place is given back when the returned
@@ -309,6 +317,11 @@ impl Drop for Waiter {
 
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn unix_millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Microseconds on a monotonic clock, wrapping every 71 minutes: four bytes per slot are
@@ -397,6 +410,8 @@ mod tests {
     fn an_id_expires_only_when_idle_and_unwatched() {
         let s = slot();
         assert!(!s.is_expired(Duration::from_secs(60)));
+        // Not counted in whole seconds: a second boundary passing is not a second of idleness.
+        assert!(!s.is_expired(Duration::from_millis(900)));
         assert!(s.is_expired(Duration::ZERO), "idle for 0 s already");
         let w = s.join(8).unwrap();
         assert!(!s.is_expired(Duration::ZERO), "a waiting client keeps it");

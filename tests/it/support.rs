@@ -8,7 +8,7 @@ mod daemon;
 pub mod nginx;
 mod page;
 
-pub use daemon::Daemon;
+pub use daemon::{Daemon, Output};
 pub use page::PageServer;
 
 use std::net::SocketAddr;

@@ -124,3 +124,80 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// Everything a daemon wrote to standard output, one entry per line, as it comes.
+#[derive(Debug, Clone, Default)]
+pub struct Output(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Output {
+    /// The lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded: 10 s) until a line satisfies `found`, and returns it.
+    pub async fn wait_for(&self, what: &str, found: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = self.lines().into_iter().find(|l| found(l)) {
+                return line;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no line {what} in:\n{}",
+                self.lines().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Daemon {
+    /// Starts the binary on `config` and 127.0.0.1 port 0 with `args` added and no snapshot
+    /// but the config's, keeping every line it writes to standard output. The address is
+    /// found in text and JSON log lines alike.
+    pub fn start_recorded(config: &Path, args: &[&str]) -> (Self, Output) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_callhome"))
+            .arg("--config")
+            .arg(config)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("CALLHOME_LISTEN")
+            .env_remove("CALLHOME_PUBLIC_URL")
+            .env_remove("CALLHOME_LOG")
+            .env_remove("CALLHOME_STORE__SNAPSHOT_PATH")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the callhome binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let output = Output::default();
+        let (tx, rx) = mpsc::channel();
+        let lines = output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("TEST_LOG").is_some() {
+                    println!("daemon: {line}");
+                }
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || ".:[]".contains(*c))
+                        .collect();
+                    let _ = tx.send(addr.parse::<SocketAddr>().expect("an address follows"));
+                }
+                lines.0.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the daemon announces its address");
+        let daemon = Self {
+            addr,
+            child,
+            own_dir: None,
+        };
+        (daemon, output)
+    }
+}
