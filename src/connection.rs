@@ -527,10 +527,17 @@ impl Connection {
                 } else {
                     RequestId::generate()
                 };
-                let header = request_id.to_header();
-                let respond = router.clone().oneshot(request).map_ok(move |mut response| {
-                    response.headers_mut().insert(X_REQUEST_ID, header);
-                    response
+                let current = request_id.clone();
+                let respond = router.clone().oneshot(request).map_ok(move |response| {
+                    let (mut parts, body) = response.into_parts();
+                    parts.headers.insert(X_REQUEST_ID, current.to_header());
+                    // hyper streams the body after this future is done: it runs as the
+                    // request too.
+                    let body = Body::new(ScopedBody {
+                        inner: body,
+                        id: current,
+                    });
+                    Response::from_parts(parts, body)
                 });
                 Box::pin(request_id::scope(request_id, respond))
             }));
@@ -674,6 +681,33 @@ fn path(target: &str) -> &str {
 
 fn query(target: &str) -> Option<&str> {
     target.split_once('?').map(|(_, query)| query)
+}
+
+/// A response body polled as its request (see [`request_id::sync_scope`]).
+struct ScopedBody {
+    inner: Body,
+    id: RequestId,
+}
+
+impl hyper::body::Body for ScopedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        request_id::sync_scope(this.id.clone(), || Pin::new(&mut this.inner).poll_frame(cx))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A socket with some bytes already read from it, served again before the socket's own.

@@ -31,6 +31,12 @@ pub fn scope<F: Future>(id: RequestId, future: F) -> impl Future<Output = F::Out
     CURRENT.scope(id, future)
 }
 
+/// Runs `f` as the request `id` (for code polled outside the request's future: a response
+/// body that hyper streams after the handler returned).
+pub fn sync_scope<R>(id: RequestId, f: impl FnOnce() -> R) -> R {
+    CURRENT.sync_scope(id, f)
+}
+
 /// The id of the request being served here, if any.
 pub fn current() -> Option<RequestId> {
     CURRENT.try_with(Clone::clone).ok()

@@ -57,12 +57,9 @@ fn spans(line: &Value) -> Vec<Value> {
     line["spans"].as_array().cloned().unwrap_or_default()
 }
 
-/// The request id of a JSON log line: the `id` of its `request` span.
+/// The request id of a JSON log line: its top-level `request_id`.
 fn request_id(line: &Value) -> Option<String> {
-    spans(line)
-        .iter()
-        .filter(|s| s["name"] == "request")
-        .find_map(|s| s["id"].as_str().map(str::to_owned))
+    line["request_id"].as_str().map(str::to_owned)
 }
 
 /// True for lines logged inside the router's request span (tower-http's request lines).
@@ -178,6 +175,11 @@ async fn json_logs_carry_request_ids_and_no_secrets() {
             })
             .await;
     }
+    app_lines_carry(
+        &output,
+        &[("id created", &create_rid), ("notified", &notify_rid)],
+    )
+    .await;
     let exited_cleanly = tokio::task::block_in_place(|| daemon.terminate());
     assert!(exited_cleanly);
     output
@@ -192,6 +194,19 @@ async fn json_logs_carry_request_ids_and_no_secrets() {
     );
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The app's own lines, written inside the request that caused them (on the lean path for a
+/// notify), each carry that request's id.
+async fn app_lines_carry(output: &Output, lines: &[(&str, &String)]) {
+    for &(message, rid) in lines {
+        output
+            .wait_for(&format!("{message:?} with {rid}"), |l| {
+                serde_json::from_str::<Value>(l)
+                    .is_ok_and(|v| v["message"] == message && request_id(&v).as_ref() == Some(rid))
+            })
+            .await;
+    }
 }
 
 /// Every line is a JSON object; every line logged inside the router's span carries a request
