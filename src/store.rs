@@ -102,6 +102,16 @@ impl Store {
         // id cannot both succeed; the counter is reserved inside that window, so `max_ids`
         // is never exceeded even by creates of different ids racing each other.
         match self.slots.entry(id.clone()) {
+            // An expired id the sweep has not reached yet is as good as gone: its place is
+            // taken over (the count stays as it is: one id out, one in).
+            Entry::Occupied(mut occupied)
+                if self.idle_ttl.is_some_and(|ttl| occupied.get().is_expired(ttl)) =>
+            {
+                let slot = Arc::new(Slot::new(id, Arc::clone(app.name()), origin));
+                occupied.insert(Arc::clone(&slot)).close();
+                self.changed();
+                Ok(slot)
+            }
             Entry::Occupied(_) => Err(CreateError::Taken),
             Entry::Vacant(vacant) => {
                 self.reserve()?;
@@ -307,6 +317,19 @@ mod tests {
         drop(waiter);
         assert_eq!(store.expire_idle(), 1);
         assert!(store.is_empty());
+    }
+
+    #[test]
+    fn an_expired_id_can_be_created_again_before_the_sweep() {
+        let store = Store::new(1).with_idle_ttl(Duration::ZERO);
+        let old = store.create(&app("a"), id("comes-back-000001"), None).unwrap();
+        old.publish("old life");
+        let new = store
+            .create(&app("b"), id("comes-back-000001"), None)
+            .expect("an expired id is not taken");
+        assert!(old.is_closed());
+        assert_eq!(new.latest().seq, 0);
+        assert_eq!(store.len(), 1, "one out, one in");
     }
 
     #[test]
