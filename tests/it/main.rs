@@ -11,6 +11,7 @@ mod concurrency;
 mod demo;
 mod events;
 mod http;
+mod limits;
 mod restart;
 mod routing;
 mod support;
