@@ -475,6 +475,9 @@ impl Connection {
         let io = TokioIo::new(Rewind {
             prefix: Bytes::from(self.buf),
             inner: self.stream,
+            send_timeout: state.limits.send_timeout,
+            stalled: None,
+            timed_out: state.metrics.timeouts.send.clone(),
         });
         let peer = PeerAddr(self.peer);
         let trusted = state.trusted_proxies.contains(self.peer.ip());
@@ -696,9 +699,40 @@ fn query(target: &str) -> Option<&str> {
 }
 
 /// A socket with some bytes already read from it, served again before the socket's own.
+///
+/// Writes that make no progress for `send_timeout` fail, so hyper drops a client that does
+/// not read (an event stream above all) as the in-place path does; hyper has no such timeout.
 struct Rewind {
     prefix: Bytes,
     inner: TcpStream,
+    send_timeout: Duration,
+    /// Armed while a write waits for the client to read.
+    stalled: Option<Pin<Box<Sleep>>>,
+    timed_out: Counter,
+}
+
+impl Rewind {
+    /// Passes on a write's result, or fails a write stalled for `send_timeout`.
+    fn bound_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if write.is_ready() {
+            self.stalled = None;
+            return write;
+        }
+        let send_timeout = self.send_timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(send_timeout)));
+        if stalled.as_mut().poll(cx).is_ready() {
+            self.stalled = None;
+            self.timed_out.inc();
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+        Poll::Pending
+    }
 }
 
 impl AsyncRead for Rewind {
@@ -723,7 +757,8 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let write = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.bound_write(cx, write)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -739,7 +774,8 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let write = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.bound_write(cx, write)
     }
 
     fn is_write_vectored(&self) -> bool {
