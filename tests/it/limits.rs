@@ -826,45 +826,49 @@ async fn a_body_slower_than_body_timeout_is_cut_and_not_notified() {
 }
 
 #[tokio::test]
-async fn an_event_stream_that_is_not_read_is_dropped_after_send_timeout() {
-    let s = TestServer::spawn_with(|c| c.limits.send_timeout = Duration::from_millis(500));
+async fn event_streams_that_are_not_read_are_dropped_after_send_timeout() {
+    let s = TestServer::spawn_with(|c| {
+        c.limits.send_timeout = Duration::from_millis(500);
+        // On loopback the server's send buffer grows to megabytes: large values fill it in
+        // tens of notifies rather than a thousand.
+        c.limits.info_max_bytes = 64 * 1024;
+    });
     let id = s.new_id().await;
-    // A small receive window fills after a few events; then the server's send buffer does.
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stalled = socket.connect(s.addr).await.unwrap();
-    stalled
-        .write_all(format!("GET /v1/events?id={id} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    s.wait_for_waiters(&id, 1).await;
+    let info = "i".repeat(64 * 1024);
+    // Written in place, and by hyper (a head too large to be parsed in place).
+    let large_head = format!("X-Pad: {}\r\n", "p".repeat(17_000));
+    for (dropped, pad) in [(1, ""), (2, large_head.as_str())] {
+        // A small receive window: the client's side fills after a few events.
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stalled = socket.connect(s.addr).await.unwrap();
+        let request = format!("GET /v1/events?id={id} HTTP/1.1\r\nHost: x\r\n{pad}\r\n");
+        stalled.write_all(request.as_bytes()).await.unwrap();
+        s.wait_for_waiters(&id, 1).await;
 
-    let info = "i".repeat(4096);
-    let deadline = Instant::now() + HANG;
-    let mut sent = 0;
-    loop {
-        assert_eq!(s.notify(KEY, &id, &info).await.status(), 200);
-        sent += 1;
-        let metrics = scrape(s.addr).await;
-        if value(
-            &metrics,
-            r#"callhome_connection_timeouts_total{phase="send"}"#,
-        ) == 1
-        {
-            break;
+        let deadline = Instant::now() + HANG;
+        let mut sent = 0;
+        loop {
+            assert_eq!(s.notify(KEY, &id, &info).await.status(), 200);
+            sent += 1;
+            let metrics = scrape(s.addr).await;
+            let series = r#"callhome_connection_timeouts_total{phase="send"}"#;
+            if value(&metrics, series) == dropped {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{pad:.20}: no send timeout after {sent} notifies"
+            );
         }
-        assert!(
-            Instant::now() < deadline,
-            "no send timeout after {sent} notifies"
-        );
-    }
 
-    // Dropped: its waiting place is free, though the client never closed.
-    s.wait_for_waiters(&id, 0).await;
-    let metrics = scrape(s.addr).await;
-    assert_eq!(
-        value(&metrics, r#"callhome_waiting{transport="events"}"#),
-        0
-    );
-    drop(stalled);
+        // Dropped: its waiting place is free, though the client never closed.
+        s.wait_for_waiters(&id, 0).await;
+        let metrics = scrape(s.addr).await;
+        assert_eq!(
+            value(&metrics, r#"callhome_waiting{transport="events"}"#),
+            0
+        );
+        drop(stalled);
+    }
 }
