@@ -5,6 +5,9 @@
 //! stalled machine could slip a refill in between two requests. The tests therefore send
 //! until the first refusal, within a number of tries an unenforced limit would use up, and
 //! count refusals as they come instead of expecting one at an exact request.
+//!
+//! Where `connection` serves a request in place and where it hands it to hyper (chunked
+//! bodies, large heads), limits are enforced by different code, so both paths are tried.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -697,6 +700,8 @@ async fn a_trickled_head_is_cut_at_header_timeout_but_held_polls_are_not() {
     let notified = s.spawn_poll(&woken, 0);
     s.wait_for_waiters(&quiet, 1).await;
     s.wait_for_waiters(&woken, 1).await;
+    // Both polls were held by now, so they will have waited at least as long as this has.
+    let all_held = Instant::now();
 
     // A head that would take 12 s at this pace.
     let head = format!(
@@ -709,6 +714,7 @@ async fn a_trickled_head_is_cut_at_header_timeout_but_held_polls_are_not() {
         "{:?}",
         String::from_utf8_lossy(&cut.answer)
     );
+    // The server's clock starts at the first byte, so never before 500 ms.
     assert!(
         cut.after >= Duration::from_millis(500) && cut.after < Duration::from_secs(5),
         "cut after {:?}",
@@ -716,7 +722,7 @@ async fn a_trickled_head_is_cut_at_header_timeout_but_held_polls_are_not() {
     );
 
     // Waiting longer than idle_timeout and header_timeout is what a poll is for.
-    tokio::time::sleep_until(started + Duration::from_millis(1500)).await;
+    tokio::time::sleep_until(all_held + Duration::from_millis(1200)).await;
     assert_eq!(s.notify(KEY, &woken, "late").await.status(), 200);
     let r = notified.await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
@@ -762,7 +768,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
     assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
     // The server's clock started a little before the answer reached us.
     assert!(
-        answered.elapsed() >= Duration::from_millis(800),
+        answered.elapsed() >= Duration::from_millis(500),
         "closed after {:?}",
         answered.elapsed()
     );
@@ -803,8 +809,9 @@ async fn a_body_slower_than_body_timeout_is_cut_and_not_notified() {
             "{head}\n{}",
             String::from_utf8_lossy(&cut.answer)
         );
+        // The server's clock starts after the head, so never before 500 ms.
         assert!(
-            cut.after >= Duration::from_millis(500) && cut.after < Duration::from_secs(2),
+            cut.after >= Duration::from_millis(500) && cut.after < Duration::from_secs(5),
             "{head}\ncut after {:?}",
             cut.after
         );
