@@ -28,12 +28,14 @@ use axum::http::{HeaderName, HeaderValue, Method, Request, Response, Version, he
 use bytes::Bytes;
 use futures_util::TryFutureExt as _;
 use http_body_util::BodyExt as _;
-use hyper::body::Body as _;
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use crate::api;
@@ -515,12 +517,33 @@ impl Connection {
         let io = TokioIo::new(Rewind {
             prefix: Bytes::from(self.buf),
             inner: self.stream,
+            send_timeout: state.limits.send_timeout,
+            stalled: None,
+            timed_out: state.metrics.timeouts.send.clone(),
         });
         let peer = PeerAddr(self.peer);
         let trusted = state.trusted_proxies.contains(self.peer.ip());
         let router = router.clone();
+        // hyper bounds a head (`header_read_timeout`) but not a body: a chunked body trickled
+        // in would hold the connection for as long as its client liked.
+        let cut = CancellationToken::new();
+        let body_timeout = state.limits.body_timeout;
+        let body_timeouts = state.metrics.timeouts.body.clone();
+        let cut_by_body = cut.clone();
         let service =
-            TowerToHyperService::new(tower::service_fn(move |mut request: Request<_>| {
+            TowerToHyperService::new(tower::service_fn(move |request: Request<Incoming>| {
+                let mut request = if request.body().is_end_stream() {
+                    request.map(Body::new)
+                } else {
+                    request.map(|body| {
+                        Body::new(TimedBody {
+                            inner: body,
+                            deadline: Box::pin(tokio::time::sleep(body_timeout)),
+                            cut: cut_by_body.clone(),
+                            timed_out: body_timeouts.clone(),
+                        })
+                    })
+                };
                 request.extensions_mut().insert(peer);
                 let request_id = if trusted {
                     RequestId::from_proxy(request.headers().get(X_REQUEST_ID))
@@ -548,13 +571,56 @@ impl Connection {
             .header_read_timeout(state.limits.header_timeout);
         let conn = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
-        tokio::select! {
-            result = conn.as_mut() => result.map_err(io::Error::other),
-            () = state.shutdown.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await.map_err(io::Error::other)
+        let served = async {
+            tokio::select! {
+                result = conn.as_mut() => result.map_err(io::Error::other),
+                () = state.shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await.map_err(io::Error::other)
+                }
             }
+        };
+        tokio::select! {
+            result = served => result,
+            () = cut.cancelled() => Err(io::ErrorKind::TimedOut.into()),
         }
+    }
+}
+
+/// A body read by hyper that must arrive within `body_timeout` of its head, as bodies read in
+/// place must. Past it, `cut` ends the whole connection without an answer, as in place: the
+/// body stays pending rather than failing, so no handler answers in the meantime.
+struct TimedBody {
+    inner: Incoming,
+    deadline: Pin<Box<Sleep>>,
+    cut: CancellationToken,
+    timed_out: Counter,
+}
+
+impl hyper::body::Body for TimedBody {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() && !self.cut.is_cancelled() {
+            self.timed_out.inc();
+            self.cut.cancel();
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -711,9 +777,40 @@ impl hyper::body::Body for ScopedBody {
 }
 
 /// A socket with some bytes already read from it, served again before the socket's own.
+///
+/// Writes that make no progress for `send_timeout` fail, so hyper drops a client that does
+/// not read (an event stream above all) as the in-place path does; hyper has no such timeout.
 struct Rewind {
     prefix: Bytes,
     inner: TcpStream,
+    send_timeout: Duration,
+    /// Armed while a write waits for the client to read.
+    stalled: Option<Pin<Box<Sleep>>>,
+    timed_out: Counter,
+}
+
+impl Rewind {
+    /// Passes on a write's result, or fails a write stalled for `send_timeout`.
+    fn bound_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if write.is_ready() {
+            self.stalled = None;
+            return write;
+        }
+        let send_timeout = self.send_timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(send_timeout)));
+        if stalled.as_mut().poll(cx).is_ready() {
+            self.stalled = None;
+            self.timed_out.inc();
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+        Poll::Pending
+    }
 }
 
 impl AsyncRead for Rewind {
@@ -738,7 +835,8 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let write = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.bound_write(cx, write)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -754,7 +852,8 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let write = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.bound_write(cx, write)
     }
 
     fn is_write_vectored(&self) -> bool {
