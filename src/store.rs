@@ -105,7 +105,9 @@ impl Store {
             // An expired id the sweep has not reached yet is as good as gone: its place is
             // taken over (the count stays as it is: one id out, one in).
             Entry::Occupied(mut occupied)
-                if self.idle_ttl.is_some_and(|ttl| occupied.get().is_expired(ttl)) =>
+                if self
+                    .idle_ttl
+                    .is_some_and(|ttl| occupied.get().is_expired(ttl)) =>
             {
                 let slot = Arc::new(Slot::new(id, Arc::clone(app.name()), origin));
                 occupied.insert(Arc::clone(&slot)).close();
@@ -322,7 +324,9 @@ mod tests {
     #[test]
     fn an_expired_id_can_be_created_again_before_the_sweep() {
         let store = Store::new(1).with_idle_ttl(Duration::ZERO);
-        let old = store.create(&app("a"), id("comes-back-000001"), None).unwrap();
+        let old = store
+            .create(&app("a"), id("comes-back-000001"), None)
+            .unwrap();
         old.publish("old life");
         let new = store
             .create(&app("b"), id("comes-back-000001"), None)
