@@ -20,6 +20,10 @@ NOTIFY_SECS=${NOTIFY_SECS:-5}
 CONNS=${CONNS:-16}
 NOFILE=${NOFILE:-20000}
 KEY=demo-key-change-me-0123456789
+NAME=ab
+START_SECS=$SECONDS
+# shellcheck source=bench/lib.sh
+source "$HERE/lib.sh"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BENCH=$TARGET_DIR/release/callhome-bench
 [[ -x $A && -x $B ]] || { echo "ab.sh: both binaries must exist" >&2; exit 1; }
@@ -40,14 +44,12 @@ name = "demo"
 key = "$KEY"
 origins = ["http://localhost:3000"]
 TOML
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+PORT=$(free_port 18090)
 
 start() {
     (ulimit -n "$NOFILE" &&
         export CALLHOME_WORKERS=1 CALLHOME_LIMITS__MAX_IDS=$((N + 100000)) \
-            CALLHOME_RATE_LIMITS__CREATE_PER_APP__PER_SECOND=0 \
-            CALLHOME_RATE_LIMITS__NOTIFY_PER_APP__PER_SECOND=0 \
-            CALLHOME_RATE_LIMITS__BROWSER_PER_IP__PER_SECOND=0 &&
+            "${NO_RATE_LIMITS[@]}" &&
         exec "$1" --config "$TMP/callhome.toml" --listen "127.0.0.1:$PORT" --log warn) \
         >>"$TMP/server.log" 2>&1 &
     SERVER_PID=$!
@@ -55,8 +57,7 @@ start() {
         curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && return 0
         sleep 0.05
     done
-    echo "ab.sh: $1 did not start" >&2
-    exit 1
+    die "$1 did not start"
 }
 stop() {
     kill "$SERVER_PID" 2>/dev/null || true
@@ -79,7 +80,7 @@ run() { # side case args...
 }
 for ((r = 1; r <= ROUNDS; r++)); do
     for side in A B; do
-        echo "round $r/$ROUNDS: $side" >&2
+        step "round $r/$ROUNDS: $side"
         run "$side" notify notify-rate --secs "$NOTIFY_SECS" --conns "$CONNS"
         run "$side" idle idle --clients "$N" --transport poll --hold-secs 2 --settle-secs 2
         run "$side" fanout fanout --clients "$N" --conns "$CONNS" --transport poll

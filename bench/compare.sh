@@ -62,32 +62,14 @@ BENCH_PID=       # the running `timeout callhome-bench ...`
 FAILED_RUNS=0
 START_SECS=$SECONDS
 
-log() { printf '[compare %4ds] %s\n' "$((SECONDS - START_SECS))" "$*" >&2; }
-die() { log "ERROR in step '$STEP': $*"; exit 1; }
-step() { STEP=$1; log "== $1"; }
+NAME=compare
+# shellcheck source=bench/lib.sh
+source "$HERE/lib.sh"
 
 for v in N ROUNDS NOTIFY_SECS CONNS HOLD_SECS SETTLE_SECS NOFILE CH_PORT NCHAN_PORT COOLDOWN_SECS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, not '${!v}'"
 done
 ((N > 0 && ROUNDS > 0 && NOTIFY_SECS > 0 && CONNS > 0)) || die "N, ROUNDS, NOTIFY_SECS and CONNS must be positive"
-
-# True while process $1 exists and is not a zombie.
-alive() {
-    local stat
-    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    stat=${stat##*) }
-    [[ ${stat%% *} != Z && ${stat%% *} != X ]]
-}
-
-# Waits up to $2 tenths of a second for process $1 to end.
-wait_gone() {
-    local i
-    for ((i = 0; i < $2; i++)); do
-        alive "$1" || return 0
-        sleep 0.1
-    done
-    ! alive "$1"
-}
 
 stop_server() {
     local pid=$SERVER_PID worker=$WORKER_PID
@@ -143,25 +125,6 @@ trap on_exit EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'log "command failed (exit $?): $BASH_COMMAND"' ERR
-
-# A free port on 127.0.0.1, from $1 upwards.
-free_port() {
-    python3 - "$1" <<'EOF'
-import socket, sys
-start = int(sys.argv[1])
-for port in range(start, start + 200):
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", port))
-    except OSError:
-        continue
-    finally:
-        s.close()
-    print(port)
-    sys.exit(0)
-sys.exit("no free port near %d" % start)
-EOF
-}
 
 # Waits until 127.0.0.1:$1 accepts connections while process $2 lives, up to $3 seconds.
 wait_port() {
@@ -253,11 +216,6 @@ N=$N ROUNDS=$ROUNDS NOTIFY_SECS=$NOTIFY_SECS CONNS=$CONNS HOLD_SECS=$HOLD_SECS \
     timeout 60 python3 "$HERE/summarize.py" meta "$OUT/meta.json" || die "collecting machine facts failed"
 
 # ---------------------------------------------------------------------------------------
-# Rate limits off: Nchan has none, and the load tool is one client making thousands of
-# requests on purpose.
-NO_RATE_LIMITS=(CALLHOME_RATE_LIMITS__CREATE_PER_APP__PER_SECOND=0
-    CALLHOME_RATE_LIMITS__NOTIFY_PER_APP__PER_SECOND=0
-    CALLHOME_RATE_LIMITS__BROWSER_PER_IP__PER_SECOND=0)
 start_callhome() {
     (ulimit -n "$NOFILE" && export "${NO_RATE_LIMITS[@]}" &&
         CALLHOME_WORKERS=$CH_WORKERS CALLHOME_LIMITS__MAX_IDS=$((STORE_IDS + N + 1000)) \

@@ -69,9 +69,9 @@ DOG_PID=         # the `sleep` that bounds a timed stop
 FAILED_CHECKS=0
 START_SECS=$SECONDS
 
-log() { printf '[restart %4ds] %s\n' "$((SECONDS - START_SECS))" "$*" >&2; }
-die() { log "ERROR in step '$STEP': $*"; exit 1; }
-step() { STEP=$1; log "== $1"; }
+NAME=restart
+# shellcheck source=bench/lib.sh
+source "$HERE/lib.sh"
 
 for v in IDS WAITERS ROUNDS SAMPLE CONNS NOFILE CH_PORT; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, not '${!v}'"
@@ -79,24 +79,6 @@ done
 [[ -z $CH_WORKERS || $CH_WORKERS =~ ^[0-9]+$ ]] || die "CH_WORKERS must be a whole number"
 ((IDS > 0 && WAITERS > 0 && ROUNDS > 0 && SAMPLE > 0 && CONNS > 0)) ||
     die "IDS, WAITERS, ROUNDS, SAMPLE and CONNS must be positive"
-
-# True while process $1 exists and is not a zombie.
-alive() {
-    local stat
-    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    stat=${stat##*) }
-    [[ ${stat%% *} != Z && ${stat%% *} != X ]]
-}
-
-# Waits up to $2 tenths of a second for process $1 to end.
-wait_gone() {
-    local i
-    for ((i = 0; i < $2; i++)); do
-        alive "$1" || return 0
-        sleep 0.1
-    done
-    ! alive "$1"
-}
 
 # Microseconds since the epoch, without a fork.
 now_us() { local t=${EPOCHREALTIME/[.,]/}; echo "$t"; }
@@ -160,35 +142,12 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'log "command failed (exit $?): $BASH_COMMAND"' ERR
 
-# A free port on 127.0.0.1, from $1 upwards.
-free_port() {
-    timeout 30 python3 - "$1" <<'EOF'
-import socket, sys
-start = int(sys.argv[1])
-for port in range(start, start + 200):
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", port))
-    except OSError:
-        continue
-    finally:
-        s.close()
-    print(port)
-    sys.exit(0)
-sys.exit("no free port near %d" % start)
-EOF
-}
-
 # Starts the daemon, logging to $TMP/$1.log, with the environment assignments $2...
 # Sets SERVER_PID and STARTED_US (just before exec).
 start_callhome() {
     local name=$1
     shift
-    # Rate limits off: the load tool is one client creating and polling in bulk on purpose.
-    local env=(CALLHOME_LIMITS__MAX_IDS=$((IDS + WAITERS + 1000))
-        CALLHOME_RATE_LIMITS__CREATE_PER_APP__PER_SECOND=0
-        CALLHOME_RATE_LIMITS__NOTIFY_PER_APP__PER_SECOND=0
-        CALLHOME_RATE_LIMITS__BROWSER_PER_IP__PER_SECOND=0 "$@")
+    local env=(CALLHOME_LIMITS__MAX_IDS=$((IDS + WAITERS + 1000)) "${NO_RATE_LIMITS[@]}" "$@")
     [[ -n $CH_WORKERS ]] && env+=(CALLHOME_WORKERS="$CH_WORKERS")
     STARTED_US=$(now_us)
     (ulimit -n "$NOFILE" && exec env "${env[@]}" "$CALLHOME" --config "$TMP/callhome.toml" \

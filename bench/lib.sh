@@ -1,0 +1,49 @@
+# Shell helpers the benchmark scripts share. Source it after setting NAME (the tag in log
+# lines) and START_SECS=$SECONDS.
+
+# Environment assignments that turn CallHome's rate limits off: Nchan has none, and the load
+# tool is one client making thousands of requests on purpose.
+NO_RATE_LIMITS=(CALLHOME_RATE_LIMITS__CREATE_PER_APP__PER_SECOND=0
+    CALLHOME_RATE_LIMITS__NOTIFY_PER_APP__PER_SECOND=0
+    CALLHOME_RATE_LIMITS__BROWSER_PER_IP__PER_SECOND=0)
+
+log() { printf '[%s %4ds] %s\n' "$NAME" "$((SECONDS - START_SECS))" "$*" >&2; }
+die() { log "ERROR in step '$STEP': $*"; exit 1; }
+step() { STEP=$1; log "== $1"; }
+
+# True while process $1 exists and is not a zombie.
+alive() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [[ ${stat%% *} != Z && ${stat%% *} != X ]]
+}
+
+# Waits up to $2 tenths of a second for process $1 to end.
+wait_gone() {
+    local i
+    for ((i = 0; i < $2; i++)); do
+        alive "$1" || return 0
+        sleep 0.1
+    done
+    ! alive "$1"
+}
+
+# A free port on 127.0.0.1, from $1 upwards.
+free_port() {
+    timeout 30 python3 - "$1" <<'PY'
+import socket, sys
+start = int(sys.argv[1])
+for port in range(start, start + 200):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(port)
+    sys.exit(0)
+sys.exit("no free port near %d" % start)
+PY
+}
