@@ -17,6 +17,14 @@
 //! `config` loads and validates settings; `error` is the one place errors become HTTP;
 //! `connection` frames HTTP/1.1 so a waiting client holds no buffers (docs/performance.md).
 //!
+//! # Running it
+//! `snapshot` keeps the store across restarts; `housekeeping` expires idle ids in the
+//! background; `rate_limit` (with `client_ip` for who a request comes from behind trusted
+//! proxies) and the timeouts and connection cap in `connection` keep one noisy client from
+//! hurting the others; `metrics` serves `/metrics`; `request_id` and `telemetry` put a request
+//! id on every log line a request causes; `health` and `shutdown` let a load balancer drain a
+//! node. docs/operations.md has the operator's view.
+//!
 //! # What a backplane will add
 //! Several nodes behind one name need a notify on node A to wake a client on node B. The
 //! store's four calls (`create`, `publish`, `remove`, `get`) are the seam where a Redis
