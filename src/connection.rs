@@ -77,7 +77,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, state: AppState, router:
 }
 
 /// Answers a connection over `max_connections` with `503 too_many_connections` and closes it,
-/// without reading its request (or holding it for more than [`REFUSE_LINGER`]).
+/// without reading its request (or holding it for more than a second).
 pub fn refuse(stream: TcpStream, state: &AppState) {
     static REFUSING: AtomicUsize = AtomicUsize::new(0);
     if REFUSING.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
