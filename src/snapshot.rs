@@ -138,7 +138,7 @@ pub fn restore(path: &Path, store: &Store, apps: &Apps) -> Result<Restored, Snap
 /// Writes every id in `store` to `path`, atomically. Returns the file's size in bytes.
 ///
 /// Ids are encoded one at a time straight into the file's bytes (the same encoding as
-/// [`Body`]), so a snapshot costs the file's size in memory, not a second copy of every id.
+/// `Body`), so a snapshot costs the file's size in memory, not a second copy of every id.
 /// Saves are serialised: a periodic snapshot still writing when the final one starts would
 /// otherwise share its temporary file.
 ///
