@@ -26,7 +26,7 @@ impl TrustedProxies {
     }
 
     /// Parses one `trusted_proxies` entry: an address (`127.0.0.1`, `::1`) or a range in CIDR
-    /// notation (`10.0.0.0/8`). The error completes "<entry> ...".
+    /// notation (`10.0.0.0/8`). The error completes "`<entry>` ...".
     pub fn parse_one(text: &str) -> Result<IpNet, &'static str> {
         let text = text.trim();
         text.parse::<IpNet>()
