@@ -111,20 +111,9 @@ on_exit() {
         wait "$BENCH_PID" 2>/dev/null || true
     fi
     stop_server
-    if [[ -n $TMP && -d $TMP ]]; then
-        save_logs
-        rm -rf "$TMP"
-    fi
-    if ((rc != 0)); then
-        log "FAILED in step '$STEP' (exit $rc); servers stopped, temp dir removed"
-        [[ -d $OUT ]] && log "partial results and logs: $OUT"
-    fi
-    exit "$rc"
+    end_run "$rc"
 }
-trap on_exit EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'log "command failed (exit $?): $BASH_COMMAND"' ERR
+install_traps
 
 # Waits until 127.0.0.1:$1 accepts connections while process $2 lives, up to $3 seconds.
 wait_port() {

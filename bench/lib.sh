@@ -47,3 +47,26 @@ for port in range(start, start + 200):
 sys.exit("no free port near %d" % start)
 PY
 }
+
+# The end of a script's on_exit: keep the logs of the temp dir ($TMP, via save_logs), remove
+# it, say which step failed, and exit with $1.
+end_run() {
+    local rc=$1
+    if [[ -n $TMP && -d $TMP ]]; then
+        save_logs
+        rm -rf "$TMP"
+    fi
+    if ((rc != 0)); then
+        log "FAILED in step '$STEP' (exit $rc); processes stopped, temp dir removed"
+        [[ -d $OUT ]] && log "partial results and logs: $OUT"
+    fi
+    exit "$rc"
+}
+
+# Runs the script's on_exit however it ends, and logs the command that failed.
+install_traps() {
+    trap on_exit EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    trap 'log "command failed (exit $?): $BASH_COMMAND"' ERR
+}

@@ -127,20 +127,9 @@ on_exit() {
     fi
     stop_bench
     stop_server
-    if [[ -n $TMP && -d $TMP ]]; then
-        save_logs
-        rm -rf "$TMP"
-    fi
-    if ((rc != 0)); then
-        log "FAILED in step '$STEP' (exit $rc); processes stopped, temp dir removed"
-        [[ -d $OUT ]] && log "partial results and logs: $OUT"
-    fi
-    exit "$rc"
+    end_run "$rc"
 }
-trap on_exit EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'log "command failed (exit $?): $BASH_COMMAND"' ERR
+install_traps
 
 # Starts the daemon, logging to $TMP/$1.log, with the environment assignments $2...
 # Sets SERVER_PID and STARTED_US (just before exec).

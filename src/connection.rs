@@ -211,12 +211,11 @@ impl Connection {
 
     /// The request's id: its trusted proxy's, or a fresh one.
     fn request_id(&self, head: &Head, state: &AppState) -> RequestId {
-        if state.trusted_proxies.contains(self.peer.ip()) {
-            let given = head.headers.iter().find(|(name, _)| name == X_REQUEST_ID);
-            RequestId::from_proxy(given.map(|(_, value)| value))
-        } else {
-            RequestId::generate()
-        }
+        let given = head.headers.iter().find(|(name, _)| name == X_REQUEST_ID);
+        RequestId::for_peer(
+            state.trusted_proxies.contains(self.peer.ip()),
+            given.map(|(_, value)| value),
+        )
     }
 
     /// Reads until a whole request head is buffered, and decides who serves it. Waiting for
@@ -545,11 +544,7 @@ impl Connection {
                     })
                 };
                 request.extensions_mut().insert(peer);
-                let request_id = if trusted {
-                    RequestId::from_proxy(request.headers().get(X_REQUEST_ID))
-                } else {
-                    RequestId::generate()
-                };
+                let request_id = RequestId::for_peer(trusted, request.headers().get(X_REQUEST_ID));
                 let current = request_id.clone();
                 let respond = router.clone().oneshot(request).map_ok(move |response| {
                     let (mut parts, body) = response.into_parts();
@@ -727,18 +722,21 @@ fn parse(buf: &[u8]) -> Parsed {
     })
 }
 
-/// The id of a `/v1/ids/{id}/notify` path. A percent-encoded id goes to the router, which
-/// decodes it.
-fn notify_id(path: &str) -> Option<&str> {
+/// The id segment of a `/v1/ids/{id}/notify` path, as sent (possibly percent-encoded).
+fn notify_segment(path: &str) -> Option<&str> {
     let id = path.strip_prefix("/v1/ids/")?.strip_suffix("/notify")?;
-    (!id.is_empty() && !id.contains(['/', '%'])).then_some(id)
+    (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
+/// The id of a notify path this module serves in place. A percent-encoded id goes to the
+/// router, which decodes it.
+fn notify_id(path: &str) -> Option<&str> {
+    notify_segment(path).filter(|id| !id.contains('%'))
 }
 
 /// True for any `/v1/ids/{id}/notify` path, percent-encoded ids included.
 fn is_notify(path: &str) -> bool {
-    path.strip_prefix("/v1/ids/")
-        .and_then(|rest| rest.strip_suffix("/notify"))
-        .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+    notify_segment(path).is_some()
 }
 
 fn path(target: &str) -> &str {

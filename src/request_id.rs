@@ -78,6 +78,16 @@ impl RequestId {
         &self.0
     }
 
+    /// The id of a request from a peer: the `given` `X-Request-Id` when the peer is a
+    /// `trusted` proxy (see [`RequestId::from_proxy`]), a fresh one otherwise.
+    pub fn for_peer(trusted: bool, given: Option<&HeaderValue>) -> Self {
+        if trusted {
+            Self::from_proxy(given)
+        } else {
+            Self::generate()
+        }
+    }
+
     /// The proxy's id if it is sane (1 to 64 of `A-Z a-z 0-9 - _ . :`), else a fresh one.
     pub fn from_proxy(value: Option<&HeaderValue>) -> Self {
         value
