@@ -20,8 +20,8 @@ use crate::auth::App;
 use crate::error::ApiError;
 use crate::id::Id;
 use crate::origin::Origin;
-use crate::server::AppState;
 use crate::slot::Published;
+use crate::state::AppState;
 use crate::telemetry::Redacted;
 
 /// The backend routes.

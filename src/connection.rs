@@ -43,7 +43,8 @@ use crate::client_ip::X_FORWARDED_FOR;
 use crate::error::ApiError;
 use crate::extract::PeerAddr;
 use crate::request_id::{self, RequestId, X_REQUEST_ID};
-use crate::server::{AppState, common_headers};
+use crate::routes::common_headers;
+use crate::state::AppState;
 use crate::transport::Held;
 
 /// Largest request head read; longer heads go to hyper, which answers 431.

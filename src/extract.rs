@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 use crate::id::Id;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Query parameters; a parse failure is `400 invalid_parameters` naming the parameter.
 #[derive(Debug)]

@@ -1,21 +1,24 @@
-//! `/healthz` (the process is up and serving HTTP) and `/readyz` (it wants new work: not
-//! draining for a shutdown). A load balancer takes a node out of rotation on a failing
-//! `/readyz` while its open connections finish.
+//! The operator's routes: `/healthz` (the process is up and serving HTTP), `/readyz` (it
+//! wants new work: not draining for a shutdown) and `/metrics` (the scrape). A load balancer
+//! takes a node out of rotation on a failing `/readyz` while its open connections finish.
 
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use crate::server::AppState;
+use crate::metrics;
+use crate::state::AppState;
 
-/// The health routes.
+/// The operator's routes.
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(scrape))
 }
 
 async fn healthz() -> Json<Value> {
@@ -33,6 +36,16 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     }
 }
 
+async fn scrape(State(state): State<AppState>) -> Response {
+    let body = state.metrics.encode(state.store.len());
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(metrics::CONTENT_TYPE),
+    );
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use axum::body::Body;
@@ -46,7 +59,7 @@ mod tests {
     async fn readyz_status(shutdown: &CancellationToken) -> StatusCode {
         let settings = Config::default().validate(|_| None).unwrap();
         let addr = "127.0.0.1:8080".parse().unwrap();
-        let router = crate::server::router(AppState::new(settings, addr, shutdown.clone()));
+        let router = crate::routes::router(AppState::new(settings, addr, shutdown.clone()));
         let request = Request::get("/readyz").body(Body::empty()).unwrap();
         router.oneshot(request).await.unwrap().status()
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::MissedTickBehavior;
 
 use crate::rate_limit;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// The longest pause between two expiry sweeps. Expired ids are already invisible to
 /// requests before the sweep removes them; the sweep only gives their memory back.

@@ -13,7 +13,9 @@
 //! # Where state lives
 //! In memory, in `store`: a sharded map from [`id::Id`] to [`slot::Slot`]. A slot keeps only
 //! the newest value and its sequence number; waiting clients hold an `Arc` to the slot and
-//! sleep on its `Notify`, never on a map guard. `server` wires state, routes and middleware;
+//! sleep on its `Notify`, never on a map guard. `state` holds what every request can reach
+//! (store, apps, limits, metrics), `routes` the router and its middleware, `server` the accept
+//! loop and the shutdown; the arrows point one way: handlers import `state`, never `server`.
 //! `config` loads and validates settings; `error` is the one place errors become HTTP;
 //! `connection` frames HTTP/1.1 so a waiting client holds no buffers (docs/performance.md).
 //!
@@ -21,9 +23,9 @@
 //! `snapshot` keeps the store across restarts; `housekeeping` expires idle ids in the
 //! background; `rate_limit` (with `client_ip` for who a request comes from behind trusted
 //! proxies) and the timeouts and connection cap in `connection` keep one noisy client from
-//! hurting the others; `metrics` serves `/metrics`; `request_id` and `telemetry` put a request
-//! id on every log line a request causes; `health` and `shutdown` let a load balancer drain a
-//! node. docs/operations.md has the operator's view.
+//! hurting the others; `metrics` defines what `/metrics` shows; `request_id` and `telemetry`
+//! put a request id on every log line a request causes; `health` (with `/metrics`) and
+//! `shutdown` let a load balancer drain a node. docs/operations.md has the operator's view.
 //!
 //! # What a backplane will add
 //! Several nodes behind one name need a notify on node A to wake a client on node B. The
@@ -44,10 +46,12 @@ pub mod metrics;
 pub mod origin;
 pub mod rate_limit;
 pub mod request_id;
+pub mod routes;
 pub mod server;
 pub mod shutdown;
 pub mod slot;
 pub mod snapshot;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod transport;

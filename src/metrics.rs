@@ -9,11 +9,6 @@
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -21,11 +16,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::error::ApiError;
-use crate::server::AppState;
-
 /// The content type of the `OpenMetrics` text format, which Prometheus scrapes natively.
-const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// All of CallHome's metrics.
 #[derive(Debug)]
@@ -428,20 +420,6 @@ impl Drop for Waiting {
     fn drop(&mut self) {
         self.0.dec();
     }
-}
-
-/// The `/metrics` route.
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/metrics", get(metrics))
-}
-
-async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let body = state.metrics.encode(state.store.len());
-    let mut response = body.into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
-    Ok(response)
 }
 
 #[cfg(test)]

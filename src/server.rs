@@ -1,39 +1,24 @@
-//! The HTTP server: shared state, the router with its middleware, and the accept loop.
+//! The HTTP server: the accept loop, start-up and the shutdown choreography.
 //!
 //! `run` takes an already-bound listener and a shutdown token, so tests bind port 0 and
 //! shut a server down by cancelling its token. Each accepted connection is served by
-//! `connection`, which frames HTTP/1.1 itself and calls the router built here. There is
+//! `connection`, which frames HTTP/1.1 itself and calls the router (`routes`). There is
 //! deliberately no global request timeout: held polls last `poll_timeout` by design and would
 //! be cut by one.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
-
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath};
-use axum::http::{HeaderMap, HeaderValue, Request, header};
-use axum::middleware::map_response;
-use axum::response::{IntoResponse, Response};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use crate::auth::Apps;
-use crate::client_ip::TrustedProxies;
-use crate::config::{Limits, Settings, StoreConfig};
-use crate::error::ApiError;
-use crate::metrics::{self, Metrics};
-use crate::rate_limit::RateLimiters;
+use crate::config::Settings;
 use crate::snapshot::{self, SnapshotError};
-use crate::store::Store;
-use crate::{api, connection, health, housekeeping, transport};
+use crate::state::AppState;
+use crate::{connection, housekeeping, routes};
 
 /// Pending connections the kernel queues for us. Tokio's default (1024) refuses clients
 /// during fast ramps of thousands of new connections; the kernel caps it at `somaxconn`.
@@ -41,110 +26,6 @@ const LISTEN_BACKLOG: u32 = 8192;
 
 /// Pause after a failed accept.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
-/// Bytes of body read beyond the info itself: JSON quoting and the `{"info":...}` wrapper.
-const BODY_OVERHEAD: usize = 1024;
-
-/// File descriptors kept back from `max_connections = 0` (automatic) for everything else the
-/// process opens: the listener, snapshot files, the runtime's own, a backplane.
-const FD_RESERVE: u64 = 64;
-
-/// What every handler can reach: one `Arc`, so cloning it per request is one atomic add
-/// (cloning the fields one by one showed up in profiles of the notify path).
-#[derive(Clone, Debug)]
-pub struct AppState(Arc<Shared>);
-
-/// The state behind [`AppState`].
-#[derive(Debug)]
-pub struct Shared {
-    /// All ids.
-    pub store: Store,
-    /// The registered apps.
-    pub apps: Apps,
-    /// Resource limits.
-    pub limits: Limits,
-    /// The base URL browsers reach us at, without a trailing slash.
-    pub public_url: String,
-    /// Largest request body read, in bytes.
-    pub body_limit: usize,
-    /// Cancelled when the server shuts down; held requests answer at once.
-    pub shutdown: CancellationToken,
-    /// Where the store is saved across restarts.
-    pub snapshot: StoreConfig,
-    /// How long a shutdown waits for open connections.
-    pub drain_timeout: Duration,
-    /// How long `/readyz` fails before a shutdown stops accepting.
-    pub shutdown_grace: Duration,
-    /// Set when a shutdown begins, `shutdown_grace` before `shutdown` is cancelled.
-    pub draining: AtomicBool,
-    /// Open connections allowed (`max_connections`, resolved).
-    pub max_connections: usize,
-    /// Whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: TrustedProxies,
-    /// Request rates.
-    pub limiters: RateLimiters,
-    /// Everything `/metrics` shows.
-    pub metrics: Metrics,
-}
-
-impl std::ops::Deref for AppState {
-    type Target = Shared;
-
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
-
-impl AppState {
-    /// State for a server listening on `local_addr`.
-    pub fn new(settings: Settings, local_addr: SocketAddr, shutdown: CancellationToken) -> Self {
-        let public_url = settings
-            .public_url
-            .unwrap_or_else(|| format!("http://{local_addr}"));
-        // A JSON string may spend six bytes (`\u00XX`) on each byte of info.
-        let body_limit = settings.limits.info_max_bytes * 6 + BODY_OVERHEAD;
-        let metrics = Metrics::new();
-        let limiters = RateLimiters::new(&settings.rate_limits, &settings.apps, &metrics);
-        Self(Arc::new(Shared {
-            store: Store::new(settings.limits.max_ids).with_idle_ttl(settings.limits.id_idle_ttl),
-            apps: settings.apps,
-            limits: settings.limits,
-            public_url,
-            body_limit,
-            shutdown,
-            snapshot: settings.store,
-            drain_timeout: settings.drain_timeout,
-            shutdown_grace: settings.shutdown_grace,
-            draining: AtomicBool::new(false),
-            max_connections: connection_budget(settings.limits.max_connections),
-            trusted_proxies: settings.trusted_proxies,
-            limiters,
-            metrics,
-        }))
-    }
-
-    /// True from the moment a shutdown begins: `/readyz` fails.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire) || self.shutdown.is_cancelled()
-    }
-}
-
-/// `max_connections`, or when it is 0 the open-file limit less a reserve for everything else.
-fn connection_budget(configured: usize) -> usize {
-    let files = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
-    let fit = usize::try_from(files.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
-    if configured == 0 {
-        return fit.max(1);
-    }
-    if configured > fit {
-        tracing::warn!(
-            max_connections = configured,
-            open_file_limit = files,
-            "max_connections is above what the open-file limit allows; accepts will fail first"
-        );
-    }
-    configured
-}
 
 /// Binds `addr` with a listen backlog large enough for fast ramps of new clients.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -156,57 +37,6 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
-}
-
-/// The whole application: backend API, browser transports, health, and the fallbacks that
-/// turn unknown routes and wrong methods into JSON errors.
-pub fn router(state: AppState) -> Router {
-    let body_limit = state.body_limit;
-    let router = Router::new()
-        .merge(api::routes())
-        .merge(transport::routes())
-        .merge(health::routes())
-        .merge(metrics::routes())
-        .fallback(|| async { ApiError::NotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .with_state(state)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(map_response(|mut response: Response| async move {
-            common_headers(response.headers_mut());
-            response
-        }))
-        .layer(CatchPanicLayer::custom(panic_response));
-    // Request logs are debug-level; at the default level their spans and timings would cost
-    // a measurable share of each notify for lines nobody sees, so they are left out.
-    if tracing::enabled!(tracing::Level::DEBUG) {
-        router.layer(
-            // Spans name the method and the route only: paths and query strings carry ids.
-            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                let route = req
-                    .extensions()
-                    .get::<MatchedPath>()
-                    .map_or("(no route)", MatchedPath::as_str);
-                tracing::debug_span!("request", method = %req.method(), route)
-            }),
-        )
-    } else {
-        router
-    }
-}
-
-/// Headers every response carries unless its handler set them: nothing is cached unless a
-/// route says so, and no content is sniffed.
-pub fn common_headers(headers: &mut HeaderMap) {
-    headers
-        .entry(header::CACHE_CONTROL)
-        .or_insert(HeaderValue::from_static("no-store"));
-    headers
-        .entry(header::X_CONTENT_TYPE_OPTIONS)
-        .or_insert(HeaderValue::from_static("nosniff"));
-}
-
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    ApiError::Internal("a handler panicked".into()).into_response()
 }
 
 /// Why the server stopped with an error.
@@ -251,7 +81,7 @@ pub async fn run(
     }
     tokio::spawn(housekeeping::run(state.clone()));
     tokio::spawn(begin_shutdown(shutdown, state.clone(), stop.clone()));
-    let router = router(state.clone());
+    let router = routes::router(state.clone());
     let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::auth::Apps;
 use crate::id::Id;
 use crate::origin::Origin;
-use crate::server::AppState;
 use crate::slot::{Saved, Slot};
+use crate::state::AppState;
 use crate::store::Store;
 use serde::{Deserialize, Serialize};
 

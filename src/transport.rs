@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApiError;
 use crate::extract::ClientIp;
 use crate::id::Id;
-use crate::server::AppState;
 use crate::slot::{Latest, Seq, Slot};
+use crate::state::AppState;
 
 /// The browser routes.
 pub fn routes() -> Router<AppState> {

@@ -14,7 +14,7 @@ use crate::auth::App;
 use crate::error::ApiError;
 use crate::extract::{self, Body, PathId};
 use crate::id::Id;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::telemetry::Redacted;
 
 pub fn routes() -> Router<AppState> {

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use super::Authenticated;
 use crate::error::ApiError;
 use crate::extract::{self, Body, Query};
-use crate::server::AppState;
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()

@@ -20,8 +20,8 @@ use super::{Value, WaitParams};
 use crate::error::ApiError;
 use crate::extract::parse_query;
 use crate::metrics::Waiting;
-use crate::server::AppState;
 use crate::slot::{Seq, WaitOutcome, Waiter};
+use crate::state::AppState;
 
 /// How soon a client told "shutting down" should reconnect.
 const RECONNECT_AFTER_SHUTDOWN: Duration = Duration::from_secs(1);

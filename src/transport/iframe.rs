@@ -23,8 +23,8 @@ use crate::error::ApiError;
 use crate::extract::{ClientIp, Query};
 use crate::id::Id;
 use crate::origin::{Origin, OriginError};
-use crate::server::AppState;
 use crate::slot::Slot;
+use crate::state::AppState;
 
 const TEMPLATE: &str = include_str!("../../assets/iframe.html");
 const SCRIPT: &str = include_str!("../../assets/iframe.js");

@@ -15,8 +15,8 @@ use super::{Value, WaitParams};
 use crate::error::ApiError;
 use crate::extract::parse_query;
 use crate::metrics::Waiting;
-use crate::server::AppState;
 use crate::slot::WaitOutcome;
+use crate::state::AppState;
 
 /// Answers a poll whose query string is `query`, from `client` (charged to its rate limit
 /// when known). May wait long.

@@ -6,7 +6,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::server::AppState;
+use crate::state::AppState;
 
 const SCRIPT: &str = include_str!("../../assets/callhome.js");
 
