@@ -73,6 +73,23 @@ pub fn notify_in_place(
     }
 }
 
+/// The id segment of a `/v1/ids/{id}/notify` path, as sent (possibly percent-encoded).
+pub fn notify_segment(path: &str) -> Option<&str> {
+    let id = path.strip_prefix("/v1/ids/")?.strip_suffix("/notify")?;
+    (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
+/// The id of a notify path this `connection` serves in place. A percent-encoded id goes to the
+/// router, which decodes it.
+pub fn notify_id(path: &str) -> Option<&str> {
+    notify_segment(path).filter(|id| !id.contains('%'))
+}
+
+/// True for any `/v1/ids/{id}/notify` path, percent-encoded ids included.
+pub fn is_notify(path: &str) -> bool {
+    notify_segment(path).is_some()
+}
+
 /// The answer to a create.
 #[derive(Debug, Serialize)]
 pub struct Created {
@@ -177,4 +194,24 @@ pub fn notify(state: &AppState, app: &App, id: &str, info: &str) -> Result<Notif
         "notified"
     );
     Ok(published.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notify_paths() {
+        assert_eq!(
+            notify_id("/v1/ids/abcdefghijklmnop/notify"),
+            Some("abcdefghijklmnop")
+        );
+        assert_eq!(notify_id("/v1/ids//notify"), None);
+        assert_eq!(notify_id("/v1/ids/a/b/notify"), None);
+        assert_eq!(notify_id("/v1/ids/%61bc/notify"), None);
+        assert_eq!(notify_id("/v1/ids/abc"), None);
+        assert!(is_notify("/v1/ids/%61bc/notify"));
+        assert!(!is_notify("/v1/ids/a/b/notify"));
+        assert!(!is_notify("/v1/ids//notify"));
+    }
 }

@@ -15,27 +15,23 @@
 //! (chunked request bodies, `Expect`, upgrades, HTTP/2, a head this parser rejects) is handed to
 //! hyper, with the bytes already read put back in front of the socket.
 
+mod handoff;
+mod head;
+
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderName, HeaderValue, Method, Request, Response, Version, header};
+use axum::http::{HeaderName, Method, Request, Response, Version, header};
 use bytes::Bytes;
-use futures_util::TryFutureExt as _;
 use http_body_util::BodyExt as _;
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
-use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use hyper::body::Body as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
-use tokio_util::sync::CancellationToken;
+use tokio::time::Instant;
 use tower::ServiceExt as _;
 
 use crate::api;
@@ -46,11 +42,10 @@ use crate::request_id::{self, RequestId, X_REQUEST_ID};
 use crate::routes::common_headers;
 use crate::state::AppState;
 use crate::transport::Held;
+use head::{Head, Parsed, parse, path, query};
 
 /// Largest request head read; longer heads go to hyper, which answers 431.
 const MAX_HEAD: usize = 16 * 1024;
-/// Headers parsed in place; a request with more goes to hyper.
-const MAX_HEADERS: usize = 48;
 /// First read of a new request head. Most heads fit; the buffer grows when one does not.
 const READ_CHUNK: usize = 1024;
 /// Refused connections being answered at once; past this many, new ones are closed unanswered
@@ -123,18 +118,6 @@ struct Connection {
     buf: Vec<u8>,
 }
 
-/// A request head, copied out of the read buffer.
-struct Head {
-    method: Method,
-    target: String,
-    version: Version,
-    headers: Vec<(HeaderName, HeaderValue)>,
-    len: usize,
-    body_len: usize,
-    keep_alive: bool,
-}
-
-/// How a response is framed on the wire.
 #[derive(Debug, Clone, Copy)]
 struct Framing {
     /// The connection may serve another request afterwards.
@@ -169,7 +152,10 @@ impl Connection {
             let head = match next {
                 Next::Request(head) => head,
                 Next::Closed => return Ok(()),
-                Next::HandOff => return Box::pin(self.hand_off(state, router)).await,
+                Next::HandOff => {
+                    let handed = handoff::hand_off(self.stream, self.buf, self.peer, state, router);
+                    return Box::pin(handed).await;
+                }
             };
             // A body too large to read is refused unread, so the connection cannot be reused.
             let keep_alive = head.keep_alive
@@ -190,7 +176,7 @@ impl Connection {
                 let wait = self.wait_for(waiting, head, state);
                 request_id::scope(current, wait).await?
             } else if head.method == Method::POST
-                && notify_id(path(&head.target)).is_some()
+                && api::notify_id(path(&head.target)).is_some()
                 && head.body_len <= state.body_limit
             {
                 let notify = Box::pin(self.notify(head, state));
@@ -313,7 +299,7 @@ impl Connection {
                 .find(|(n, _)| n == name)
                 .map(|(_, value)| value)
         };
-        let id = notify_id(path(&head.target)).unwrap_or_default();
+        let id = api::notify_id(path(&head.target)).unwrap_or_default();
         Ok(api::notify_in_place(
             state,
             header(&header::AUTHORIZATION),
@@ -333,7 +319,7 @@ impl Connection {
         if head.body_len > state.body_limit {
             // Not worth reading: answer, and the caller closes the connection.
             self.consume(self.buf.len());
-            if head.method == Method::POST && is_notify(path(&head.target)) {
+            if head.method == Method::POST && api::is_notify(path(&head.target)) {
                 // A refused notify like any other (`api::count_notify` counts the rest).
                 state.metrics.notifies.rejected.inc();
             }
@@ -511,113 +497,6 @@ impl Connection {
         self.send(b"0\r\n\r\n", state).await?;
         Ok(true)
     }
-
-    /// Gives the connection, with what was already read, to hyper and the same router.
-    async fn hand_off(self, state: &AppState, router: &Router) -> io::Result<()> {
-        let io = TokioIo::new(Rewind {
-            prefix: Bytes::from(self.buf),
-            inner: self.stream,
-            send_timeout: state.limits.send_timeout,
-            stalled: None,
-            timed_out: state.metrics.timeouts.send.clone(),
-        });
-        let peer = PeerAddr(self.peer);
-        let trusted = state.trusted_proxies.contains(self.peer.ip());
-        let router = router.clone();
-        // hyper bounds a head (`header_read_timeout`) but not a body: a chunked body trickled
-        // in would hold the connection for as long as its client liked.
-        let cut = CancellationToken::new();
-        let body_timeout = state.limits.body_timeout;
-        let body_timeouts = state.metrics.timeouts.body.clone();
-        let cut_by_body = cut.clone();
-        let service =
-            TowerToHyperService::new(tower::service_fn(move |request: Request<Incoming>| {
-                let mut request = if request.body().is_end_stream() {
-                    request.map(Body::new)
-                } else {
-                    request.map(|body| {
-                        Body::new(TimedBody {
-                            inner: body,
-                            deadline: Box::pin(tokio::time::sleep(body_timeout)),
-                            cut: cut_by_body.clone(),
-                            timed_out: body_timeouts.clone(),
-                        })
-                    })
-                };
-                request.extensions_mut().insert(peer);
-                let request_id = RequestId::for_peer(trusted, request.headers().get(X_REQUEST_ID));
-                let current = request_id.clone();
-                let respond = router.clone().oneshot(request).map_ok(move |response| {
-                    let (mut parts, body) = response.into_parts();
-                    parts.headers.insert(X_REQUEST_ID, current.to_header());
-                    // hyper streams the body after this future is done: it runs as the
-                    // request too.
-                    let body = Body::new(ScopedBody {
-                        inner: body,
-                        id: current,
-                    });
-                    Response::from_parts(parts, body)
-                });
-                Box::pin(request_id::scope(request_id, respond))
-            }));
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(state.limits.header_timeout);
-        let conn = builder.serve_connection_with_upgrades(io, service);
-        tokio::pin!(conn);
-        let served = async {
-            tokio::select! {
-                result = conn.as_mut() => result.map_err(io::Error::other),
-                () = state.shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await.map_err(io::Error::other)
-                }
-            }
-        };
-        tokio::select! {
-            result = served => result,
-            () = cut.cancelled() => Err(io::ErrorKind::TimedOut.into()),
-        }
-    }
-}
-
-/// A body read by hyper that must arrive within `body_timeout` of its head, as bodies read in
-/// place must. Past it, `cut` ends the whole connection without an answer, as in place: the
-/// body stays pending rather than failing, so no handler answers in the meantime.
-struct TimedBody {
-    inner: Incoming,
-    deadline: Pin<Box<Sleep>>,
-    cut: CancellationToken,
-    timed_out: Counter,
-}
-
-impl hyper::body::Body for TimedBody {
-    type Data = Bytes;
-    type Error = axum::BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
-            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
-        }
-        if self.deadline.as_mut().poll(cx).is_ready() && !self.cut.is_cancelled() {
-            self.timed_out.inc();
-            self.cut.cancel();
-        }
-        Poll::Pending
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
@@ -642,293 +521,5 @@ async fn closed(stream: &TcpStream, buf: &mut Vec<u8>) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => return,
         }
-    }
-}
-
-enum Parsed {
-    Complete(Head),
-    Partial,
-    HandOff,
-}
-
-/// Parses the head at the front of `buf`. Anything this module does not serve itself is
-/// `HandOff`: hyper knows what to do with it, including how to refuse it.
-fn parse(buf: &[u8]) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    let len = match request.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::HandOff,
-    };
-    let (Some(method), Some(target), Some(version)) =
-        (request.method, request.path, request.version)
-    else {
-        return Parsed::HandOff;
-    };
-    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
-        return Parsed::HandOff;
-    };
-    if !target.starts_with('/') {
-        return Parsed::HandOff;
-    }
-    let mut keep_alive = version == 1;
-    let mut body_len = 0;
-    let mut copied = Vec::with_capacity(request.headers.len());
-    for h in request.headers.iter() {
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"expect")
-            || name.eq_ignore_ascii_case(b"upgrade")
-        {
-            return Parsed::HandOff;
-        }
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let Some(n) = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-            else {
-                return Parsed::HandOff;
-            };
-            body_len = n;
-        }
-        if name.eq_ignore_ascii_case(b"connection") {
-            let value = String::from_utf8_lossy(h.value).to_ascii_lowercase();
-            if value.split(',').any(|t| t.trim() == "close") {
-                keep_alive = false;
-            } else if value.split(',').any(|t| t.trim() == "keep-alive") {
-                keep_alive = true;
-            }
-        }
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name),
-            HeaderValue::from_bytes(h.value),
-        ) else {
-            return Parsed::HandOff;
-        };
-        copied.push((name, value));
-    }
-    Parsed::Complete(Head {
-        method,
-        target: target.to_owned(),
-        version: if version == 1 {
-            Version::HTTP_11
-        } else {
-            Version::HTTP_10
-        },
-        headers: copied,
-        len,
-        body_len,
-        keep_alive,
-    })
-}
-
-/// The id segment of a `/v1/ids/{id}/notify` path, as sent (possibly percent-encoded).
-fn notify_segment(path: &str) -> Option<&str> {
-    let id = path.strip_prefix("/v1/ids/")?.strip_suffix("/notify")?;
-    (!id.is_empty() && !id.contains('/')).then_some(id)
-}
-
-/// The id of a notify path this module serves in place. A percent-encoded id goes to the
-/// router, which decodes it.
-fn notify_id(path: &str) -> Option<&str> {
-    notify_segment(path).filter(|id| !id.contains('%'))
-}
-
-/// True for any `/v1/ids/{id}/notify` path, percent-encoded ids included.
-fn is_notify(path: &str) -> bool {
-    notify_segment(path).is_some()
-}
-
-fn path(target: &str) -> &str {
-    target.split_once('?').map_or(target, |(path, _)| path)
-}
-
-fn query(target: &str) -> Option<&str> {
-    target.split_once('?').map(|(_, query)| query)
-}
-
-/// A response body polled as its request (see [`request_id::sync_scope`]).
-struct ScopedBody {
-    inner: Body,
-    id: RequestId,
-}
-
-impl hyper::body::Body for ScopedBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
-        let this = &mut *self;
-        request_id::sync_scope(this.id.clone(), || Pin::new(&mut this.inner).poll_frame(cx))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A socket with some bytes already read from it, served again before the socket's own.
-///
-/// Writes that make no progress for `send_timeout` fail, so hyper drops a client that does
-/// not read (an event stream above all) as the in-place path does; hyper has no such timeout.
-struct Rewind {
-    prefix: Bytes,
-    inner: TcpStream,
-    send_timeout: Duration,
-    /// Armed while a write waits for the client to read.
-    stalled: Option<Pin<Box<Sleep>>>,
-    timed_out: Counter,
-}
-
-impl Rewind {
-    /// Passes on a write's result, or fails a write stalled for `send_timeout`.
-    fn bound_write<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        write: Poll<io::Result<T>>,
-    ) -> Poll<io::Result<T>> {
-        if write.is_ready() {
-            self.stalled = None;
-            return write;
-        }
-        let send_timeout = self.send_timeout;
-        let stalled = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(send_timeout)));
-        if stalled.as_mut().poll(cx).is_ready() {
-            self.stalled = None;
-            self.timed_out.inc();
-            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
-        }
-        Poll::Pending
-    }
-}
-
-impl AsyncRead for Rewind {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            let bytes = self.prefix.split_to(n);
-            buf.put_slice(&bytes);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Rewind {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let write = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.bound_write(cx, write)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let write = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.bound_write(cx, write)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn complete(raw: &str) -> Head {
-        match parse(raw.as_bytes()) {
-            Parsed::Complete(head) => head,
-            Parsed::Partial => panic!("partial: {raw:?}"),
-            Parsed::HandOff => panic!("handed off: {raw:?}"),
-        }
-    }
-
-    #[test]
-    fn parses_a_poll() {
-        let head = complete("GET /v1/poll?id=abc&since=2 HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert_eq!(head.method, Method::GET);
-        assert_eq!(path(&head.target), "/v1/poll");
-        assert_eq!(query(&head.target), Some("id=abc&since=2"));
-        assert!(head.keep_alive);
-        assert_eq!(head.body_len, 0);
-    }
-
-    #[test]
-    fn connection_tokens_decide_keep_alive() {
-        assert!(!complete("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n").keep_alive);
-        assert!(!complete("GET / HTTP/1.0\r\n\r\n").keep_alive);
-        assert!(complete("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
-    }
-
-    #[test]
-    fn a_partial_head_waits_for_more() {
-        assert!(matches!(
-            parse(b"GET /v1/poll HTTP/1.1\r\nHost"),
-            Parsed::Partial
-        ));
-    }
-
-    #[test]
-    fn unusual_requests_go_to_hyper() {
-        for raw in [
-            "POST /v1/ids HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "POST /v1/ids HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
-            "GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: lots\r\n\r\n",
-            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-            "GET /\x01 HTTP/1.1\r\n\r\n",
-        ] {
-            assert!(matches!(parse(raw.as_bytes()), Parsed::HandOff), "{raw:?}");
-        }
-    }
-
-    #[test]
-    fn notify_paths() {
-        assert_eq!(
-            notify_id("/v1/ids/abcdefghijklmnop/notify"),
-            Some("abcdefghijklmnop")
-        );
-        assert_eq!(notify_id("/v1/ids//notify"), None);
-        assert_eq!(notify_id("/v1/ids/a/b/notify"), None);
-        assert_eq!(notify_id("/v1/ids/%61bc/notify"), None);
-        assert_eq!(notify_id("/v1/ids/abc"), None);
-        assert!(is_notify("/v1/ids/%61bc/notify"));
-        assert!(!is_notify("/v1/ids/a/b/notify"));
-        assert!(!is_notify("/v1/ids//notify"));
-    }
-
-    #[test]
-    fn bodies_are_measured() {
-        let head = complete("POST /v1/ids HTTP/1.1\r\nContent-Length: 12\r\n\r\n{\"id\":\"x\"}");
-        assert_eq!(head.body_len, 12);
     }
 }

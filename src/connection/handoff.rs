@@ -1,0 +1,253 @@
+//! The hand-off to hyper: a connection whose request the lean path does not serve itself goes
+//! to hyper and the same router, with the bytes already read put back in front of the
+//! socket, and with the same body and send timeouts as the lean path.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, Response};
+use bytes::Bytes;
+use futures_util::TryFutureExt as _;
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+
+use crate::extract::PeerAddr;
+use crate::request_id::{self, RequestId, X_REQUEST_ID};
+use crate::state::AppState;
+
+/// Gives the connection, with `read` (the bytes already taken from it) put back in front,
+/// to hyper and the same router.
+pub async fn hand_off(
+    stream: TcpStream,
+    read: Vec<u8>,
+    peer: SocketAddr,
+    state: &AppState,
+    router: &Router,
+) -> io::Result<()> {
+    let io = TokioIo::new(Rewind {
+        prefix: Bytes::from(read),
+        inner: stream,
+        send_timeout: state.limits.send_timeout,
+        stalled: None,
+        timed_out: state.metrics.timeouts.send.clone(),
+    });
+    let trusted = state.trusted_proxies.contains(peer.ip());
+    let peer = PeerAddr(peer);
+    let router = router.clone();
+    // hyper bounds a head (`header_read_timeout`) but not a body: a chunked body trickled
+    // in would hold the connection for as long as its client liked.
+    let cut = CancellationToken::new();
+    let body_timeout = state.limits.body_timeout;
+    let body_timeouts = state.metrics.timeouts.body.clone();
+    let cut_by_body = cut.clone();
+    let service = TowerToHyperService::new(tower::service_fn(move |request: Request<Incoming>| {
+        let mut request = if request.body().is_end_stream() {
+            request.map(Body::new)
+        } else {
+            request.map(|body| {
+                Body::new(TimedBody {
+                    inner: body,
+                    deadline: Box::pin(tokio::time::sleep(body_timeout)),
+                    cut: cut_by_body.clone(),
+                    timed_out: body_timeouts.clone(),
+                })
+            })
+        };
+        request.extensions_mut().insert(peer);
+        let request_id = RequestId::for_peer(trusted, request.headers().get(X_REQUEST_ID));
+        let current = request_id.clone();
+        let respond = router.clone().oneshot(request).map_ok(move |response| {
+            let (mut parts, body) = response.into_parts();
+            parts.headers.insert(X_REQUEST_ID, current.to_header());
+            // hyper streams the body after this future is done: it runs as the
+            // request too.
+            let body = Body::new(ScopedBody {
+                inner: body,
+                id: current,
+            });
+            Response::from_parts(parts, body)
+        });
+        Box::pin(request_id::scope(request_id, respond))
+    }));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.limits.header_timeout);
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let served = async {
+        tokio::select! {
+            result = conn.as_mut() => result.map_err(io::Error::other),
+            () = state.shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await.map_err(io::Error::other)
+            }
+        }
+    };
+    tokio::select! {
+        result = served => result,
+        () = cut.cancelled() => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// A body read by hyper that must arrive within `body_timeout` of its head, as bodies read in
+/// place must. Past it, `cut` ends the whole connection without an answer, as in place: the
+/// body stays pending rather than failing, so no handler answers in the meantime.
+struct TimedBody {
+    inner: Incoming,
+    deadline: Pin<Box<Sleep>>,
+    cut: CancellationToken,
+    timed_out: Counter,
+}
+
+impl hyper::body::Body for TimedBody {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() && !self.cut.is_cancelled() {
+            self.timed_out.inc();
+            self.cut.cancel();
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body polled as its request (see [`request_id::sync_scope`]).
+struct ScopedBody {
+    inner: Body,
+    id: RequestId,
+}
+
+impl hyper::body::Body for ScopedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        request_id::sync_scope(this.id.clone(), || Pin::new(&mut this.inner).poll_frame(cx))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A socket with some bytes already read from it, served again before the socket's own.
+///
+/// Writes that make no progress for `send_timeout` fail, so hyper drops a client that does
+/// not read (an event stream above all) as the in-place path does; hyper has no such timeout.
+struct Rewind {
+    prefix: Bytes,
+    inner: TcpStream,
+    send_timeout: Duration,
+    /// Armed while a write waits for the client to read.
+    stalled: Option<Pin<Box<Sleep>>>,
+    timed_out: Counter,
+}
+
+impl Rewind {
+    /// Passes on a write's result, or fails a write stalled for `send_timeout`.
+    fn bound_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if write.is_ready() {
+            self.stalled = None;
+            return write;
+        }
+        let send_timeout = self.send_timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(send_timeout)));
+        if stalled.as_mut().poll(cx).is_ready() {
+            self.stalled = None;
+            self.timed_out.inc();
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+        Poll::Pending
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let bytes = self.prefix.split_to(n);
+            buf.put_slice(&bytes);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let write = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.bound_write(cx, write)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let write = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.bound_write(cx, write)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
