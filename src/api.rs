@@ -42,7 +42,7 @@ impl FromRequestParts<AppState> for Authenticated {
 }
 
 /// The app whose key an `Authorization` value carries.
-fn authenticate(
+pub fn authenticate(
     state: &AppState,
     authorization: Option<&HeaderValue>,
 ) -> Result<Arc<App>, ApiError> {
@@ -58,15 +58,17 @@ fn authenticate(
 
 /// `POST /v1/ids/{id}/notify` served in place by `connection` (the busiest backend request),
 /// through the same steps, in the same order, as the routed handler.
+///
+/// `app` is the result of [`authenticate`], decided before the body was read: a request
+/// without a valid key never has its body read, and is answered (and counted) here.
 pub fn notify_in_place(
     state: &AppState,
-    authorization: Option<&HeaderValue>,
+    app: Result<Arc<App>, ApiError>,
     content_type: Option<&HeaderValue>,
     id: &str,
     body: &[u8],
 ) -> Response {
-    let answer = authenticate(state, authorization)
-        .and_then(|app| ids::notify_body(state, &app, id, content_type, body));
+    let answer = app.and_then(|app| ids::notify_body(state, &app, id, content_type, body));
     match count_notify(state, answer) {
         Ok(notified) => Json(notified).into_response(),
         Err(e) => e.into_response(),
