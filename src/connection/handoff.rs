@@ -143,17 +143,30 @@ pub async fn hand_off(
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     let limits = state.limits;
+    let timeouts = &state.metrics.timeouts;
+    // hyper's own header timeout ends the connection with an error; count it as the lean
+    // path counts its own.
+    let ended = |result: Result<(), Box<dyn std::error::Error + Send + Sync>>| {
+        result.map_err(|e| {
+            if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
+                timeouts.header.inc();
+                io::ErrorKind::TimedOut.into()
+            } else {
+                io::Error::other(e)
+            }
+        })
+    };
     let served = async {
         tokio::select! {
-            result = conn.as_mut() => result.map_err(io::Error::other),
+            result = conn.as_mut() => ended(result),
             () = state.shutdown.cancelled() => {
                 conn.as_mut().graceful_shutdown();
-                conn.await.map_err(io::Error::other)
+                ended(conn.await)
             }
-            () = activity.idle(limits.header_timeout, limits.idle_timeout) => {
-                state.metrics.timeouts.idle.inc();
+            started = activity.idle(limits.header_timeout, limits.idle_timeout) => {
+                if started { &timeouts.idle } else { &timeouts.header }.inc();
                 conn.as_mut().graceful_shutdown();
-                conn.await.map_err(io::Error::other)
+                ended(conn.await)
             }
         }
     };
@@ -192,8 +205,9 @@ impl Activity {
         Busy(Arc::clone(this))
     }
 
-    /// Resolves once the connection has been idle too long.
-    async fn idle(&self, first: Duration, idle: Duration) {
+    /// Resolves once the connection has been idle too long: `true` when it had served a
+    /// request (an idle timeout), `false` when none ever came (a header timeout).
+    async fn idle(&self, first: Duration, idle: Duration) -> bool {
         loop {
             let now = self.epoch.elapsed();
             let wait = if self.in_flight.load(Ordering::Acquire) > 0 {
@@ -207,7 +221,7 @@ impl Activity {
                 };
                 let quiet = now.saturating_sub(since);
                 if quiet >= limit {
-                    return;
+                    return ended != u64::MAX;
                 }
                 limit.saturating_sub(quiet)
             };

@@ -114,8 +114,13 @@ async fn http_1_0_closes_after_the_answer() {
     let s = TestServer::spawn();
     let mut c = TcpStream::connect(s.addr).await.unwrap();
     c.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await.unwrap();
-    let text = read_until(&mut c, |_| false).await; // until the server closes
-    assert!(text.contains("connection: close\r\n"), "{text}");
+    // Until the server closes (hyper answers with an HTTP/1.0 status line and no
+    // `Connection` header, the lean path with HTTP/1.1 and `connection: close`: both close).
+    let text = read_until(&mut c, |_| false).await;
+    assert!(text.starts_with("HTTP/1."), "{text}");
+    if support::lean_path() {
+        assert!(text.contains("connection: close\r\n"), "{text}");
+    }
     assert!(text.ends_with(r#"{"status":"ok"}"#), "{text}");
 }
 
@@ -213,13 +218,16 @@ async fn an_http_1_0_event_stream_is_sent_unchunked_and_ends_with_the_connection
     let request = format!("GET /v1/events?id={id} HTTP/1.0\r\n\r\n");
     c.write_all(request.as_bytes()).await.unwrap();
     let head = read_until(&mut c, |t| t.contains("event: ready")).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.starts_with("HTTP/1.") && head.contains(" 200 OK"), "{head}");
     let lower = head.to_ascii_lowercase();
     assert!(
         !lower.contains("transfer-encoding"),
         "HTTP/1.0 has no chunks: {head}"
     );
-    assert!(lower.contains("connection: close"), "{head}");
+    // hyper leaves the close implied by HTTP/1.0; the lean path says it.
+    if support::lean_path() {
+        assert!(lower.contains("connection: close"), "{head}");
+    }
     assert!(
         head.contains("\r\n\r\nevent: ready\ndata: {}\n\n"),
         "raw events: {head}"
