@@ -148,7 +148,9 @@ pub async fn hand_off(
     // path counts its own.
     let ended = |result: Result<(), Box<dyn std::error::Error + Send + Sync>>| {
         result.map_err(|e| {
-            if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout) {
+            if e.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_timeout)
+            {
                 timeouts.header.inc();
                 io::ErrorKind::TimedOut.into()
             } else {

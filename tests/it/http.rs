@@ -218,7 +218,10 @@ async fn an_http_1_0_event_stream_is_sent_unchunked_and_ends_with_the_connection
     let request = format!("GET /v1/events?id={id} HTTP/1.0\r\n\r\n");
     c.write_all(request.as_bytes()).await.unwrap();
     let head = read_until(&mut c, |t| t.contains("event: ready")).await;
-    assert!(head.starts_with("HTTP/1.") && head.contains(" 200 OK"), "{head}");
+    assert!(
+        head.starts_with("HTTP/1.") && head.contains(" 200 OK"),
+        "{head}"
+    );
     let lower = head.to_ascii_lowercase();
     assert!(
         !lower.contains("transfer-encoding"),
