@@ -18,6 +18,7 @@ use bytes::Bytes;
 use futures_util::TryFutureExt as _;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -123,23 +124,7 @@ pub async fn hand_off(
         });
         Box::pin(request_id::scope(request_id, respond))
     }));
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder = match mode {
-        Mode::Http1 | Mode::OneRequest => builder.http1_only(),
-        Mode::Http2 => builder.http2_only(),
-        Mode::Any => builder,
-    };
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(mode != Mode::OneRequest)
-        .header_read_timeout(state.limits.header_timeout)
-        .max_buf_size(MAX_HEAD)
-        .max_headers(MAX_HEADERS);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(MAX_HEAD).unwrap_or(u32::MAX));
+    let builder = builder(mode, state);
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     let limits = state.limits;
@@ -176,6 +161,28 @@ pub async fn hand_off(
         result = served => result,
         () = cut.cancelled() => Err(io::ErrorKind::TimedOut.into()),
     }
+}
+
+/// hyper configured for `mode` with the lean path's limits.
+fn builder(mode: Mode, state: &AppState) -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder = match mode {
+        Mode::Http1 | Mode::OneRequest => builder.http1_only(),
+        Mode::Http2 => builder.http2_only(),
+        Mode::Any => builder,
+    };
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(mode != Mode::OneRequest)
+        .header_read_timeout(state.limits.header_timeout)
+        .max_buf_size(MAX_HEAD)
+        .max_headers(MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(MAX_HEAD).unwrap_or(u32::MAX));
+    builder
 }
 
 /// Requests in flight on a connection served by hyper, and when the last one ended: hyper
