@@ -127,8 +127,7 @@ pub fn count_notify(
     match &answer {
         Ok(notified) if notified.waiting > 0 => outcomes.delivered.inc(),
         Ok(_) => outcomes.stored.inc(),
-        Err(ApiError::UnknownId) => outcomes.unknown_id.inc(),
-        Err(_) => outcomes.rejected.inc(),
+        Err(e) => outcomes.refused(e).inc(),
     };
     answer
 }
@@ -178,6 +177,13 @@ pub fn create(
 
 /// Stores `info` as `app`'s `id`'s newest value and wakes its waiting clients.
 pub fn notify(state: &AppState, app: &App, id: &str, info: &str) -> Result<Notified, ApiError> {
+    Id::check(id)?;
+    notify_checked(state, app, id, info)
+}
+
+/// [`notify`] of an id already checked (`ids::notify_body` checks it before reading the
+/// body, so every notify checks its id once).
+fn notify_checked(state: &AppState, app: &App, id: &str, info: &str) -> Result<Notified, ApiError> {
     state.limiters.notify(app)?;
     let limit = state.limits.info_max_bytes;
     if info.len() > limit {
@@ -186,7 +192,6 @@ pub fn notify(state: &AppState, app: &App, id: &str, info: &str) -> Result<Notif
             limit,
         });
     }
-    Id::check(id)?;
     let published = state.store.publish(app, id, info)?;
     tracing::debug!(
         app = %app.name(),

@@ -373,7 +373,7 @@ impl Connection {
             .trusted_proxies
             .client_ip(self.peer.ip(), forwarded_for);
         if let Err(refused) = self.take_body(&head, state).await? {
-            return Ok((Some(refused), After::Close));
+            return Ok((Some(refused.into_response()), After::Close));
         }
         drop(head);
         let respond = request.respond(state.clone(), query, last_event_id, client);
@@ -405,9 +405,9 @@ impl Connection {
         let body = match self.take_body(&head, state).await? {
             Ok(body) => body,
             Err(refused) => {
-                // A refused notify like any other (`api::count_notify` counts the rest).
-                state.metrics.notifies.rejected.inc();
-                return Ok((Some(refused), After::Close));
+                // Counted like any other refused notify.
+                let response = api::count_notify(state, Err(refused)).map(axum::Json);
+                return Ok((Some(response.into_response()), After::Close));
             }
         };
         let response = api::notify_in_place(state, app, content_type, id, &body);
@@ -432,9 +432,15 @@ impl Connection {
             match self.take_body(&head, state).await? {
                 Ok(body) => (body, After::KeepAlive),
                 Err(refused) => {
-                    if head.method == Method::POST && api::is_notify(path(&head.target)) {
-                        state.metrics.notifies.rejected.inc();
-                    }
+                    let refused =
+                        if head.method == Method::POST && api::is_notify(path(&head.target)) {
+                            // Counted like any other refused notify.
+                            api::count_notify(state, Err(refused))
+                                .map(axum::Json)
+                                .into_response()
+                        } else {
+                            refused.into_response()
+                        };
                     return Ok((Some(refused), After::Close));
                 }
             }
@@ -463,7 +469,7 @@ impl Connection {
         &mut self,
         head: &Head,
         state: &AppState,
-    ) -> io::Result<Result<Bytes, Response<Body>>> {
+    ) -> io::Result<Result<Bytes, ApiError>> {
         let BodyLength::Length(len) = head.framing.body else {
             unreachable!("chunked bodies are handed to hyper before dispatch");
         };
@@ -472,7 +478,7 @@ impl Connection {
             Ok(len) if len <= state.body_limit => len,
             _ => {
                 self.buf = Vec::new();
-                return Ok(Err(ApiError::BodyTooLarge(state.body_limit).into_response()));
+                return Ok(Err(ApiError::BodyTooLarge(state.body_limit)));
             }
         };
         if len == 0 {

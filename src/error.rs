@@ -108,7 +108,28 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// How a refused request is counted in the `outcome` label of its metric family: the one
+/// mapping from errors to metrics (each family in `metrics` picks its counter from it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// `unknown_id`: no such id (or another app's).
+    UnknownId,
+    /// `gone`: the id was deleted while the request waited.
+    Gone,
+    /// `rejected`: refused for any other reason (key, size, format, rate, framing).
+    Rejected,
+}
+
 impl ApiError {
+    /// The metric outcome of this refusal.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Self::UnknownId => Outcome::UnknownId,
+            Self::Gone => Outcome::Gone,
+            _ => Outcome::Rejected,
+        }
+    }
+
     /// The HTTP status of each error.
     pub fn status(&self) -> StatusCode {
         match self {

@@ -92,7 +92,7 @@ pub(super) fn notify_body(
         Some("text/plain") => std::str::from_utf8(body).map_err(|_| ApiError::InvalidInfo)?,
         Some("application/json") => {
             let request: NotifyRequest = extract::json_of(content_type, body)?;
-            return super::notify(state, app, id, &request.info);
+            return super::notify_checked(state, app, id, &request.info);
         }
         other => {
             return Err(ApiError::UnsupportedMediaType(
@@ -101,7 +101,7 @@ pub(super) fn notify_body(
             ));
         }
     };
-    super::notify(state, app, id, info)
+    super::notify_checked(state, app, id, info)
 }
 
 #[derive(Debug, Serialize)]
