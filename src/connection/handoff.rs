@@ -34,6 +34,9 @@ use crate::permit::Permit;
 use crate::request_id::{self, RequestId, X_REQUEST_ID};
 use crate::state::AppState;
 
+/// How long an idle connection's graceful close may take before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// What hyper serves on a connection it is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -152,8 +155,13 @@ pub async fn hand_off(
             }
             started = activity.idle(limits.header_timeout, limits.idle_timeout) => {
                 if started { &timeouts.idle } else { &timeouts.header }.inc();
+                // Nothing is in flight: a graceful close (GOAWAY) has nothing to wait for,
+                // unless the client never finished its handshake. Then it is dropped.
                 conn.as_mut().graceful_shutdown();
-                ended(conn.await)
+                match tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await {
+                    Ok(result) => ended(result),
+                    Err(_) => Err(io::ErrorKind::TimedOut.into()),
+                }
             }
         }
     };

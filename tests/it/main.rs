@@ -12,6 +12,7 @@ mod demo;
 mod events;
 mod expiry;
 mod http;
+mod http2;
 mod limits;
 mod logs;
 mod metrics;
