@@ -127,12 +127,7 @@ pub fn create(
     let origin = match origin {
         Some(text) => {
             let origin = Origin::parse(text)?;
-            let allowed = if origin.is_wildcard() {
-                app.origins().iter().any(Origin::is_wildcard)
-            } else {
-                app.allows(&origin)
-            };
-            if !allowed {
+            if !state.apps.serves(app, &origin) {
                 return Err(ApiError::OriginNotAllowed(origin.to_string()));
             }
             Some(origin)

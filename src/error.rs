@@ -43,8 +43,11 @@ pub enum ApiError {
     /// A malformed origin.
     #[error("invalid origin: {0}")]
     InvalidOrigin(#[from] OriginError),
-    /// The origin is not one of the app's.
-    #[error("origin {0} is not registered for this app")]
+    /// The origin is not one of the app's (an app's `*` covers no origin another app lists).
+    #[error(
+        "origin {0} is not registered for this app (an app's \"*\" covers only the origins no \
+         other app lists)"
+    )]
     OriginNotAllowed(String),
     /// The iframe was asked for an origin the id is not bound to.
     #[error("this id does not serve origin {0}")]

@@ -19,3 +19,4 @@ mod proxy;
 mod restart;
 mod routing;
 mod support;
+mod tenants;
