@@ -161,7 +161,7 @@ pub struct Limits {
     #[serde(with = "humantime_serde")]
     pub sse_keepalive: Duration,
     /// Clients that may wait on one id at once (a page open in several tabs); one more
-    /// answers 429.
+    /// releases the one that has waited longest (`slot`: the newest waiter wins).
     pub max_waiters_per_id: u32,
     /// Ids neither polled nor notified for this long are deleted. At least 1s, and longer
     /// than `poll_timeout`.

@@ -14,13 +14,10 @@ use serde_json::json;
 
 use crate::id::IdError;
 use crate::origin::OriginError;
-use crate::slot::TooManyWaiters;
 use crate::store::{CreateError, UnknownId};
 
 /// How long a client told "too many ids" should wait before trying again.
 const RETRY_FULL: Duration = Duration::from_secs(30);
-/// How long a client told "too many waiters" should wait: one tab closing frees a place.
-const RETRY_WAITERS: Duration = Duration::from_secs(5);
 /// How long a client refused for too many connections should wait.
 const RETRY_CONNECTIONS: Duration = Duration::from_secs(1);
 
@@ -87,9 +84,6 @@ pub enum ApiError {
     /// A query parameter is missing or malformed.
     #[error("invalid parameters: {0}")]
     InvalidParameters(String),
-    /// The id already has `max_waiters_per_id` waiting clients.
-    #[error(transparent)]
-    TooManyWaiters(#[from] TooManyWaiters),
     /// A rate limit was reached; one more request would pass after the duration.
     #[error("too many requests; try again in {}s", retry_secs(*.0))]
     RateLimited(Duration),
@@ -125,7 +119,7 @@ impl ApiError {
             Self::Gone => StatusCode::GONE,
             Self::InfoTooLarge { .. } | Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(..) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::TooManyWaiters(_) | Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::TooManyIds(_) | Self::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -149,7 +143,6 @@ impl ApiError {
             Self::InvalidJson(_) => "invalid_json",
             Self::UnsupportedMediaType(..) => "unsupported_media_type",
             Self::InvalidParameters(_) => "invalid_parameters",
-            Self::TooManyWaiters(_) => "too_many_waiters",
             Self::RateLimited(_) => "rate_limited",
             Self::TooManyConnections(_) => "too_many_connections",
             Self::NotFound => "not_found",
@@ -161,7 +154,6 @@ impl ApiError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::TooManyIds(_) => Some(RETRY_FULL),
-            Self::TooManyWaiters(_) => Some(RETRY_WAITERS),
             Self::RateLimited(after) => Some(*after),
             Self::TooManyConnections(_) => Some(RETRY_CONNECTIONS),
             _ => None,
@@ -251,11 +243,6 @@ mod tests {
                 "invalid_parameters",
             ),
             (
-                ApiError::TooManyWaiters(TooManyWaiters(8)),
-                429,
-                "too_many_waiters",
-            ),
-            (
                 ApiError::RateLimited(Duration::from_millis(1)),
                 429,
                 "rate_limited",
@@ -284,8 +271,6 @@ mod tests {
     fn retry_after_on_the_retryable_rows() {
         let r = ApiError::TooManyIds(1).into_response();
         assert_eq!(r.headers()[header::RETRY_AFTER], "30");
-        let r = ApiError::TooManyWaiters(TooManyWaiters(8)).into_response();
-        assert_eq!(r.headers()[header::RETRY_AFTER], "5");
         for (wait, header) in [(1, "1"), (999, "1"), (1000, "1"), (1001, "2"), (0, "1")] {
             let r = ApiError::RateLimited(Duration::from_millis(wait)).into_response();
             assert_eq!(r.headers()[header::RETRY_AFTER], header, "{wait} ms");

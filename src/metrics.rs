@@ -40,6 +40,8 @@ pub struct Metrics {
     pub ids_expired: Counter,
     /// Clients waiting right now, by transport.
     pub waiting: ByTransport<Gauge>,
+    /// Waiting clients released because a newer one took their place on a full id.
+    pub waiters_released: Counter,
     /// Notifies by outcome.
     pub notifies: NotifyOutcomes,
     /// Long polls by how they ended.
@@ -120,9 +122,11 @@ pub struct PollOutcomes {
     pub gone: Counter,
     /// Released by a shutdown.
     pub shutdown: Counter,
+    /// Released (204) because a newer client took its waiting place.
+    pub released: Counter,
     /// No such id.
     pub unknown_id: Counter,
-    /// Refused: bad parameters, too many waiters, rate limit.
+    /// Refused: bad parameters, rate limit.
     pub rejected: Counter,
 }
 
@@ -133,7 +137,7 @@ pub struct StreamOutcomes {
     pub opened: Counter,
     /// No such id.
     pub unknown_id: Counter,
-    /// Refused: bad parameters, too many waiters, rate limit.
+    /// Refused: bad parameters, rate limit.
     pub rejected: Counter,
 }
 
@@ -232,6 +236,12 @@ impl Metrics {
             })
             .clone();
         let waiting = ByTransport { poll, events };
+        let waiters_released = counter(
+            &mut registry,
+            "waiters_released",
+            "Waiting clients released because a newer one took their place on an id at \
+             max_waiters_per_id",
+        );
 
         let [delivered, stored, unknown_id, rejected] = family(
             &mut registry,
@@ -254,6 +264,7 @@ impl Metrics {
             timeout,
             gone,
             shutdown,
+            released,
             unknown_id,
             rejected,
         ] = family(
@@ -267,6 +278,7 @@ impl Metrics {
                 "timeout",
                 "gone",
                 "shutdown",
+                "released",
                 "unknown_id",
                 "rejected",
             ],
@@ -277,6 +289,7 @@ impl Metrics {
             timeout,
             gone,
             shutdown,
+            released,
             unknown_id,
             rejected,
         };
@@ -374,6 +387,7 @@ impl Metrics {
             ids_deleted,
             ids_expired,
             waiting,
+            waiters_released,
             notifies,
             polls,
             streams,
@@ -459,6 +473,8 @@ mod tests {
             "callhome_notifies_total{outcome=\"delivered\"} 1",
             "callhome_notifies_total{outcome=\"stored\"} 0",
             "callhome_polls_total{outcome=\"timeout\"} 0",
+            "callhome_polls_total{outcome=\"released\"} 0",
+            "callhome_waiters_released_total 0",
             "callhome_waiting{transport=\"events\"} 0",
             "callhome_rate_limited_total{limit=\"browser_per_ip\"} 0",
             "callhome_delivery_seconds_count 1",

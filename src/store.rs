@@ -302,7 +302,7 @@ mod tests {
         let store = Store::new(10).with_idle_ttl(Duration::ZERO);
         let idle = store.create(&app("a"), None, None).unwrap();
         let watched = store.create(&app("a"), None, None).unwrap();
-        let waiter = watched.join(8).unwrap();
+        let waiter = watched.join(8).waiter;
         assert!(
             store.get(idle.id().as_str()).is_none(),
             "expired ids are unknown"
