@@ -22,6 +22,7 @@ use crate::id::Id;
 use crate::origin::Origin;
 use crate::server::AppState;
 use crate::slot::Published;
+use crate::store::CreateError;
 use crate::telemetry::Redacted;
 
 /// The backend routes.
@@ -134,7 +135,17 @@ pub fn create(
         }
         None => app.default_origin().cloned(),
     };
-    let slot = state.store.create(app, id, origin)?;
+    let slot = state.store.create(app, id, origin).inspect_err(|e| {
+        let refused = &state.metrics.creates_refused;
+        let counter = match e {
+            CreateError::AppQuota(_) => Some(&refused.app_quota),
+            CreateError::Full(_) => Some(&refused.max_ids),
+            CreateError::Taken | CreateError::Entropy(_) => None,
+        };
+        if let Some(counter) = counter {
+            counter.inc();
+        }
+    })?;
     state.metrics.ids_created.inc();
     let id = slot.id().as_str();
     tracing::debug!(app = %app.name(), id = %Redacted(id), "id created");

@@ -50,6 +50,8 @@ pub struct App {
     name: Arc<str>,
     key_digest: [u8; 32],
     origins: Vec<Origin>,
+    /// Ids the app may hold at once.
+    max_ids: usize,
 }
 
 impl App {
@@ -59,7 +61,21 @@ impl App {
             name: Arc::from(name),
             key_digest: key.digest(),
             origins,
+            max_ids: usize::MAX,
         }
+    }
+
+    /// The same app, allowed to hold at most `max_ids` ids at once (by default, as many as
+    /// the store holds).
+    #[must_use]
+    pub fn with_max_ids(mut self, max_ids: usize) -> Self {
+        self.max_ids = max_ids;
+        self
+    }
+
+    /// How many ids the app may hold at once.
+    pub fn max_ids(&self) -> usize {
+        self.max_ids
     }
 
     /// The app's name, as written in the config.

@@ -55,6 +55,9 @@ pub enum ApiError {
     /// `max_ids` reached.
     #[error("the server holds its maximum of {0} ids; try again later")]
     TooManyIds(usize),
+    /// The app holds as many ids as its quota allows.
+    #[error("this app holds its quota of {0} ids; delete ids (or let them expire) to create more")]
+    AppQuotaExceeded(usize),
     /// The id does not exist (or is another app's).
     #[error("no such id")]
     UnknownId,
@@ -119,7 +122,7 @@ impl ApiError {
             Self::Gone => StatusCode::GONE,
             Self::InfoTooLarge { .. } | Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(..) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::AppQuotaExceeded(_) | Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::TooManyIds(_) | Self::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -135,6 +138,7 @@ impl ApiError {
             Self::OriginMismatch(_) => "origin_mismatch",
             Self::IdTaken => "id_taken",
             Self::TooManyIds(_) => "too_many_ids",
+            Self::AppQuotaExceeded(_) => "app_quota_exceeded",
             Self::UnknownId => "unknown_id",
             Self::Gone => "gone",
             Self::InfoTooLarge { .. } => "info_too_large",
@@ -172,6 +176,7 @@ impl From<CreateError> for ApiError {
         match e {
             CreateError::Taken => Self::IdTaken,
             CreateError::Full(max) => Self::TooManyIds(max),
+            CreateError::AppQuota(max) => Self::AppQuotaExceeded(max),
             CreateError::Entropy(e) => Self::Internal(e.to_string()),
         }
     }
@@ -222,6 +227,7 @@ mod tests {
             (ApiError::OriginMismatch("o".into()), 400, "origin_mismatch"),
             (ApiError::IdTaken, 409, "id_taken"),
             (ApiError::TooManyIds(1), 503, "too_many_ids"),
+            (ApiError::AppQuotaExceeded(1), 429, "app_quota_exceeded"),
             (ApiError::UnknownId, 404, "unknown_id"),
             (ApiError::Gone, 410, "gone"),
             (
@@ -271,6 +277,9 @@ mod tests {
     fn retry_after_on_the_retryable_rows() {
         let r = ApiError::TooManyIds(1).into_response();
         assert_eq!(r.headers()[header::RETRY_AFTER], "30");
+        // Waiting alone does not bring an app under its quota: no hint to retry.
+        let r = ApiError::AppQuotaExceeded(1).into_response();
+        assert!(r.headers().get(header::RETRY_AFTER).is_none());
         for (wait, header) in [(1, "1"), (999, "1"), (1000, "1"), (1001, "2"), (0, "1")] {
             let r = ApiError::RateLimited(Duration::from_millis(wait)).into_response();
             assert_eq!(r.headers()[header::RETRY_AFTER], header, "{wait} ms");

@@ -34,6 +34,8 @@ pub struct Metrics {
     ids: Gauge,
     /// Ids created.
     pub ids_created: Counter,
+    /// Creates refused for want of room, by which limit.
+    pub creates_refused: CreatesRefused,
     /// Ids deleted by their app.
     pub ids_deleted: Counter,
     /// Ids deleted for being idle longer than `id_idle_ttl`.
@@ -94,6 +96,20 @@ pub struct ByTransport<M> {
     pub poll: M,
     /// `GET /v1/events`.
     pub events: M,
+}
+
+/// `callhome_creates_refused_total{reason}`.
+#[derive(Debug)]
+pub struct CreatesRefused {
+    /// The app holds its quota (`429 app_quota_exceeded`).
+    pub app_quota: Counter,
+    /// The store holds `max_ids` (`503 too_many_ids`).
+    pub max_ids: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
 }
 
 /// `callhome_notifies_total{outcome}`.
@@ -213,6 +229,15 @@ impl Metrics {
         };
         let ids_created = counter(&mut registry, "ids_created", "Ids created");
         let ids_deleted = counter(&mut registry, "ids_deleted", "Ids deleted by their app");
+        let [app_quota, max_ids] = family(
+            &mut registry,
+            "creates_refused",
+            "Creates refused for want of room: app_quota (the app holds its quota), max_ids \
+             (the server holds max_ids)",
+            |reason| Reason { reason },
+            ["app_quota", "max_ids"],
+        );
+        let creates_refused = CreatesRefused { app_quota, max_ids };
         let ids_expired = counter(
             &mut registry,
             "ids_expired",
@@ -384,6 +409,7 @@ impl Metrics {
             registry,
             ids,
             ids_created,
+            creates_refused,
             ids_deleted,
             ids_expired,
             waiting,
@@ -475,6 +501,7 @@ mod tests {
             "callhome_polls_total{outcome=\"timeout\"} 0",
             "callhome_polls_total{outcome=\"released\"} 0",
             "callhome_waiters_released_total 0",
+            "callhome_creates_refused_total{reason=\"app_quota\"} 0",
             "callhome_waiting{transport=\"events\"} 0",
             "callhome_rate_limited_total{limit=\"browser_per_ip\"} 0",
             "callhome_delivery_seconds_count 1",

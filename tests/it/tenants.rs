@@ -1,5 +1,6 @@
-//! Tenants cannot hurt each other: a stranger who knows an id cannot keep its page from
-//! subscribing, and an app that lists `*` cannot bind ids to another app's origins.
+//! Tenants cannot hurt each other: an app at its id quota leaves the others creating, a
+//! stranger who knows an id cannot keep its page from subscribing, and an app that lists `*`
+//! cannot bind ids to another app's origins.
 
 use std::time::Duration;
 
@@ -9,7 +10,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::events::{self, EventReader};
-use crate::support::{KEY, KEY_TWO, ORIGIN, ORIGIN_TWO_A, TestServer, error_code};
+use crate::metrics::temp_dir;
+use crate::support::{KEY, KEY_TWO, ORIGIN, ORIGIN_TWO_A, TestServer, error_code, unlimited};
 
 /// App "any": lists `*`, so any origin is one of its own, except those another app lists.
 const KEY_ANY: &str = "test-key-any-0123456789";
@@ -54,6 +56,188 @@ fn value(scraped: &str, series: &str) -> i64 {
         .unwrap_or_else(|| panic!("no {series} in:\n{scraped}"))
         .parse()
         .unwrap()
+}
+
+/// `/idcreate?id=..` as the app with `key`.
+async fn idcreate(s: &TestServer, key: &str, id: &str) -> reqwest::Response {
+    s.client
+        .get(s.url(&format!("/idcreate?id={id}")))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Checks a refusal for being at the app's quota: 429, the code, and no `Retry-After`
+/// (waiting alone frees nothing; the app must delete ids).
+async fn assert_over_quota(r: reqwest::Response) {
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().get("retry-after").is_none(), "{r:?}");
+    assert_eq!(error_code(r).await, "app_quota_exceeded");
+}
+
+/// A random-looking id for test `n` (22 characters, like a generated one).
+fn quota_id(n: usize) -> String {
+    format!("quotaTest{n:04}xQ7vLm2Rb")
+}
+
+#[tokio::test]
+async fn an_app_at_its_quota_is_refused_while_the_others_still_create() {
+    let s = TestServer::spawn_with(|c| c.apps[0].max_ids = Some(3));
+    for n in 0..2 {
+        let r = s.create(KEY, Some(json!({ "id": quota_id(n) }))).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    assert_eq!(idcreate(&s, KEY, &quota_id(2)).await.status(), 201);
+
+    // At its quota: refused on both create paths, and the refused ids were not made.
+    assert_over_quota(s.create(KEY, Some(json!({ "id": quota_id(3) }))).await).await;
+    assert_over_quota(idcreate(&s, KEY, &quota_id(4)).await).await;
+    assert_over_quota(s.create(KEY, None).await).await;
+
+    // App two is not held back: it even takes the names app one was refused.
+    for n in 3..8 {
+        let r = s.create(KEY_TWO, Some(json!({ "id": quota_id(n) }))).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "{n}");
+    }
+
+    // A delete gives the place back.
+    let r = s
+        .client
+        .delete(s.url(&format!("/v1/ids/{}", quota_id(0))))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(s.create(KEY, None).await.status(), StatusCode::CREATED);
+    assert_over_quota(s.create(KEY, None).await).await;
+
+    let metrics = scrape(&s).await;
+    assert_eq!(value(&metrics, "callhome_ids"), 8);
+    assert_eq!(
+        value(
+            &metrics,
+            r#"callhome_creates_refused_total{reason="app_quota"}"#
+        ),
+        4
+    );
+    assert_eq!(
+        value(
+            &metrics,
+            r#"callhome_creates_refused_total{reason="max_ids"}"#
+        ),
+        0
+    );
+}
+
+#[tokio::test]
+async fn the_quota_holds_exactly_under_concurrent_creates() {
+    let s = TestServer::spawn_with(|c| {
+        unlimited(c);
+        c.apps[0].max_ids = Some(20);
+    });
+    let creates = (0..100).map(|n| {
+        let s = &s;
+        async move {
+            let r = if n % 2 == 0 {
+                s.create(KEY, None).await
+            } else {
+                idcreate(s, KEY, &quota_id(n)).await
+            };
+            let status = r.status();
+            if status == StatusCode::CREATED {
+                None
+            } else {
+                Some((status, error_code(r).await))
+            }
+        }
+    });
+    let refusals: Vec<_> = futures_util::future::join_all(creates)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(refusals.len(), 80);
+    assert!(
+        refusals
+            .iter()
+            .all(|r| *r == (StatusCode::TOO_MANY_REQUESTS, "app_quota_exceeded".into())),
+        "{refusals:?}"
+    );
+    assert_eq!(value(&scrape(&s).await, "callhome_ids"), 20);
+    assert_eq!(s.create(KEY_TWO, None).await.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn by_default_each_app_gets_an_equal_share_of_max_ids() {
+    let s = TestServer::spawn_with(|c| c.limits.max_ids = 4);
+    for key in [KEY, KEY_TWO] {
+        for _ in 0..2 {
+            assert_eq!(s.create(key, None).await.status(), StatusCode::CREATED);
+        }
+        assert_over_quota(s.create(key, None).await).await;
+    }
+    assert_eq!(value(&scrape(&s).await, "callhome_ids"), 4);
+}
+
+#[tokio::test]
+async fn restored_ids_count_towards_their_apps_quota_and_are_all_kept() {
+    let dir = temp_dir("tenants-restore");
+    let snapshot = dir.join("state");
+    let s = TestServer::spawn_with(|c| {
+        c.store.snapshot_path = Some(snapshot.clone());
+        c.store.snapshot_interval = Duration::from_millis(100);
+    });
+    for n in 0..3 {
+        let r = s.create(KEY, Some(json!({ "id": quota_id(n) }))).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let deadline = tokio::time::Instant::now() + HANG;
+    let written = loop {
+        let bytes = std::fs::read(&snapshot).unwrap_or_default();
+        let last = quota_id(2);
+        if bytes.windows(last.len()).any(|w| w == last.as_bytes()) {
+            break bytes;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no snapshot");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    drop(s);
+
+    // Restarted with a quota of 2: all three ids are back (a lower quota deletes nothing),
+    // and they count, so the app creates nothing until it is under its quota again.
+    let copy = dir.join("copy");
+    std::fs::write(&copy, &written).unwrap();
+    let s = TestServer::spawn_with(|c| {
+        c.apps[0].max_ids = Some(2);
+        c.store.snapshot_path = Some(copy);
+    });
+    for n in 0..3 {
+        let r = s
+            .client
+            .get(s.url(&format!("/v1/ids/{}", quota_id(n))))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{n}");
+    }
+    assert_over_quota(s.create(KEY, None).await).await;
+    for n in 0..2 {
+        let r = s
+            .client
+            .delete(s.url(&format!("/v1/ids/{}", quota_id(n))))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    }
+    assert_eq!(s.create(KEY, None).await.status(), StatusCode::CREATED);
+    assert_over_quota(s.create(KEY, None).await).await;
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
