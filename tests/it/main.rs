@@ -20,3 +20,4 @@ mod proxy;
 mod restart;
 mod routing;
 mod support;
+mod tenants;
