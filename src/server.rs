@@ -42,9 +42,6 @@ const LISTEN_BACKLOG: u32 = 8192;
 /// Pause after a failed accept.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Bytes of body read beyond the info itself: JSON quoting and the `{"info":...}` wrapper.
-const BODY_OVERHEAD: usize = 1024;
-
 /// File descriptors kept back from `max_connections = 0` (automatic) for everything else the
 /// process opens: the listener, snapshot files, the runtime's own, a backplane.
 const FD_RESERVE: u64 = 64;
@@ -101,8 +98,7 @@ impl AppState {
         let public_url = settings
             .public_url
             .unwrap_or_else(|| format!("http://{local_addr}"));
-        // A JSON string may spend six bytes (`\u00XX`) on each byte of info.
-        let body_limit = settings.limits.info_max_bytes * 6 + BODY_OVERHEAD;
+        let body_limit = settings.limits.body_limit();
         let metrics = Metrics::new();
         let limiters = RateLimiters::new(&settings.rate_limits, &settings.apps, &metrics);
         Self(Arc::new(Shared {
