@@ -485,6 +485,89 @@ async fn the_snapshot_is_readable_by_its_owner_only() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_drains_like_sigterm_and_a_second_one_does_not_cut_it_short() {
+    let dir = temp_dir("sighup");
+    let snapshot = dir.join("state");
+    // A grace long enough to send a second SIGHUP while the first is being handled: a
+    // closing terminal can send several (the shell passes its own on, the kernel sends one).
+    let config = dir.join("callhome.toml");
+    let shipped = std::fs::read_to_string(shipped_config()).unwrap();
+    std::fs::write(
+        &config,
+        shipped.replace("shutdown_grace = \"0s\"", "shutdown_grace = \"2s\""),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start_on(&config, "127.0.0.1:0", Some(&snapshot), &[]);
+    let api = Api::of(&daemon);
+    api.create("sighup-test-id-0001").await;
+    api.notify("sighup-test-id-0001", "kept").await;
+    let held = tokio::spawn({
+        let request = api.http.get(format!(
+            "{}/v1/poll?id=sighup-test-id-0001&since=1",
+            api.base
+        ));
+        async move { request.send().await.unwrap().status() }
+    });
+    for _ in 0..100 {
+        let status: Value = api
+            .http
+            .get(format!("{}/v1/ids/sighup-test-id-0001", api.base))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["waiting"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    daemon.send_signal("HUP");
+    let mut draining = false;
+    for _ in 0..100 {
+        let r = api.http.get(format!("{}/readyz", api.base)).send().await;
+        if r.is_ok_and(|r| r.status() == StatusCode::SERVICE_UNAVAILABLE) {
+            draining = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(draining, "SIGHUP starts a drain: /readyz fails");
+    daemon.send_signal("HUP");
+    let released = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("the held poll is released")
+        .unwrap();
+    assert_eq!(
+        released,
+        StatusCode::NO_CONTENT,
+        "answered 204 as on SIGTERM"
+    );
+    assert!(
+        tokio::task::block_in_place(|| daemon.wait_exit()),
+        "exit 0 after the drain, not 130 for the second SIGHUP"
+    );
+
+    let daemon = Daemon::start_on(&shipped_config(), "127.0.0.1:0", Some(&snapshot), &[]);
+    let v: Value = Api::of(&daemon)
+        .poll("sighup-test-id-0001", 0)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v,
+        json!({"seq": 1, "info": "kept"}),
+        "the final snapshot was written"
+    );
+    drop(daemon);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// True when this process may mount a file system in a mount namespace of its own (root,
 /// or `CAP_SYS_ADMIN`, and `unshare` from util-linux). Without it the full-disk test is
 /// skipped, except under `CI=true`, where that fails.
