@@ -412,25 +412,13 @@ impl Config {
         if self.shutdown_grace > Duration::from_secs(600) {
             return Err(invalid("shutdown_grace", "must be at most 10m"));
         }
-        let trusted_proxies = self
-            .trusted_proxies
-            .iter()
-            .enumerate()
-            .map(|(i, text)| {
-                TrustedProxies::parse_one(text).map_err(|reason| {
-                    invalid(
-                        format!("trusted_proxies[{i}]"),
-                        format!("{text:?} {reason}"),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(TrustedProxies::new)?;
+        let (trusted_proxies, proxy_warnings) = validate_trusted_proxies(&self.trusted_proxies)?;
         validate_limits(&self.limits)?;
         validate_rate_limits(&self.rate_limits)?;
         validate_store(&self.store)?;
 
-        let (apps, warnings) = validate_apps(&self.apps, env)?;
+        let (apps, app_warnings) = validate_apps(&self.apps, env)?;
+        let warnings = proxy_warnings.into_iter().chain(app_warnings).collect();
 
         Ok(Settings {
             listen,
@@ -448,6 +436,35 @@ impl Config {
             warnings,
         })
     }
+}
+
+/// Parses `trusted_proxies`; returns them and a warning for each entry that trusts every
+/// address of its family (a `/0`): every client could then write its own `X-Forwarded-For`,
+/// choosing the IP its `browser_per_ip` bucket and the logs see, and its own `X-Request-Id`.
+fn validate_trusted_proxies(
+    entries: &[String],
+) -> Result<(TrustedProxies, Vec<String>), ConfigError> {
+    let mut ranges = Vec::with_capacity(entries.len());
+    let mut warnings = Vec::new();
+    for (i, text) in entries.iter().enumerate() {
+        let field = format!("trusted_proxies[{i}]");
+        let range = TrustedProxies::parse_one(text)
+            .map_err(|reason| invalid(&field, format!("{text:?} {reason}")))?;
+        if range.prefix_len() == 0 {
+            let family = if range.addr().is_ipv4() {
+                "IPv4"
+            } else {
+                "IPv6"
+            };
+            warnings.push(format!(
+                "{field} = {text:?} trusts every {family} address as a proxy: any such client \
+                 can set its own X-Forwarded-For (and so its IP for rate limits and logs) and \
+                 X-Request-Id; list only your proxies' addresses"
+            ));
+        }
+        ranges.push(range);
+    }
+    Ok((TrustedProxies::new(ranges), warnings))
 }
 
 /// Checks every `[[apps]]` entry; returns the apps and the warnings worth logging.
@@ -913,6 +930,26 @@ mod tests {
             !s.warnings[0].contains("short"),
             "a warning must not show the key"
         );
+    }
+
+    #[test]
+    fn trusting_every_address_warns() {
+        let with = |proxies: &[&str]| {
+            let mut c = config(vec![app("a", "0123456789abcdef", &["http://a"])]);
+            c.trusted_proxies = proxies.iter().map(|p| (*p).to_owned()).collect();
+            c.validate(no_env).unwrap().warnings
+        };
+        assert!(with(&["127.0.0.1", "10.0.0.0/8", "::1", "fd00::/8"]).is_empty());
+        for everything in ["0.0.0.0/0", "::/0", " 10.1.2.3/0", "::ffff:1.2.3.4/0"] {
+            let warnings = with(&["127.0.0.1", everything]);
+            assert_eq!(warnings.len(), 1, "{everything}: {warnings:?}");
+            assert!(
+                warnings[0].starts_with("trusted_proxies[1]")
+                    && warnings[0].contains("X-Forwarded-For"),
+                "{warnings:?}"
+            );
+        }
+        assert_eq!(with(&["0.0.0.0/0", "::/0"]).len(), 2);
     }
 
     #[test]
