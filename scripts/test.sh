@@ -16,4 +16,5 @@ fi
 
 # The browser test runs the demo (examples/demo) as a program: build it as one first.
 cargo build --locked --examples
-cargo test --locked --all-targets "$@"
+# --workspace: the load tool (bench/) is not a default member, and its tests count too.
+cargo test --locked --workspace --all-targets "$@"
