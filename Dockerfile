@@ -40,7 +40,7 @@ RUN apt-get update \
     && groupadd --system callhome \
     && useradd --system --gid callhome --no-create-home --home-dir /nonexistent \
                --shell /usr/sbin/nologin callhome \
-    && install -d -o callhome -g callhome /var/lib/callhome
+    && install -d -m 0700 -o callhome -g callhome /var/lib/callhome
 
 COPY --from=build /usr/local/bin/callhome /usr/local/bin/callhome
 COPY config/callhome.toml /etc/callhome/callhome.toml

@@ -16,7 +16,8 @@ fi
 
 # The browser test runs the demo (examples/demo) as a program: build it as one first.
 cargo build --locked --examples
-cargo test --locked --all-targets "$@"
+# --workspace: the load tool (bench/) is not a default member, and its tests count too.
+cargo test --locked --workspace --all-targets "$@"
 
 # The integration suite once more with the lean HTTP/1.1 path off: every connection is then
 # served by hyper, and the same tests prove both paths answer the same (docs/performance.md).

@@ -20,6 +20,31 @@ use crate::origin::Origin;
 /// Keys an app key shorter than this is warned about at start-up.
 pub const WEAK_KEY_LEN: usize = 16;
 
+// Upper bounds of the limits, checked at start. Each is far above what one node serves
+// (docs/benchmarks.md); they are there to refuse a typo (a few zeros too many) or a value
+// that would overflow what is computed from it, with a message, before the daemon runs on it.
+
+/// `limits.max_ids` at most: 100 million ids take about 30 GB at 290 bytes each.
+pub const MAX_IDS: usize = 100_000_000;
+/// `limits.info_max_bytes` at most, 1 MiB: an info is a hint that something changed, not the
+/// data itself, and the body limit is six times it ([`Limits::body_limit`]).
+pub const MAX_INFO_BYTES: usize = 1 << 20;
+/// `limits.max_waiters_per_id` at most: far more tabs than one user opens; an id is one
+/// page's, not a broadcast channel.
+pub const MAX_WAITERS_PER_ID: u32 = 10_000;
+/// `limits.max_connections` at most: 10 million connections need about 26 GB at 2.6 KiB
+/// each, and as many file descriptors.
+pub const MAX_CONNECTIONS: usize = 10_000_000;
+/// `limits.id_idle_ttl` at most: a year.
+pub const MAX_ID_IDLE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// `rate_limits.*.per_second` at most: 20 times the notify rate one node was measured at.
+pub const MAX_RATE_PER_SECOND: u32 = 1_000_000;
+/// `rate_limits.*.burst` at most.
+pub const MAX_RATE_BURST: u32 = 10_000_000;
+
+/// Bytes of body read beyond the info itself: JSON quoting and the `{"info":...}` wrapper.
+pub const BODY_OVERHEAD: usize = 1024;
+
 /// The configuration as written: every field has a default, unknown fields are errors.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -215,6 +240,17 @@ pub struct Limits {
     /// that does not read is dropped.
     #[serde(with = "humantime_serde")]
     pub send_timeout: Duration,
+}
+
+impl Limits {
+    /// The largest request body read, in bytes: a JSON string may spend six bytes
+    /// (`\u00XX`) on each byte of info, and [`BODY_OVERHEAD`] more wrap it. Saturating, so
+    /// it cannot wrap even for limits that were never validated.
+    pub fn body_limit(&self) -> usize {
+        self.info_max_bytes
+            .saturating_mul(6)
+            .saturating_add(BODY_OVERHEAD)
+    }
 }
 
 /// One web application as written in the config.
@@ -414,25 +450,13 @@ impl Config {
         if self.shutdown_grace > Duration::from_secs(600) {
             return Err(invalid("shutdown_grace", "must be at most 10m"));
         }
-        let trusted_proxies = self
-            .trusted_proxies
-            .iter()
-            .enumerate()
-            .map(|(i, text)| {
-                TrustedProxies::parse_one(text).map_err(|reason| {
-                    invalid(
-                        format!("trusted_proxies[{i}]"),
-                        format!("{text:?} {reason}"),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(TrustedProxies::new)?;
+        let (trusted_proxies, proxy_warnings) = validate_trusted_proxies(&self.trusted_proxies)?;
         validate_limits(&self.limits)?;
         validate_rate_limits(&self.rate_limits)?;
         validate_store(&self.store)?;
 
-        let (apps, warnings) = validate_apps(&self.apps, &self.limits, env)?;
+        let (apps, app_warnings) = validate_apps(&self.apps, &self.limits, env)?;
+        let warnings = proxy_warnings.into_iter().chain(app_warnings).collect();
 
         Ok(Settings {
             listen,
@@ -451,6 +475,35 @@ impl Config {
             warnings,
         })
     }
+}
+
+/// Parses `trusted_proxies`; returns them and a warning for each entry that trusts every
+/// address of its family (a `/0`): every client could then write its own `X-Forwarded-For`,
+/// choosing the IP its `browser_per_ip` bucket and the logs see, and its own `X-Request-Id`.
+fn validate_trusted_proxies(
+    entries: &[String],
+) -> Result<(TrustedProxies, Vec<String>), ConfigError> {
+    let mut ranges = Vec::with_capacity(entries.len());
+    let mut warnings = Vec::new();
+    for (i, text) in entries.iter().enumerate() {
+        let field = format!("trusted_proxies[{i}]");
+        let range = TrustedProxies::parse_one(text)
+            .map_err(|reason| invalid(&field, format!("{text:?} {reason}")))?;
+        if range.prefix_len() == 0 {
+            let family = if range.addr().is_ipv4() {
+                "IPv4"
+            } else {
+                "IPv6"
+            };
+            warnings.push(format!(
+                "{field} = {text:?} trusts every {family} address as a proxy: any such client \
+                 can set its own X-Forwarded-For (and so its IP for rate limits and logs) and \
+                 X-Request-Id; list only your proxies' addresses"
+            ));
+        }
+        ranges.push(range);
+    }
+    Ok((TrustedProxies::new(ranges), warnings))
 }
 
 /// Checks every `[[apps]]` entry; returns the apps and the warnings worth logging.
@@ -606,15 +659,34 @@ fn validate_store(store: &StoreConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Checks that a count is between 1 and `max`.
+fn check_count<T>(field: &str, value: T, max: T) -> Result<(), ConfigError>
+where
+    T: Copy + PartialOrd + From<u8> + std::fmt::Display,
+{
+    if value < T::from(1) || value > max {
+        return Err(invalid(field, format!("must be between 1 and {max}")));
+    }
+    Ok(())
+}
+
 fn validate_limits(limits: &Limits) -> Result<(), ConfigError> {
-    if limits.max_ids == 0 {
-        return Err(invalid("limits.max_ids", "must be at least 1"));
-    }
-    if limits.info_max_bytes == 0 {
-        return Err(invalid("limits.info_max_bytes", "must be at least 1"));
-    }
-    if limits.max_waiters_per_id == 0 {
-        return Err(invalid("limits.max_waiters_per_id", "must be at least 1"));
+    check_count("limits.max_ids", limits.max_ids, MAX_IDS)?;
+    check_count(
+        "limits.info_max_bytes",
+        limits.info_max_bytes,
+        MAX_INFO_BYTES,
+    )?;
+    check_count(
+        "limits.max_waiters_per_id",
+        limits.max_waiters_per_id,
+        MAX_WAITERS_PER_ID,
+    )?;
+    if limits.max_connections > MAX_CONNECTIONS {
+        return Err(invalid(
+            "limits.max_connections",
+            format!("must be at most {MAX_CONNECTIONS} (0: from the open-file limit)"),
+        ));
     }
     if limits.poll_timeout < Duration::from_secs(1)
         || limits.poll_timeout > Duration::from_secs(3600)
@@ -629,8 +701,8 @@ fn validate_limits(limits: &Limits) -> Result<(), ConfigError> {
             "must be between 1s and 10m",
         ));
     }
-    if limits.id_idle_ttl < Duration::from_secs(1) {
-        return Err(invalid("limits.id_idle_ttl", "must be at least 1s"));
+    if limits.id_idle_ttl < Duration::from_secs(1) || limits.id_idle_ttl > MAX_ID_IDLE_TTL {
+        return Err(invalid("limits.id_idle_ttl", "must be between 1s and 365d"));
     }
     if limits.id_idle_ttl <= limits.poll_timeout {
         return Err(invalid(
@@ -661,6 +733,18 @@ fn validate_rate_limits(rates: &RateLimits) -> Result<(), ConfigError> {
             return Err(invalid(
                 field,
                 "burst must be at least 1 (or per_second = 0 to turn the limit off)",
+            ));
+        }
+        if rate.per_second > MAX_RATE_PER_SECOND {
+            return Err(invalid(
+                field,
+                format!("per_second must be at most {MAX_RATE_PER_SECOND} (0 turns the limit off)"),
+            ));
+        }
+        if rate.burst > MAX_RATE_BURST {
+            return Err(invalid(
+                field,
+                format!("burst must be at most {MAX_RATE_BURST}"),
             ));
         }
     }
@@ -844,6 +928,115 @@ mod tests {
     }
 
     #[test]
+    fn every_size_count_and_time_limit_has_an_upper_bound() {
+        // Each case sets one field to its documented bound (`over` false), which validates,
+        // or one past it (`over` true), which is refused naming the field.
+        type Set = fn(&mut Config, bool);
+        // The documented values (config/callhome.toml, docs/operations.md), written out.
+        let cases: [(&str, Set); 17] = [
+            ("limits.max_ids", |c, over| {
+                c.limits.max_ids = 100_000_000 + usize::from(over);
+            }),
+            ("limits.info_max_bytes", |c, over| {
+                c.limits.info_max_bytes = (1 << 20) + usize::from(over);
+            }),
+            ("limits.max_waiters_per_id", |c, over| {
+                c.limits.max_waiters_per_id = 10_000 + u32::from(over);
+            }),
+            ("limits.max_connections", |c, over| {
+                c.limits.max_connections = 10_000_000 + usize::from(over);
+            }),
+            ("limits.id_idle_ttl", |c, over| {
+                c.limits.id_idle_ttl =
+                    Duration::from_secs(365 * 24 * 3600) + Duration::from_millis(u64::from(over));
+            }),
+            ("limits.poll_timeout", |c, over| {
+                c.limits.poll_timeout =
+                    Duration::from_secs(3600) + Duration::from_millis(u64::from(over));
+            }),
+            ("limits.sse_keepalive", |c, over| {
+                c.limits.sse_keepalive =
+                    Duration::from_secs(600) + Duration::from_millis(u64::from(over));
+            }),
+            ("limits.header_timeout", |c, over| {
+                c.limits.header_timeout =
+                    Duration::from_secs(3600) + Duration::from_millis(u64::from(over));
+            }),
+            ("limits.idle_timeout", |c, over| {
+                c.limits.idle_timeout =
+                    Duration::from_secs(3600) + Duration::from_millis(u64::from(over));
+            }),
+            ("limits.body_timeout", |c, over| {
+                c.limits.body_timeout =
+                    Duration::from_secs(3600) + Duration::from_millis(u64::from(over));
+            }),
+            ("limits.send_timeout", |c, over| {
+                c.limits.send_timeout =
+                    Duration::from_secs(3600) + Duration::from_millis(u64::from(over));
+            }),
+            ("rate_limits.create_per_app", |c, over| {
+                c.rate_limits.create_per_app.per_second = 1_000_000 + u32::from(over);
+            }),
+            ("rate_limits.notify_per_app", |c, over| {
+                c.rate_limits.notify_per_app.burst = 10_000_000 + u32::from(over);
+            }),
+            ("rate_limits.browser_per_ip", |c, over| {
+                c.rate_limits.browser_per_ip.burst = 10_000_000 + u32::from(over);
+            }),
+            ("store.snapshot_interval", |c, over| {
+                c.store.snapshot_interval =
+                    Duration::from_secs(3600) + Duration::from_millis(u64::from(over));
+            }),
+            ("drain_timeout", |c, over| {
+                c.drain_timeout =
+                    Duration::from_secs(3600) + Duration::from_millis(u64::from(over));
+            }),
+            ("shutdown_grace", |c, over| {
+                c.shutdown_grace =
+                    Duration::from_secs(600) + Duration::from_millis(u64::from(over));
+            }),
+        ];
+        for (field, set) in cases {
+            let mut c = config(vec![]);
+            set(&mut c, false);
+            if let Err(e) = c.validate(no_env) {
+                panic!("{field} at its bound is refused: {e}");
+            }
+            let mut c = config(vec![]);
+            set(&mut c, true);
+            assert_eq!(field_of(c.validate(no_env).expect_err(field)), field);
+        }
+        // The largest values a field's type holds are refused too, never wrapped.
+        let mut c = config(vec![]);
+        c.limits.info_max_bytes = usize::MAX;
+        assert_eq!(
+            field_of(c.validate(no_env).unwrap_err()),
+            "limits.info_max_bytes"
+        );
+        let mut c = config(vec![]);
+        c.rate_limits.browser_per_ip = RateLimit {
+            per_second: u32::MAX,
+            burst: u32::MAX,
+        };
+        assert_eq!(
+            field_of(c.validate(no_env).unwrap_err()),
+            "rate_limits.browser_per_ip"
+        );
+    }
+
+    #[test]
+    fn the_body_limit_cannot_wrap() {
+        let limits = |info_max_bytes| Limits {
+            info_max_bytes,
+            ..Limits::default()
+        };
+        assert_eq!(limits(4096).body_limit(), 4096 * 6 + 1024);
+        assert_eq!(limits(MAX_INFO_BYTES).body_limit(), 6 * (1 << 20) + 1024);
+        assert_eq!(limits(usize::MAX).body_limit(), usize::MAX);
+        assert_eq!(limits(usize::MAX / 6).body_limit(), usize::MAX);
+    }
+
+    #[test]
     fn id_idle_ttl_may_be_short_but_must_outlast_a_poll() {
         let with = |ttl_ms: u64, poll_secs: u64| {
             let mut c = config(vec![]);
@@ -888,6 +1081,26 @@ mod tests {
             !s.warnings[0].contains("short"),
             "a warning must not show the key"
         );
+    }
+
+    #[test]
+    fn trusting_every_address_warns() {
+        let with = |proxies: &[&str]| {
+            let mut c = config(vec![app("a", "0123456789abcdef", &["http://a"])]);
+            c.trusted_proxies = proxies.iter().map(|p| (*p).to_owned()).collect();
+            c.validate(no_env).unwrap().warnings
+        };
+        assert!(with(&["127.0.0.1", "10.0.0.0/8", "::1", "fd00::/8"]).is_empty());
+        for everything in ["0.0.0.0/0", "::/0", " 10.1.2.3/0", "::ffff:1.2.3.4/0"] {
+            let warnings = with(&["127.0.0.1", everything]);
+            assert_eq!(warnings.len(), 1, "{everything}: {warnings:?}");
+            assert!(
+                warnings[0].starts_with("trusted_proxies[1]")
+                    && warnings[0].contains("X-Forwarded-For"),
+                "{warnings:?}"
+            );
+        }
+        assert_eq!(with(&["0.0.0.0/0", "::/0"]).len(), 2);
     }
 
     #[test]

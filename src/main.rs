@@ -58,6 +58,13 @@ fn main() -> anyhow::Result<()> {
     if settings.workers > 0 {
         runtime.worker_threads(settings.workers);
     }
+    // Held until the process exits, after the final snapshot: one daemon per snapshot.
+    let _lock = settings
+        .store
+        .snapshot_path
+        .as_deref()
+        .map(callhome::snapshot::Lock::acquire)
+        .transpose()?;
     if cli.discard_state
         && let Some(path) = &settings.store.snapshot_path
         && let Some(aside) = callhome::snapshot::discard(path)?

@@ -10,8 +10,13 @@
 //! little-endian `u32` CRC-32 of the body, then the body in postcard (a compact, stable serde
 //! format). A file that is not a snapshot, of another version, or whose checksum or body does
 //! not match stops start-up with a message and is left untouched.
+//!
+//! The file holds every id, and an id is a bearer capability, so the snapshot, its temporary
+//! file and a directory made for them are readable by the daemon's user only. One daemon
+//! owns one snapshot: [`Lock`] refuses a second daemon on the same path, which would
+//! otherwise overwrite the first one's ids.
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -64,6 +69,20 @@ pub enum SnapshotError {
         /// What failed.
         source: io::Error,
     },
+    /// Another daemon holds the snapshot's lock.
+    #[error(
+        "snapshot {path} is in use by another callhome ({holder}; lock file {lock}): two \
+         daemons on one snapshot would overwrite each other's ids. Stop that one first, or \
+         give this one a store.snapshot_path of its own"
+    )]
+    Locked {
+        /// The snapshot.
+        path: PathBuf,
+        /// Its lock file.
+        lock: PathBuf,
+        /// The other daemon, as its lock file names it: `PID 1234`.
+        holder: String,
+    },
     /// The file is not a snapshot, is damaged, or is of a format this version cannot read.
     #[error(
         "snapshot {path} cannot be used: {reason}. It was left untouched; start with \
@@ -75,6 +94,175 @@ pub enum SnapshotError {
         /// What is wrong with it.
         reason: String,
     },
+}
+
+/// The lock on a snapshot path, held by the daemon that uses it from start to exit.
+///
+/// An exclusive `flock` on `<snapshot_path>.lock`, which holds the owner's PID as text. The
+/// kernel releases the lock when the process ends however it ends (a `kill -9` included), so a
+/// lock file left behind never blocks the next start; the PID in it is only there to name
+/// the owner in the refusal. The file is never removed: removing it would let a daemon that
+/// opened the old file and one that creates a new one both hold "the" lock.
+#[derive(Debug)]
+pub struct Lock {
+    // Holding the open file is holding the lock.
+    _file: File,
+}
+
+impl Lock {
+    /// Takes the lock for the snapshot at `path`, or says which daemon has it. Makes the
+    /// snapshot's directory (0700) if it is missing, and then, owning the snapshot: removes a
+    /// temporary file a crash left, makes a snapshot other users can read private (0600),
+    /// and warns about a directory other users can read (it may not be ours to change).
+    pub fn acquire(path: &Path) -> Result<Self, SnapshotError> {
+        let io_error = |at: &Path| {
+            let at = at.to_owned();
+            move |source| SnapshotError::Io { path: at, source }
+        };
+        let dir = directory_of(path);
+        private::create_dir_all(dir).map_err(io_error(dir))?;
+        let lock = with_suffix(path, ".lock");
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        private::file_options(&mut options);
+        let mut file = options.open(&lock).map_err(io_error(&lock))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let pid = io::read_to_string(&mut file).unwrap_or_default();
+                let holder = match pid.trim() {
+                    "" => "its PID is not written yet".to_owned(),
+                    pid => format!("PID {pid}"),
+                };
+                return Err(SnapshotError::Locked {
+                    path: path.to_owned(),
+                    lock,
+                    holder,
+                });
+            }
+            Err(TryLockError::Error(source)) => {
+                return Err(SnapshotError::Io { path: lock, source });
+            }
+        }
+        file.set_len(0)
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .map_err(io_error(&lock))?;
+
+        let tmp = with_suffix(path, ".tmp");
+        match fs::remove_file(&tmp) {
+            Ok(()) => tracing::warn!("removed {}, left by an interrupted write", tmp.display()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(SnapshotError::Io { path: tmp, source }),
+        }
+        match fs::metadata(path) {
+            Ok(meta) => {
+                if let Some(mode) = private::others_may_read(&meta) {
+                    private::restrict(path).map_err(io_error(path))?;
+                    tracing::warn!(
+                        "{} was readable by other users (mode {mode:04o}); made it 0600: it \
+                         holds every id, and an id is a capability",
+                        path.display()
+                    );
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(SnapshotError::Io {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        }
+        if let Some(mode) = fs::metadata(dir)
+            .ok()
+            .and_then(|meta| private::others_may_read(&meta))
+        {
+            tracing::warn!(
+                "the snapshot's directory {} is open to other users (mode {mode:04o}): they \
+                 can see the snapshot's name and size, though not read it; chmod 700 it if \
+                 nothing else needs it",
+                dir.display()
+            );
+        }
+        Ok(Self { _file: file })
+    }
+}
+
+/// The directory a file at `path` is in (`.` for a bare file name).
+fn directory_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// `path` with `suffix` added to its file name.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut with = path.as_os_str().to_owned();
+    with.push(suffix);
+    PathBuf::from(with)
+}
+
+/// Files and directories readable by the daemon's user only (a no-op where there are no Unix
+/// modes).
+mod private {
+    use std::fs::{self, Metadata, OpenOptions};
+    use std::io;
+    use std::path::Path;
+
+    /// Makes `dir` and any missing parents, 0700.
+    pub fn create_dir_all(dir: &Path) -> io::Result<()> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt as _;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+        }
+        #[cfg(not(unix))]
+        fs::create_dir_all(dir)
+    }
+
+    /// A file these options create is 0600.
+    pub fn file_options(options: &mut OpenOptions) {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        #[cfg(not(unix))]
+        let _ = options;
+    }
+
+    /// Makes the file at `path` 0600.
+    pub fn restrict(path: &Path) -> io::Result<()> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = path;
+            Ok(())
+        }
+    }
+
+    /// The permission bits, when the group or others may read, write or enter.
+    pub fn others_may_read(meta: &Metadata) -> Option<u32> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = meta.permissions().mode() & 0o777;
+            (mode & 0o077 != 0).then_some(mode)
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = meta;
+            None
+        }
+    }
 }
 
 /// What a restore did.
@@ -177,9 +365,7 @@ pub fn discard(path: &Path) -> Result<Option<PathBuf>, SnapshotError> {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let mut aside = path.as_os_str().to_owned();
-    aside.push(format!(".discarded-{secs}"));
-    let aside = PathBuf::from(aside);
+    let aside = with_suffix(path, &format!(".discarded-{secs}"));
     match fs::rename(path, &aside) {
         Ok(()) => Ok(Some(aside)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -276,22 +462,32 @@ fn decode(bytes: &[u8]) -> Result<Body, String> {
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    fs::create_dir_all(dir)?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
+    let dir = directory_of(path);
+    private::create_dir_all(dir)?;
+    let tmp = with_suffix(path, ".tmp");
+    if let Err(e) = write_file(&tmp, bytes).and_then(|()| fs::rename(&tmp, path)) {
+        // Half a snapshot is of no use, and on a full disk it would keep the disk full.
+        if let Err(removing) = fs::remove_file(&tmp)
+            && removing.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %removing, "cannot remove {}", tmp.display());
+        }
+        return Err(e);
     }
-    fs::rename(&tmp, path)?;
     // The rename itself is durable only once the directory is synced.
     File::open(dir)?.sync_all()
+}
+
+/// Writes `bytes` to a new file at `path`, readable by its owner only, and syncs it.
+fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    private::file_options(&mut options);
+    let mut file = options.open(path)?;
+    // A file left by an older version keeps its mode through `open`.
+    private::restrict(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 #[cfg(test)]
@@ -419,6 +615,37 @@ mod tests {
         let aside = discard(&path).unwrap().unwrap();
         assert!(!path.exists() && aside.exists());
         fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temporary_file() {
+        let apps = apps();
+        let store = Store::new(10);
+        store.create(apps.get("one").unwrap(), None, None).unwrap();
+        let path = temp("failed-write");
+        // The rename fails: a non-empty directory is where the snapshot should go.
+        fs::create_dir_all(path.join("in-the-way")).unwrap();
+        let err = save(&path, &store).unwrap_err();
+        assert!(matches!(err, SnapshotError::Io { .. }), "{err}");
+        assert!(!with_suffix(&path, ".tmp").exists());
+        fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn one_lock_per_snapshot() {
+        let path = temp("lock").join("deeper").join("state");
+        let held = Lock::acquire(&path).unwrap();
+        let lock = with_suffix(&path, ".lock");
+        let pid = std::process::id().to_string();
+        assert_eq!(fs::read_to_string(&lock).unwrap().trim(), pid);
+        let err = Lock::acquire(&path).unwrap_err().to_string();
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains(&format!("PID {pid}")),
+            "{err}"
+        );
+        drop(held);
+        let _again = Lock::acquire(&path).unwrap();
+        fs::remove_dir_all(path.parent().unwrap().parent().unwrap()).unwrap();
     }
 
     #[test]

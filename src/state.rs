@@ -20,9 +20,6 @@ use crate::permit::Budget;
 use crate::rate_limit::RateLimiters;
 use crate::store::Store;
 
-/// Bytes of body read beyond the info itself: JSON quoting and the `{"info":...}` wrapper.
-const BODY_OVERHEAD: usize = 1024;
-
 /// File descriptors kept back from `max_connections = 0` (automatic) for everything else the
 /// process opens: the listener, snapshot files, the runtime's own, a backplane.
 const FD_RESERVE: u64 = 64;
@@ -81,8 +78,7 @@ impl AppState {
         let public_url = settings
             .public_url
             .unwrap_or_else(|| format!("http://{local_addr}"));
-        // A JSON string may spend six bytes (`\u00XX`) on each byte of info.
-        let body_limit = settings.limits.info_max_bytes * 6 + BODY_OVERHEAD;
+        let body_limit = settings.limits.body_limit();
         let metrics = Metrics::new();
         let limiters = RateLimiters::new(&settings.rate_limits, &settings.apps, &metrics);
         Self(Arc::new(Shared {

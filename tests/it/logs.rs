@@ -237,3 +237,34 @@ fn check_lines(output: &Output, routed_rids: &[String], secrets: &[&str]) {
         assert!(!text.contains(secret), "{secret} was logged:\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusting_every_address_as_a_proxy_is_warned_about_at_start() {
+    let dir = temp_dir("logs-trust-all");
+    let path = dir.join("callhome.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "trusted_proxies = [\"0.0.0.0/0\", \"10.0.0.0/8\", \"::/0\"]\n\n\
+             [[apps]]\nname = \"logs\"\nkey = \"{KEY}\"\norigins = [\"http://localhost:3000\"]\n"
+        ),
+    )
+    .unwrap();
+    let (daemon, output) = Daemon::start_recorded(&path, &[]);
+    for entry in ["trusted_proxies[0]", "trusted_proxies[2]"] {
+        output
+            .wait_for(&format!("warning about {entry}"), |l| {
+                l.contains("WARN") && l.contains(entry) && l.contains("X-Forwarded-For")
+            })
+            .await;
+    }
+    assert!(
+        !output
+            .lines()
+            .iter()
+            .any(|l| l.contains("trusted_proxies[1]")),
+        "a range that is not everything is not warned about"
+    );
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+}

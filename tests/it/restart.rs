@@ -299,3 +299,380 @@ async fn shutdown_grace_fails_readyz_first_and_keeps_serving_until_it_ends() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs `command` to its end, bounded: a daemon that should have refused to start but did
+/// not is killed, and the test fails saying so.
+fn run_to_refusal(mut command: Command) -> std::process::Output {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the callhome binary starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "it did not refuse to start; its log:\n{}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// The binary on the shipped config and `snapshot`, with `args`, on port 0.
+fn callhome(snapshot: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_callhome"));
+    command
+        .arg("--config")
+        .arg(shipped_config())
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env_remove("CALLHOME_LISTEN")
+        .env("CALLHOME_STORE__SNAPSHOT_PATH", snapshot);
+    command
+}
+
+/// The lock file beside `snapshot`.
+fn lock_file(snapshot: &Path) -> PathBuf {
+    let mut path = snapshot.as_os_str().to_owned();
+    path.push(".lock");
+    PathBuf::from(path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_same_snapshot_refuses_to_start() {
+    let dir = temp_dir("locked");
+    let snapshot = dir.join("state");
+    let mut first = Daemon::start_on(&shipped_config(), "127.0.0.1:0", Some(&snapshot), &[]);
+    let api = Api::of(&first);
+    api.create("lock-test-id-000001").await;
+
+    for args in [&[][..], &["--discard-state"][..]] {
+        let output = tokio::task::block_in_place(|| run_to_refusal(callhome(&snapshot, args)));
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&snapshot.display().to_string())
+                && stderr.contains(&format!("PID {}", first.pid())),
+            "the refusal names the snapshot and the daemon using it ({args:?}): {stderr}"
+        );
+    }
+    let aside = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().contains("discarded")
+        })
+        .count();
+    assert_eq!(aside, 0, "a refused --discard-state moves nothing aside");
+
+    // The first daemon never noticed: it serves, and writes its final snapshot at the end.
+    assert_eq!(
+        api.notify("lock-test-id-000001", "still mine").await["seq"],
+        1
+    );
+    assert!(tokio::task::block_in_place(|| first.terminate()));
+
+    // The lock went with it: the next daemon starts, with the first's ids.
+    let next = Daemon::start_on(&shipped_config(), "127.0.0.1:0", Some(&snapshot), &[]);
+    let v: Value = Api::of(&next)
+        .poll("lock-test-id-000001", 0)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v, json!({"seq": 1, "info": "still mine"}));
+    drop(next);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_of_a_killed_daemon_does_not_block_the_next() {
+    let dir = temp_dir("stale-lock");
+    let snapshot = dir.join("state");
+    let daemon = Daemon::start_on(&shipped_config(), "127.0.0.1:0", Some(&snapshot), &[]);
+    let pid = daemon.pid();
+    drop(daemon); // SIGKILL: nothing is cleaned up, the kernel drops the lock
+    let left = std::fs::read_to_string(lock_file(&snapshot)).expect("the lock file is left");
+    assert_eq!(
+        left.trim(),
+        pid.to_string(),
+        "it names the daemon that held it"
+    );
+
+    let daemon = Daemon::start_on(&shipped_config(), "127.0.0.1:0", Some(&snapshot), &[]);
+    let r = Api::of(&daemon).poll("anything-at-all-0001", 0).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "the next daemon serves");
+    let now = std::fs::read_to_string(lock_file(&snapshot)).unwrap();
+    assert_eq!(now.trim(), daemon.pid().to_string());
+    drop(daemon);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Waits (bounded) until the file at `path` exists and holds `needle`.
+async fn wait_for_file_with(path: &Path, needle: &[u8]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read(path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never held {:?}",
+            path.display(),
+            String::from_utf8_lossy(needle)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snapshot_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = temp_dir("private");
+    // A directory the daemon makes itself is 0700, the snapshot and its lock 0600.
+    let snapshot = dir.join("made-by-callhome").join("state");
+    let daemon = Daemon::start_on(&shipped_config(), "127.0.0.1:0", Some(&snapshot), &[]);
+    let api = Api::of(&daemon);
+    api.create("private-test-id-001").await;
+    api.notify("private-test-id-001", "a secret").await;
+    wait_for_file_with(&snapshot, b"a secret").await;
+    assert_eq!(mode(&snapshot), 0o600, "the snapshot");
+    assert_eq!(mode(snapshot.parent().unwrap()), 0o700, "its directory");
+    assert_eq!(mode(&lock_file(&snapshot)), 0o600, "the lock file");
+    drop(daemon);
+
+    // One left readable by an older version (or a careless copy) is tightened at start, and
+    // a directory others can read is warned about but left alone: it may not be ours.
+    std::fs::set_permissions(&snapshot, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let shared = snapshot.parent().unwrap();
+    std::fs::set_permissions(shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = dir.join("callhome.toml");
+    let shipped = std::fs::read_to_string(shipped_config()).unwrap();
+    let pointed = shipped.replace(
+        "snapshot_path = \"data/callhome.snapshot\"",
+        &format!("snapshot_path = {:?}", snapshot.display().to_string()),
+    );
+    assert_ne!(pointed, shipped, "the shipped config sets snapshot_path");
+    std::fs::write(&config, pointed).unwrap();
+    let (daemon, output) = Daemon::start_recorded(&config, &[]);
+    assert_eq!(mode(&snapshot), 0o600, "tightened before the first write");
+    output
+        .wait_for("warning that the snapshot was readable", |l| {
+            l.contains("WARN") && l.contains("0644") && l.contains("state")
+        })
+        .await;
+    output
+        .wait_for("warning about the directory", |l| {
+            l.contains("WARN") && l.contains("0755") && l.contains("made-by-callhome")
+        })
+        .await;
+    assert_eq!(mode(shared), 0o755, "the directory is left as it is");
+    let v: Value = Api::of(&daemon)
+        .poll("private-test-id-001", 0)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["info"], "a secret", "and the snapshot was read as usual");
+    drop(daemon);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_drains_like_sigterm_and_a_second_one_does_not_cut_it_short() {
+    let dir = temp_dir("sighup");
+    let snapshot = dir.join("state");
+    // A grace long enough to send a second SIGHUP while the first is being handled: a
+    // closing terminal can send several (the shell passes its own on, the kernel sends one).
+    let config = dir.join("callhome.toml");
+    let shipped = std::fs::read_to_string(shipped_config()).unwrap();
+    std::fs::write(
+        &config,
+        shipped.replace("shutdown_grace = \"0s\"", "shutdown_grace = \"2s\""),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start_on(&config, "127.0.0.1:0", Some(&snapshot), &[]);
+    let api = Api::of(&daemon);
+    api.create("sighup-test-id-0001").await;
+    api.notify("sighup-test-id-0001", "kept").await;
+    let held = tokio::spawn({
+        let request = api.http.get(format!(
+            "{}/v1/poll?id=sighup-test-id-0001&since=1",
+            api.base
+        ));
+        async move { request.send().await.unwrap().status() }
+    });
+    for _ in 0..100 {
+        let status: Value = api
+            .http
+            .get(format!("{}/v1/ids/sighup-test-id-0001", api.base))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["waiting"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    daemon.send_signal("HUP");
+    let mut draining = false;
+    for _ in 0..100 {
+        let r = api.http.get(format!("{}/readyz", api.base)).send().await;
+        if r.is_ok_and(|r| r.status() == StatusCode::SERVICE_UNAVAILABLE) {
+            draining = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(draining, "SIGHUP starts a drain: /readyz fails");
+    daemon.send_signal("HUP");
+    let released = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("the held poll is released")
+        .unwrap();
+    assert_eq!(
+        released,
+        StatusCode::NO_CONTENT,
+        "answered 204 as on SIGTERM"
+    );
+    assert!(
+        tokio::task::block_in_place(|| daemon.wait_exit()),
+        "exit 0 after the drain, not 130 for the second SIGHUP"
+    );
+
+    let daemon = Daemon::start_on(&shipped_config(), "127.0.0.1:0", Some(&snapshot), &[]);
+    let v: Value = Api::of(&daemon)
+        .poll("sighup-test-id-0001", 0)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v,
+        json!({"seq": 1, "info": "kept"}),
+        "the final snapshot was written"
+    );
+    drop(daemon);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// True when this process may mount a file system in a mount namespace of its own (root,
+/// or `CAP_SYS_ADMIN`, and `unshare` from util-linux). Without it the full-disk test is
+/// skipped, except under `CI=true`, where that fails.
+fn can_mount_privately(dir: &Path) -> bool {
+    let probe = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs -o size=4k callhome-probe \"$0\"")
+        .arg(dir)
+        .stderr(std::process::Stdio::null())
+        .status();
+    let ok = probe.is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but a tmpfs cannot be mounted in a private mount namespace (needs root \
+             and util-linux's unshare)"
+        );
+        eprintln!("skipped: cannot mount a tmpfs in a private mount namespace (needs root)");
+    }
+    ok
+}
+
+/// A `/metrics` counter's value.
+async fn counter(api: &Api, series: &str) -> f64 {
+    let text = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_does_not_fit_on_the_disk_leaves_no_partial_file() {
+    let dir = temp_dir("full-disk");
+    let disk = dir.join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    if !can_mount_privately(&disk) {
+        return;
+    }
+    // A 64 KiB tmpfs over `disk`, seen only by the daemon (its own mount namespace, gone
+    // with it: nothing to unmount, whatever happens to the test).
+    let snapshot = disk.join("state");
+    let wrapper = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount -t tmpfs -o size=64k callhome-test \"$0\" && exec \"$@\"",
+    ];
+    let mut wrapper: Vec<&std::ffi::OsStr> = wrapper.iter().map(std::ffi::OsStr::new).collect();
+    wrapper.push(disk.as_os_str());
+    let mut daemon = Daemon::start_wrapped(
+        &wrapper,
+        &shipped_config(),
+        "127.0.0.1:0",
+        Some(&snapshot),
+        &[],
+    );
+    // The daemon's view of its tmpfs.
+    let seen =
+        PathBuf::from(format!("/proc/{}/root", daemon.pid())).join(disk.strip_prefix("/").unwrap());
+    let api = Api::of(&daemon);
+    api.create("full-disk-id-000000").await;
+    api.notify("full-disk-id-000000", "small and saved").await;
+    wait_for_file_with(&seen.join("state"), b"small and saved").await;
+
+    // 30 ids of 4,000-byte infos: a snapshot of about 120 KB does not fit in 64 KiB.
+    let big = "x".repeat(4000);
+    for i in 0..30 {
+        let id = format!("full-disk-id-{i:06}");
+        if i > 0 {
+            api.create(&id).await;
+        }
+        api.notify(&id, &big).await;
+    }
+    let failures = r#"callhome_snapshots_total{outcome="error"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while counter(&api, failures).await < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "no snapshot failed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left: Vec<String> = std::fs::read_dir(&seen)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        left == ["state", "state.lock"] || left == ["state.lock", "state"],
+        "the partial temporary file was removed: {left:?}"
+    );
+    let kept = std::fs::read(seen.join("state")).unwrap();
+    assert!(
+        kept.windows(15).any(|w| w == b"small and saved"),
+        "the last good snapshot is still there"
+    );
+    drop(api);
+    assert!(!daemon.has_exited());
+    drop(daemon);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

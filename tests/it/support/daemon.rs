@@ -3,6 +3,7 @@
 //! Its snapshot (if the config has one) never goes into the repository: `start` points it at
 //! a fresh temporary file, and the restart tests name their own.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -38,7 +39,28 @@ impl Daemon {
     /// the config's, when `None`) and `args` added, and waits for the line that announces the
     /// address (no sleeping and hoping).
     pub fn start_on(config: &Path, listen: &str, snapshot: Option<&Path>, args: &[&str]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_callhome"));
+        Self::start_wrapped(&[], config, listen, snapshot, args)
+    }
+
+    /// [`Daemon::start_on`], with the binary run by `wrapper` (a program and its arguments,
+    /// the binary's path and arguments following them), which must end by `exec`ing it so
+    /// that the child's PID is the daemon's.
+    pub fn start_wrapped(
+        wrapper: &[&OsStr],
+        config: &Path,
+        listen: &str,
+        snapshot: Option<&Path>,
+        args: &[&str],
+    ) -> Self {
+        let binary = OsStr::new(env!("CARGO_BIN_EXE_callhome"));
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         if let Some(snapshot) = snapshot {
             command.env("CALLHOME_STORE__SNAPSHOT_PATH", snapshot);
         }
@@ -92,10 +114,21 @@ impl Daemon {
 
     /// Sends SIGTERM and returns at once.
     pub fn send_sigterm(&self) {
-        Command::new("kill")
-            .args(["-s", "TERM", &self.child.id().to_string()])
+        self.send_signal("TERM");
+    }
+
+    /// Sends the signal named `name` (`TERM`, `HUP`, ...) and returns at once.
+    pub fn send_signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
             .status()
             .expect("kill runs");
+        assert!(sent.success(), "kill -s {name} failed");
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// True once the process has exited.
