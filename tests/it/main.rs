@@ -11,6 +11,7 @@ mod concurrency;
 mod demo;
 mod events;
 mod expiry;
+mod framing;
 mod http;
 mod limits;
 mod logs;
