@@ -17,3 +17,8 @@ fi
 # The browser test runs the demo (examples/demo) as a program: build it as one first.
 cargo build --locked --examples
 cargo test --locked --all-targets "$@"
+
+# The integration suite once more with the lean HTTP/1.1 path off: every connection is then
+# served by hyper, and the same tests prove both paths answer the same (docs/performance.md).
+echo "== the integration suite again with [http] lean_path = false"
+CALLHOME_HTTP__LEAN_PATH=false cargo test --locked --test it "$@"

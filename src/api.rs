@@ -42,7 +42,7 @@ impl FromRequestParts<AppState> for Authenticated {
 }
 
 /// The app whose key an `Authorization` value carries.
-fn authenticate(
+pub fn authenticate(
     state: &AppState,
     authorization: Option<&HeaderValue>,
 ) -> Result<Arc<App>, ApiError> {
@@ -58,15 +58,17 @@ fn authenticate(
 
 /// `POST /v1/ids/{id}/notify` served in place by `connection` (the busiest backend request),
 /// through the same steps, in the same order, as the routed handler.
+///
+/// `app` is the result of [`authenticate`], decided before the body was read: a request
+/// without a valid key never has its body read, and is answered (and counted) here.
 pub fn notify_in_place(
     state: &AppState,
-    authorization: Option<&HeaderValue>,
+    app: Result<Arc<App>, ApiError>,
     content_type: Option<&HeaderValue>,
     id: &str,
     body: &[u8],
 ) -> Response {
-    let answer = authenticate(state, authorization)
-        .and_then(|app| ids::notify_body(state, &app, id, content_type, body));
+    let answer = app.and_then(|app| ids::notify_body(state, &app, id, content_type, body));
     match count_notify(state, answer) {
         Ok(notified) => Json(notified).into_response(),
         Err(e) => e.into_response(),
@@ -125,8 +127,7 @@ pub fn count_notify(
     match &answer {
         Ok(notified) if notified.waiting > 0 => outcomes.delivered.inc(),
         Ok(_) => outcomes.stored.inc(),
-        Err(ApiError::UnknownId) => outcomes.unknown_id.inc(),
-        Err(_) => outcomes.rejected.inc(),
+        Err(e) => outcomes.refused(e).inc(),
     };
     answer
 }
@@ -176,6 +177,13 @@ pub fn create(
 
 /// Stores `info` as `app`'s `id`'s newest value and wakes its waiting clients.
 pub fn notify(state: &AppState, app: &App, id: &str, info: &str) -> Result<Notified, ApiError> {
+    Id::check(id)?;
+    notify_checked(state, app, id, info)
+}
+
+/// [`notify`] of an id already checked (`ids::notify_body` checks it before reading the
+/// body, so every notify checks its id once).
+fn notify_checked(state: &AppState, app: &App, id: &str, info: &str) -> Result<Notified, ApiError> {
     state.limiters.notify(app)?;
     let limit = state.limits.info_max_bytes;
     if info.len() > limit {
@@ -184,7 +192,6 @@ pub fn notify(state: &AppState, app: &App, id: &str, info: &str) -> Result<Notif
             limit,
         });
     }
-    Id::check(id)?;
     let published = state.store.publish(app, id, info)?;
     tracing::debug!(
         app = %app.name(),

@@ -54,8 +54,36 @@ pub struct Config {
     pub rate_limits: RateLimits,
     /// Where state is kept across restarts.
     pub store: StoreConfig,
+    /// How connections are served.
+    pub http: HttpConfig,
     /// The registered web applications.
     pub apps: Vec<AppConfig>,
+}
+
+/// How connections are served.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Serve HTTP/1.1 on CallHome's lean path, which frees every buffer while a request
+    /// waits (docs/performance.md). `false` serves every connection with hyper instead: the
+    /// same answers at about 15 times the memory per waiting client; the test suite runs both
+    /// ways to prove they answer the same.
+    pub lean_path: bool,
+    /// Accept HTTP/2 with prior knowledge (no TLS, no upgrade) on the plain port. Off by
+    /// default: browsers never speak it without TLS, and a reverse proxy in front speaks
+    /// HTTP/1.1 to CallHome. When on, each waiting stream counts against `max_connections`
+    /// like a waiting connection, and `header_timeout` and `idle_timeout` apply to the
+    /// connection as a whole.
+    pub http2_cleartext: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            lean_path: true,
+            http2_cleartext: false,
+        }
+    }
 }
 
 /// How log lines are written.
@@ -213,6 +241,7 @@ impl Default for Config {
             limits: Limits::default(),
             rate_limits: RateLimits::default(),
             store: StoreConfig::default(),
+            http: HttpConfig::default(),
             apps: Vec::new(),
         }
     }
@@ -278,6 +307,8 @@ pub struct Settings {
     pub rate_limits: RateLimits,
     /// Where state is kept across restarts.
     pub store: StoreConfig,
+    /// How connections are served.
+    pub http: HttpConfig,
     /// The registered apps.
     pub apps: Apps,
     /// Things worth a warning at start-up (weak keys and the like), already worded.
@@ -408,6 +439,7 @@ impl Config {
             limits: self.limits,
             rate_limits: self.rate_limits,
             store: self.store,
+            http: self.http,
             apps,
             warnings,
         })
@@ -761,6 +793,7 @@ mod tests {
         assert_eq!(shipped.trusted_proxies, Config::default().trusted_proxies);
         assert_eq!(shipped.workers, Config::default().workers);
         assert_eq!(shipped.drain_timeout, Config::default().drain_timeout);
+        assert_eq!(shipped.http, HttpConfig::default());
         assert_eq!(
             shipped.store.snapshot_interval,
             StoreConfig::default().snapshot_interval

@@ -8,24 +8,32 @@
 //! of the head, frees the buffer and then waits holding only its socket and the wait itself.
 //! docs/performance.md has the measurements.
 //!
+//! One framing: `head` reads every head on a connection by hyper's rules and refuses what hyper
+//! would read one way and a proxy another (`400`, `417`, `431`, `501`, then close); `response`
+//! decides how each answer is framed. A request with a chunked body, and HTTP/2 when it is on,
+//! are handed to hyper (`handoff`) with the bytes already read put back in front; after a
+//! chunked request hyper serves that one request and closes, so no second parser ever reads a
+//! head on a connection this module started.
+//!
 //! What this module does not do: decide anything about the API. Every request other than the
 //! held ones and notifies becomes an `http::Request` for the same router the tests use; held
 //! requests and notifies (the busiest backend request: building a request and routing it was
-//! a third of its cost) go through the same functions as the router's routes. Anything unusual at the HTTP level
-//! (chunked request bodies, `Expect`, upgrades, HTTP/2, a head this parser rejects) is handed to
-//! hyper, with the bytes already read put back in front of the socket.
+//! a third of its cost) go through the same functions as the router's routes.
 
 mod handoff;
-mod head;
+pub mod head;
+mod response;
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderName, Method, Request, Response, Version, header};
+use axum::http::{HeaderName, HeaderValue, Method, Request, Response, Version, header};
+use axum::response::IntoResponse as _;
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use hyper::body::Body as _;
@@ -38,52 +46,74 @@ use crate::api;
 use crate::client_ip::X_FORWARDED_FOR;
 use crate::error::ApiError;
 use crate::extract::PeerAddr;
+use crate::permit::Permit;
 use crate::request_id::{self, RequestId, X_REQUEST_ID};
 use crate::routes::common_headers;
 use crate::state::AppState;
 use crate::transport::Held;
-use head::{Head, Parsed, parse, path, query};
+use handoff::Mode;
+use head::{BodyLength, Head, MAX_HEAD, Parsed, Refusal, parse, path, query};
+use response::{Answering, BodyFraming};
 
-/// Largest request head read; longer heads go to hyper, which answers 431.
-const MAX_HEAD: usize = 16 * 1024;
 /// First read of a new request head. Most heads fit; the buffer grows when one does not.
 const READ_CHUNK: usize = 1024;
+/// Most bytes a body read asks the socket for at once: the buffer grows with what arrives,
+/// never by what `Content-Length` claims.
+const BODY_CHUNK: usize = 16 * 1024;
 /// Refused connections being answered at once; past this many, new ones are closed unanswered
 /// (answering is a courtesy that must not itself eat the file descriptors the cap protects).
 const MAX_REFUSING: usize = 256;
-/// How long a refused connection is read from after its answer, so the client sees the answer
-/// rather than a reset caused by its unread request.
-const REFUSE_LINGER: Duration = Duration::from_secs(1);
+/// How long a connection closed after an answer is still read from (and what it sends
+/// dropped), so the client sees the answer rather than a reset caused by its unread bytes.
+const LINGER: Duration = Duration::from_secs(1);
+/// Most bytes read and dropped while lingering.
+const LINGER_BYTES: usize = 64 * 1024;
 
 /// Serves `stream` from `peer` until the client closes it, breaks the protocol, is too slow
 /// (`header_timeout`, `idle_timeout`, `body_timeout`, `send_timeout`) or the server shuts down.
 /// Held requests are not cut by any of these: they wait after their head has arrived.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, state: AppState, router: Router) {
-    let conn = Connection {
-        stream,
-        peer,
-        buf: Vec::new(),
+/// `permit` is the connection's place in `max_connections`, given back when this returns.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: Permit,
+    state: AppState,
+    router: Router,
+) {
+    let served = if state.http.lean_path {
+        let conn = Connection {
+            stream,
+            peer,
+            buf: Vec::new(),
+        };
+        conn.run(&state, &router).await
+    } else {
+        let mode = if state.http.http2_cleartext {
+            Mode::Any
+        } else {
+            Mode::Http1
+        };
+        handoff::hand_off(stream, Vec::new(), peer, mode, &state, &router).await
     };
-    match conn.run(&state, &router).await {
+    match served {
         Err(e) if e.kind() == io::ErrorKind::TimedOut => tracing::debug!("connection too slow"),
         Err(e) => tracing::debug!(error = %e, "connection ended"),
         Ok(()) => {}
     }
-    state.metrics.connections_open.dec();
+    drop(permit);
 }
 
 /// Answers a connection over `max_connections` with `503 too_many_connections` and closes it,
-/// without reading its request (or holding it for more than a second).
-pub fn refuse(stream: TcpStream, state: &AppState) {
-    static REFUSING: AtomicUsize = AtomicUsize::new(0);
-    if REFUSING.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
-        REFUSING.fetch_sub(1, Ordering::AcqRel);
+/// without reading its request (or holding it for more than a second). `refusing` counts the
+/// connections being refused right now (one counter per server).
+pub fn refuse(stream: TcpStream, state: &AppState, refusing: &Arc<AtomicUsize>) {
+    if refusing.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
+        refusing.fetch_sub(1, Ordering::AcqRel);
         return; // dropped: closed unanswered
     }
-    let response = axum::response::IntoResponse::into_response(ApiError::TooManyConnections(
-        state.max_connections,
-    ));
+    let response = ApiError::TooManyConnections(state.connections.size()).into_response();
     let state = state.clone();
+    let refusing = Arc::clone(refusing);
     tokio::spawn(async move {
         let peer = stream
             .peer_addr()
@@ -93,21 +123,16 @@ pub fn refuse(stream: TcpStream, state: &AppState) {
             peer,
             buf: Vec::new(),
         };
-        let linger = async {
-            let id = RequestId::generate();
-            let framing = Framing {
-                keep_alive: false,
-                is_head: false,
-                http10: false,
-            };
-            if conn.write(response, framing, &id, &state).await.is_ok() {
-                let _ = conn.stream.shutdown().await;
-                let mut sink = [0u8; 1024];
-                while matches!(conn.stream.read(&mut sink).await, Ok(n) if n > 0) {}
-            }
+        let answering = Answering {
+            head: false,
+            http10: false,
+            keep_alive: false,
         };
-        let _ = tokio::time::timeout(REFUSE_LINGER, linger).await;
-        REFUSING.fetch_sub(1, Ordering::AcqRel);
+        let id = RequestId::generate();
+        if conn.write(response, answering, &id, &state).await.is_ok() {
+            conn.linger().await;
+        }
+        refusing.fetch_sub(1, Ordering::AcqRel);
     });
 }
 
@@ -118,24 +143,51 @@ struct Connection {
     buf: Vec<u8>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Framing {
-    /// The connection may serve another request afterwards.
-    keep_alive: bool,
-    /// A `HEAD` request: the head only.
-    is_head: bool,
-    /// An HTTP/1.0 request: no chunked encoding.
-    http10: bool,
-}
-
 /// What to do with the bytes at the front of the buffer.
 enum Next {
     /// A request this module serves.
     Request(Head),
-    /// Something for hyper.
-    HandOff,
+    /// A request with a chunked body: hyper reads it.
+    Chunked,
+    /// The HTTP/2 preface.
+    Http2,
+    /// A head that is refused.
+    Refuse(Refusal),
     /// The client closed the connection between requests.
     Closed,
+}
+
+/// Who serves a request this module framed.
+enum Dispatch {
+    /// A poll or an event stream (`GET` or `HEAD`): waits holding no buffer.
+    Held(Held),
+    /// `POST /v1/ids/{id}/notify`, served in place.
+    Notify,
+    /// Everything else, through the router.
+    Route,
+}
+
+impl Dispatch {
+    fn of(head: &Head) -> Self {
+        let path = path(&head.target);
+        match head.method {
+            Method::GET | Method::HEAD => Held::at(path).map_or(Self::Route, Self::Held),
+            Method::POST if api::notify_id(path).is_some() => Self::Notify,
+            _ => Self::Route,
+        }
+    }
+}
+
+/// After a request: whether the connection may read another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// Read the next request.
+    KeepAlive,
+    /// Close: the request said so, its body was left unread, or the answer ends with the
+    /// connection.
+    Close,
+    /// The client left (while its request waited, or during a stream).
+    Gone,
 }
 
 impl Connection {
@@ -152,57 +204,81 @@ impl Connection {
             let head = match next {
                 Next::Request(head) => head,
                 Next::Closed => return Ok(()),
-                Next::HandOff => {
-                    let handed = handoff::hand_off(self.stream, self.buf, self.peer, state, router);
+                Next::Chunked => {
+                    let handed = handoff::hand_off(
+                        self.stream,
+                        self.buf,
+                        self.peer,
+                        Mode::OneRequest,
+                        state,
+                        router,
+                    );
                     return Box::pin(handed).await;
                 }
+                Next::Http2 if state.http.http2_cleartext => {
+                    let handed = handoff::hand_off(
+                        self.stream,
+                        self.buf,
+                        self.peer,
+                        Mode::Http2,
+                        state,
+                        router,
+                    );
+                    return Box::pin(handed).await;
+                }
+                Next::Http2 => {
+                    let refusal = Refusal::Malformed("HTTP/2 without TLS is not enabled here");
+                    return Box::pin(self.refuse_head(refusal, state)).await;
+                }
+                Next::Refuse(refusal) => return Box::pin(self.refuse_head(refusal, state)).await,
             };
-            // A body too large to read is refused unread, so the connection cannot be reused.
-            let keep_alive = head.keep_alive
-                && head.body_len <= state.body_limit
-                && !state.shutdown.is_cancelled();
-            let framing = Framing {
-                keep_alive,
-                is_head: head.method == Method::HEAD,
+            let answering = Answering {
+                head: head.method == Method::HEAD,
                 http10: head.version == Version::HTTP_10,
+                keep_alive: head.framing.keep_alive && !state.shutdown.is_cancelled(),
             };
             // Everything the request causes, up to the last byte of its response, runs as this
             // request (a streamed body is produced while it is written).
             let request_id = self.request_id(&head, state);
             let current = request_id.clone();
-            let response = if let Some(waiting) =
-                Held::at(path(&head.target)).filter(|_| head.method == Method::GET)
-            {
-                let wait = self.wait_for(waiting, head, state);
-                request_id::scope(current, wait).await?
-            } else if head.method == Method::POST
-                && api::notify_id(path(&head.target)).is_some()
-                && head.body_len <= state.body_limit
-            {
-                let notify = Box::pin(self.notify(head, state));
-                Some(request_id::scope(current, notify).await?)
-            } else {
-                let route = Box::pin(self.route(head, state, router));
-                request_id::scope(current, route).await?
+            let (response, after) = match Dispatch::of(&head) {
+                Dispatch::Held(waiting) => {
+                    let wait = self.wait_for(waiting, head, state);
+                    request_id::scope(current, wait).await?
+                }
+                Dispatch::Notify => {
+                    let notify = Box::pin(self.notify(head, state));
+                    request_id::scope(current, notify).await?
+                }
+                Dispatch::Route => {
+                    let route = Box::pin(self.route(head, state, router));
+                    request_id::scope(current, route).await?
+                }
             };
             let Some(response) = response else {
                 return Ok(()); // the client left while its request waited
             };
+            let answering = Answering {
+                keep_alive: answering.keep_alive && after == After::KeepAlive,
+                ..answering
+            };
             let current = request_id.clone();
-            let write = Box::pin(self.write(response, framing, &request_id, state));
-            if !request_id::scope(current, write).await? || !keep_alive {
-                return Ok(());
+            let write = Box::pin(self.write(response, answering, &request_id, state));
+            match request_id::scope(current, write).await? {
+                After::KeepAlive => {}
+                After::Close => {
+                    Box::pin(self.linger()).await;
+                    return Ok(());
+                }
+                After::Gone => return Ok(()),
             }
         }
     }
 
     /// The request's id: its trusted proxy's, or a fresh one.
     fn request_id(&self, head: &Head, state: &AppState) -> RequestId {
-        let given = head.headers.iter().find(|(name, _)| name == X_REQUEST_ID);
-        RequestId::for_peer(
-            state.trusted_proxies.contains(self.peer.ip()),
-            given.map(|(_, value)| value),
-        )
+        let given = header_value(head, &X_REQUEST_ID_NAME);
+        RequestId::for_peer(state.trusted_proxies.contains(self.peer.ip()), given)
     }
 
     /// Reads until a whole request head is buffered, and decides who serves it. Waiting for
@@ -221,8 +297,9 @@ impl Connection {
             if !self.buf.is_empty() {
                 match parse(&self.buf) {
                     Parsed::Complete(head) => return Ok(Next::Request(head)),
-                    Parsed::HandOff => return Ok(Next::HandOff),
-                    Parsed::Partial if self.buf.len() >= MAX_HEAD => return Ok(Next::HandOff),
+                    Parsed::Chunked => return Ok(Next::Chunked),
+                    Parsed::Http2 => return Ok(Next::Http2),
+                    Parsed::Refuse(refusal) => return Ok(Next::Refuse(refusal)),
                     Parsed::Partial => {}
                 }
             }
@@ -258,20 +335,35 @@ impl Connection {
         }
     }
 
-    /// Serves a poll or an event stream. Copies what it needs out of the head, frees the read
-    /// buffer, then waits; `None` when the client closed the connection meanwhile.
+    /// Answers a refused head with its JSON error and closes the connection: after a head
+    /// that cannot be framed, nothing that follows it can be.
+    async fn refuse_head(mut self, refusal: Refusal, state: &AppState) -> io::Result<()> {
+        tracing::debug!(%refusal, "request refused");
+        self.buf = Vec::new();
+        let answering = Answering {
+            head: false,
+            http10: false,
+            keep_alive: false,
+        };
+        let response = ApiError::from(refusal).into_response();
+        let id = RequestId::generate();
+        let current = id.clone();
+        request_id::scope(current, self.write(response, answering, &id, state)).await?;
+        self.linger().await;
+        Ok(())
+    }
+
+    /// Serves a poll or an event stream. Copies what it needs out of the head, reads and
+    /// drops any body (a body left unread would be taken for the next request), frees the
+    /// read buffer, then waits; no response when the client closed the connection meanwhile.
     async fn wait_for(
         &mut self,
         request: Held,
         head: Head,
         state: &AppState,
-    ) -> io::Result<Option<Response<Body>>> {
+    ) -> io::Result<(Option<Response<Body>>, After)> {
         let query = query(&head.target).map(str::to_owned);
-        let last_event_id = head
-            .headers
-            .iter()
-            .find(|(name, _)| name.as_str() == "last-event-id")
-            .map(|(_, value)| value.clone());
+        let last_event_id = header_value(&head, &LAST_EVENT_ID).cloned();
         let forwarded_for = head
             .headers
             .iter()
@@ -280,54 +372,79 @@ impl Connection {
         let client = state
             .trusted_proxies
             .client_ip(self.peer.ip(), forwarded_for);
-        self.consume(head.len);
+        if let Err(refused) = self.take_body(&head, state).await? {
+            return Ok((Some(refused.into_response()), After::Close));
+        }
         drop(head);
         let respond = request.respond(state.clone(), query, last_event_id, client);
+        // The answer first: a client that sent its request and half-closed its side (FIN,
+        // as `printf ... | nc` does) still gets an answer that is ready at once.
         tokio::select! {
-            response = respond => Ok(Some(response)),
-            () = closed(&self.stream, &mut self.buf) => Ok(None),
+            biased;
+            response = respond => Ok((Some(response), After::KeepAlive)),
+            () = closed(&self.stream, &mut self.buf) => Ok((None, After::Gone)),
         }
     }
 
     /// Serves a notify in place: the busiest backend request skips building an
     /// `http::Request` and the router, and goes through the same steps as the routed handler.
-    async fn notify(&mut self, head: Head, state: &AppState) -> io::Result<Response<Body>> {
-        let body = self.read_body(head.len, head.body_len, state).await?;
-        let header = |name: &HeaderName| {
-            head.headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, value)| value)
-        };
+    /// The key is checked before the body is read (or `100 Continue` sent).
+    async fn notify(
+        &mut self,
+        head: Head,
+        state: &AppState,
+    ) -> io::Result<(Option<Response<Body>>, After)> {
         let id = api::notify_id(path(&head.target)).unwrap_or_default();
-        Ok(api::notify_in_place(
-            state,
-            header(&header::AUTHORIZATION),
-            header(&header::CONTENT_TYPE),
-            id,
-            &body,
-        ))
+        let app = api::authenticate(state, header_value(&head, &header::AUTHORIZATION));
+        let content_type = header_value(&head, &header::CONTENT_TYPE);
+        if app.is_err() {
+            let after = self.skip_body(&head);
+            let response = api::notify_in_place(state, app, content_type, id, &[]);
+            return Ok((Some(response), after));
+        }
+        let body = match self.take_body(&head, state).await? {
+            Ok(body) => body,
+            Err(refused) => {
+                // Counted like any other refused notify.
+                let response = api::count_notify(state, Err(refused)).map(axum::Json);
+                return Ok((Some(response.into_response()), After::Close));
+            }
+        };
+        let response = api::notify_in_place(state, app, content_type, id, &body);
+        Ok((Some(response), After::KeepAlive))
     }
 
-    /// Serves any other request through the router.
+    /// Serves any other request through the router. A request with a body whose key does
+    /// not authenticate is routed without its body, which is never read: every route that
+    /// reads a body needs a key, so the answer is the same `401`, and the connection closes.
     async fn route(
         &mut self,
         head: Head,
         state: &AppState,
         router: &Router,
-    ) -> io::Result<Option<Response<Body>>> {
-        if head.body_len > state.body_limit {
-            // Not worth reading: answer, and the caller closes the connection.
-            self.consume(self.buf.len());
-            if head.method == Method::POST && api::is_notify(path(&head.target)) {
-                // A refused notify like any other (`api::count_notify` counts the rest).
-                state.metrics.notifies.rejected.inc();
+    ) -> io::Result<(Option<Response<Body>>, After)> {
+        let has_body = head.framing.body != BodyLength::Length(0);
+        let unauthenticated = has_body
+            && api::authenticate(state, header_value(&head, &header::AUTHORIZATION)).is_err();
+        let (body, after) = if unauthenticated {
+            (Bytes::new(), self.skip_body(&head))
+        } else {
+            match self.take_body(&head, state).await? {
+                Ok(body) => (body, After::KeepAlive),
+                Err(refused) => {
+                    let refused =
+                        if head.method == Method::POST && api::is_notify(path(&head.target)) {
+                            // Counted like any other refused notify.
+                            api::count_notify(state, Err(refused))
+                                .map(axum::Json)
+                                .into_response()
+                        } else {
+                            refused.into_response()
+                        };
+                    return Ok((Some(refused), After::Close));
+                }
             }
-            return Ok(Some(axum::response::IntoResponse::into_response(
-                ApiError::BodyTooLarge(state.body_limit),
-            )));
-        }
-        let body = self.read_body(head.len, head.body_len, state).await?;
+        };
         let mut request = Request::builder()
             .method(head.method)
             .uri(&head.target)
@@ -336,31 +453,59 @@ impl Connection {
         if let Some(headers) = request.headers_mut() {
             headers.extend(head.headers);
         }
-        let request = match request.body(Body::from(body)) {
-            Ok(request) => request,
-            Err(e) => {
-                let error = ApiError::InvalidParameters(format!("malformed request: {e}"));
-                return Ok(Some(axum::response::IntoResponse::into_response(error)));
-            }
+        let Ok(request) = request.body(Body::from(body)) else {
+            let error = ApiError::from(Refusal::Malformed("malformed request target"));
+            return Ok((Some(error.into_response()), After::Close));
         };
         let response = router.clone().oneshot(request).await;
-        Ok(Some(
-            response.unwrap_or_else(|infallible| match infallible {}),
-        ))
+        let response = response.unwrap_or_else(|infallible| match infallible {});
+        Ok((Some(response), after))
     }
 
-    /// Takes the `body_len` bytes after a head of `head_len` bytes off the connection, within
-    /// `body_timeout`.
-    async fn read_body(
+    /// Drops the head from the buffer and reads the body after it, within `body_timeout`,
+    /// sending `100 Continue` first when the client waits for one. A body over the server's
+    /// limit is not read: the answer is `413`, and the caller closes the connection.
+    async fn take_body(
         &mut self,
-        head_len: usize,
-        body_len: usize,
+        head: &Head,
         state: &AppState,
-    ) -> io::Result<Bytes> {
-        let total = head_len + body_len;
+    ) -> io::Result<Result<Bytes, ApiError>> {
+        let BodyLength::Length(len) = head.framing.body else {
+            unreachable!("chunked bodies are handed to hyper before dispatch");
+        };
+        self.consume(head.head_len);
+        let len = match usize::try_from(len) {
+            Ok(len) if len <= state.body_limit => len,
+            _ => {
+                self.buf = Vec::new();
+                return Ok(Err(ApiError::BodyTooLarge(state.body_limit)));
+            }
+        };
+        if len == 0 {
+            return Ok(Ok(Bytes::new()));
+        }
+        if head.framing.expect_continue && self.buf.is_empty() {
+            self.send(b"HTTP/1.1 100 Continue\r\n\r\n", state).await?;
+        }
+        self.read_body(len, state).await.map(Ok)
+    }
+
+    /// Drops the head and whatever of its body is buffered, without reading more; the
+    /// connection must close after the answer (the rest of the body is still in the socket).
+    fn skip_body(&mut self, head: &Head) -> After {
+        self.buf = Vec::new();
+        if head.framing.body == BodyLength::Length(0) {
+            After::KeepAlive
+        } else {
+            After::Close
+        }
+    }
+
+    /// Takes the next `len` bytes off the connection, within `body_timeout`.
+    async fn read_body(&mut self, len: usize, state: &AppState) -> io::Result<Bytes> {
         let deadline = Instant::now() + state.limits.body_timeout;
-        while self.buf.len() < total {
-            self.buf.reserve(total - self.buf.len());
+        while self.buf.len() < len {
+            self.buf.reserve((len - self.buf.len()).min(BODY_CHUNK));
             let read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await;
             let Ok(read) = read else {
                 state.metrics.timeouts.body.inc();
@@ -370,8 +515,8 @@ impl Connection {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
         }
-        let body = Bytes::copy_from_slice(&self.buf[head_len..total]);
-        self.consume(total);
+        let body = Bytes::copy_from_slice(&self.buf[..len]);
+        self.consume(len);
         Ok(body)
     }
 
@@ -381,6 +526,25 @@ impl Connection {
         if self.buf.is_empty() {
             self.buf = Vec::new();
         }
+    }
+
+    /// Closes our side after a final answer and reads what the client still sends for a
+    /// moment (bounded in time and bytes), so unread input does not turn the close into a
+    /// reset that destroys the answer before the client reads it.
+    async fn linger(mut self) {
+        self.buf = Vec::new();
+        let linger = async {
+            let _ = self.stream.shutdown().await;
+            let mut sink = [0u8; 1024];
+            let mut dropped = 0;
+            while dropped < LINGER_BYTES {
+                match self.stream.read(&mut sink).await {
+                    Ok(n) if n > 0 => dropped += n,
+                    _ => break,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, linger).await;
     }
 
     /// Sends `bytes`, within `send_timeout`: a client that stops reading is dropped rather than
@@ -394,74 +558,40 @@ impl Connection {
         sent
     }
 
-    /// Writes `response`; `false` when the client left before the body was complete.
+    /// Writes `response`, framed as [`response::framing`] decides.
     async fn write(
         &mut self,
         response: Response<Body>,
-        framing: Framing,
+        answering: Answering,
         request_id: &RequestId,
         state: &AppState,
-    ) -> io::Result<bool> {
-        let Framing {
-            mut keep_alive,
-            is_head,
-            http10,
-        } = framing;
+    ) -> io::Result<After> {
         let (mut parts, mut body) = response.into_parts();
         common_headers(&mut parts.headers);
-        let exact = body.size_hint().exact();
-        // HTTP/1.0 has no chunked encoding: a stream is sent as it is and ends with the
-        // connection.
-        let chunked = exact.is_none() && !is_head && !http10;
-        if exact.is_none() && http10 {
-            keep_alive = false;
-        }
-        let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(parts.status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(
-            parts
-                .status
-                .canonical_reason()
-                .unwrap_or_default()
-                .as_bytes(),
-        );
-        out.extend_from_slice(b"\r\n");
-        for (name, value) in &parts.headers {
-            if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-                continue;
+        let encoded = response::encode(&parts, answering, body.size_hint().exact(), request_id);
+        let after = if encoded.keep_alive {
+            After::KeepAlive
+        } else {
+            After::Close
+        };
+        let mut out = encoded.head;
+        match encoded.body {
+            BodyFraming::None => {
+                drop(body);
+                self.send(&out, state).await?;
+                return Ok(after);
             }
-            push_header(&mut out, name.as_str(), value.as_bytes());
+            BodyFraming::Length(len) => {
+                // A whole body (every JSON answer): one write with the head.
+                let bytes = body.collect().await.map_err(io::Error::other)?.to_bytes();
+                debug_assert_eq!(bytes.len() as u64, len);
+                out.extend_from_slice(&bytes);
+                self.send(&out, state).await?;
+                return Ok(after);
+            }
+            BodyFraming::Chunked | BodyFraming::UntilClose => {}
         }
-        push_header(&mut out, X_REQUEST_ID, request_id.as_str().as_bytes());
-        push_header(
-            &mut out,
-            "date",
-            httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes(),
-        );
-        if !keep_alive {
-            push_header(&mut out, "connection", b"close");
-        }
-        match exact {
-            Some(len) => push_header(&mut out, "content-length", len.to_string().as_bytes()),
-            None if chunked => push_header(&mut out, "transfer-encoding", b"chunked"),
-            None => {}
-        }
-        out.extend_from_slice(b"\r\n");
-
-        if is_head {
-            self.send(&out, state).await?;
-            return Ok(true);
-        }
-        if let Some(len) = exact {
-            // A whole body (every JSON answer): one write with the head.
-            let bytes = body.collect().await.map_err(io::Error::other)?.to_bytes();
-            debug_assert_eq!(bytes.len() as u64, len);
-            out.extend_from_slice(&bytes);
-            self.send(&out, state).await?;
-            return Ok(true);
-        }
+        let chunked = encoded.body == BodyFraming::Chunked;
         // A stream (server-sent events): head now, then one chunk per frame as it comes, while
         // watching for the client leaving so its waiting place is given back at once.
         self.send(&out, state).await?;
@@ -469,7 +599,7 @@ impl Connection {
         loop {
             let frame = tokio::select! {
                 frame = body.frame() => frame,
-                () = closed(&self.stream, &mut self.buf) => return Ok(false),
+                () = closed(&self.stream, &mut self.buf) => return Ok(After::Gone),
             };
             match frame {
                 None => break,
@@ -492,18 +622,22 @@ impl Connection {
             }
         }
         if !chunked {
-            return Ok(false); // the end of the body is the end of the connection
+            return Ok(After::Close); // the end of the body is the end of the connection
         }
         self.send(b"0\r\n\r\n", state).await?;
-        Ok(true)
+        Ok(after)
     }
 }
 
-fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
+const X_REQUEST_ID_NAME: HeaderName = HeaderName::from_static(X_REQUEST_ID);
+const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+
+/// The first value of header `name` in `head`.
+fn header_value<'h>(head: &'h Head, name: &HeaderName) -> Option<&'h HeaderValue> {
+    head.headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, value)| value)
 }
 
 /// Resolves when the peer closes the connection (or it fails). Bytes the client sends

@@ -12,6 +12,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::connection::head::Refusal;
 use crate::id::IdError;
 use crate::origin::OriginError;
 use crate::slot::TooManyWaiters;
@@ -93,6 +94,9 @@ pub enum ApiError {
     /// `max_connections` connections are open.
     #[error("the server holds its maximum of {0} connections; try again later")]
     TooManyConnections(usize),
+    /// A request head that is malformed or could be read two ways; the connection closes.
+    #[error(transparent)]
+    Framing(#[from] Refusal),
     /// No route for the path.
     #[error("no such endpoint; see docs/api.md")]
     NotFound,
@@ -104,7 +108,28 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// How a refused request is counted in the `outcome` label of its metric family: the one
+/// mapping from errors to metrics (each family in `metrics` picks its counter from it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// `unknown_id`: no such id (or another app's).
+    UnknownId,
+    /// `gone`: the id was deleted while the request waited.
+    Gone,
+    /// `rejected`: refused for any other reason (key, size, format, rate, framing).
+    Rejected,
+}
+
 impl ApiError {
+    /// The metric outcome of this refusal.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Self::UnknownId => Outcome::UnknownId,
+            Self::Gone => Outcome::Gone,
+            _ => Outcome::Rejected,
+        }
+    }
+
     /// The HTTP status of each error.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -113,7 +138,11 @@ impl ApiError {
             | Self::OriginMismatch(_)
             | Self::InvalidInfo
             | Self::InvalidJson(_)
-            | Self::InvalidParameters(_) => StatusCode::BAD_REQUEST,
+            | Self::InvalidParameters(_)
+            | Self::Framing(Refusal::Malformed(_)) => StatusCode::BAD_REQUEST,
+            Self::Framing(Refusal::HeadTooLarge) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::Framing(Refusal::Expectation) => StatusCode::EXPECTATION_FAILED,
+            Self::Framing(Refusal::TransferCoding) => StatusCode::NOT_IMPLEMENTED,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::UnknownId | Self::NotFound => StatusCode::NOT_FOUND,
@@ -149,6 +178,10 @@ impl ApiError {
             Self::TooManyWaiters(_) => "too_many_waiters",
             Self::RateLimited(_) => "rate_limited",
             Self::TooManyConnections(_) => "too_many_connections",
+            Self::Framing(Refusal::Malformed(_)) => "malformed_request",
+            Self::Framing(Refusal::HeadTooLarge) => "head_too_large",
+            Self::Framing(Refusal::Expectation) => "expectation_failed",
+            Self::Framing(Refusal::TransferCoding) => "unsupported_transfer_coding",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Internal(_) => "internal",
@@ -258,6 +291,26 @@ mod tests {
                 "rate_limited",
             ),
             (ApiError::TooManyConnections(1), 503, "too_many_connections"),
+            (
+                ApiError::Framing(Refusal::Malformed("x")),
+                400,
+                "malformed_request",
+            ),
+            (
+                ApiError::Framing(Refusal::HeadTooLarge),
+                431,
+                "head_too_large",
+            ),
+            (
+                ApiError::Framing(Refusal::Expectation),
+                417,
+                "expectation_failed",
+            ),
+            (
+                ApiError::Framing(Refusal::TransferCoding),
+                501,
+                "unsupported_transfer_coding",
+            ),
             (ApiError::NotFound, 404, "not_found"),
             (ApiError::MethodNotAllowed, 405, "method_not_allowed"),
             (ApiError::Internal("x".into()), 500, "internal"),

@@ -67,6 +67,29 @@ impl FromRequest<AppState> for Body {
     }
 }
 
+/// The request body, not read yet: handlers that check a key take this and read it with
+/// [`UnreadBody::read`] only once the key checked out, so a request without one never has its
+/// body read (nor, with `Expect: 100-continue`, asked for).
+#[derive(Debug)]
+pub struct UnreadBody(Request);
+
+impl FromRequest<AppState> for UnreadBody {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(req: Request, _: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(Self(req))
+    }
+}
+
+impl UnreadBody {
+    /// Reads the body, as [`Body`] does.
+    pub async fn read(self, state: &AppState) -> Result<Bytes, ApiError> {
+        Body::from_request(self.0, state)
+            .await
+            .map(|Body(body)| body)
+    }
+}
+
 /// The media type of the body (`text/plain` for `text/plain; charset=utf-8`), lower-cased.
 pub fn media_type(headers: &HeaderMap) -> Option<String> {
     media_type_of(headers.get(header::CONTENT_TYPE))

@@ -60,7 +60,10 @@ mod tests {
         let settings = Config::default().validate(|_| None).unwrap();
         let addr = "127.0.0.1:8080".parse().unwrap();
         let router = crate::routes::router(AppState::new(settings, addr, shutdown.clone()));
-        let request = Request::get("/readyz").body(Body::empty()).unwrap();
+        let request = Request::get("/readyz")
+            .header("host", "localhost")
+            .body(Body::empty())
+            .unwrap();
         router.oneshot(request).await.unwrap().status()
     }
 

@@ -10,6 +10,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::TryRng as _;
 
+use crate::telemetry::Redacted;
+
 /// Shortest id accepted: 16 characters of a 64-symbol alphabet carry 96 bits, the least
 /// we accept for an unguessable capability chosen by a backend.
 pub const MIN_LEN: usize = 16;
@@ -72,11 +74,6 @@ impl Id {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    /// A shortened form for logs: enough to correlate, too little to use.
-    pub fn redacted(&self) -> String {
-        format!("{}…", &self.0[..6])
-    }
 }
 
 impl fmt::Display for Id {
@@ -87,7 +84,7 @@ impl fmt::Display for Id {
 
 impl fmt::Debug for Id {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Id({})", self.redacted())
+        write!(f, "Id({})", Redacted(&self.0))
     }
 }
 

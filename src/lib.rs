@@ -44,6 +44,7 @@ pub mod housekeeping;
 pub mod id;
 pub mod metrics;
 pub mod origin;
+pub mod permit;
 pub mod rate_limit;
 pub mod request_id;
 pub mod routes;

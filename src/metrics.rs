@@ -16,6 +16,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::error::{self, ApiError};
+
 /// The content type of the `OpenMetrics` text format, which Prometheus scrapes natively.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -127,6 +129,37 @@ pub struct StreamOutcomes {
     pub unknown_id: Counter,
     /// Refused: bad parameters, too many waiters, rate limit.
     pub rejected: Counter,
+}
+
+impl NotifyOutcomes {
+    /// The counter of a refused notify.
+    pub fn refused(&self, error: &ApiError) -> &Counter {
+        match error.outcome() {
+            error::Outcome::UnknownId => &self.unknown_id,
+            error::Outcome::Gone | error::Outcome::Rejected => &self.rejected,
+        }
+    }
+}
+
+impl PollOutcomes {
+    /// The counter of a refused (or released as gone) poll.
+    pub fn refused(&self, error: &ApiError) -> &Counter {
+        match error.outcome() {
+            error::Outcome::UnknownId => &self.unknown_id,
+            error::Outcome::Gone => &self.gone,
+            error::Outcome::Rejected => &self.rejected,
+        }
+    }
+}
+
+impl StreamOutcomes {
+    /// The counter of a refused event stream.
+    pub fn refused(&self, error: &ApiError) -> &Counter {
+        match error.outcome() {
+            error::Outcome::UnknownId => &self.unknown_id,
+            error::Outcome::Gone | error::Outcome::Rejected => &self.rejected,
+        }
+    }
 }
 
 /// `callhome_rate_limited_total{limit}`.

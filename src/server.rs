@@ -8,7 +8,8 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
@@ -62,7 +63,13 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let stop = CancellationToken::new();
     let state = AppState::new(settings, listener.local_addr()?, stop.clone());
-    tracing::info!(max_connections = state.max_connections, "connection limit");
+    tracing::info!(
+        max_connections = state.connections.size(),
+        "connection limit"
+    );
+    // Every task this server starts is tracked, so the final snapshot is written only after
+    // all of them (the periodic saver above all) have stopped.
+    let background = TaskTracker::new();
     if let Some(path) = state.snapshot.snapshot_path.clone() {
         let started = std::time::Instant::now();
         let restored = snapshot::restore(&path, &state.store, &state.apps)?;
@@ -73,16 +80,18 @@ pub async fn run(
             took = ?started.elapsed(),
             "restored {}", path.display()
         );
-        tokio::spawn(snapshot::run_periodic(
+        background.spawn(snapshot::run_periodic(
             path,
             state.snapshot.snapshot_interval,
             state.clone(),
         ));
     }
-    tokio::spawn(housekeeping::run(state.clone()));
-    tokio::spawn(begin_shutdown(shutdown, state.clone(), stop.clone()));
+    background.spawn(housekeeping::run(state.clone()));
+    background.spawn(begin_shutdown(shutdown, state.clone(), stop.clone()));
+    background.close();
     let router = routes::router(state.clone());
     let connections = TaskTracker::new();
+    let refusing = Arc::new(AtomicUsize::new(0));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -90,19 +99,18 @@ pub async fn run(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let open = usize::try_from(state.metrics.connections_open.get()).unwrap_or(0);
-                if open >= state.max_connections {
+                let Some(permit) = state.connections.try_take() else {
                     state.metrics.connections.refused.inc();
-                    connection::refuse(stream, &state);
+                    connection::refuse(stream, &state, &refusing);
                     continue;
-                }
+                };
                 state.metrics.connections.accepted.inc();
-                state.metrics.connections_open.inc();
                 // Answers are small and written whole; do not let Nagle hold them back.
                 let _ = stream.set_nodelay(true);
                 connections.spawn(connection::serve(
                     stream,
                     peer,
+                    permit,
                     state.clone(),
                     router.clone(),
                 ));
@@ -125,6 +133,7 @@ pub async fn run(
             "drain timeout: exiting with connections still open"
         );
     }
+    background.wait().await;
     if let Some(path) = state.snapshot.snapshot_path.clone() {
         let (bytes, took) = snapshot::save_measured(path, &state).await?;
         tracing::info!(bytes, took = ?took, "final snapshot written");

@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Apps;
 use crate::client_ip::TrustedProxies;
-use crate::config::{Limits, Settings, StoreConfig};
+use crate::config::{HttpConfig, Limits, Settings, StoreConfig};
 use crate::metrics::Metrics;
+use crate::permit::Budget;
 use crate::rate_limit::RateLimiters;
 use crate::store::Store;
 
@@ -54,8 +55,10 @@ pub struct Shared {
     pub shutdown_grace: Duration,
     /// Set when a shutdown begins, `shutdown_grace` before `shutdown` is cancelled.
     pub draining: AtomicBool,
-    /// Open connections allowed (`max_connections`, resolved).
-    pub max_connections: usize,
+    /// Places for client connections (`max_connections`, resolved).
+    pub connections: Budget,
+    /// How connections are served.
+    pub http: HttpConfig,
     /// Whose `X-Forwarded-For` is believed.
     pub trusted_proxies: TrustedProxies,
     /// Request rates.
@@ -93,7 +96,11 @@ impl AppState {
             drain_timeout: settings.drain_timeout,
             shutdown_grace: settings.shutdown_grace,
             draining: AtomicBool::new(false),
-            max_connections: connection_budget(settings.limits.max_connections),
+            connections: Budget::new(
+                connection_budget(settings.limits.max_connections),
+                metrics.connections_open.clone(),
+            ),
+            http: settings.http,
             trusted_proxies: settings.trusted_proxies,
             limiters,
             metrics,

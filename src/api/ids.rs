@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::Authenticated;
 use crate::auth::App;
 use crate::error::ApiError;
-use crate::extract::{self, Body, PathId};
+use crate::extract::{self, Body, PathId, UnreadBody};
 use crate::id::Id;
 use crate::state::AppState;
 use crate::telemetry::Redacted;
@@ -64,12 +64,15 @@ async fn notify(
     app: Result<Authenticated, ApiError>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Result<Body, ApiError>,
+    body: UnreadBody,
 ) -> Result<Json<super::Notified>, ApiError> {
-    let answer = app.and_then(|Authenticated(app)| {
-        let Body(body) = body?;
-        notify_body(&state, &app, &id, headers.get(header::CONTENT_TYPE), &body)
-    });
+    let answer = match app {
+        Ok(Authenticated(app)) => match body.read(&state).await {
+            Ok(body) => notify_body(&state, &app, &id, headers.get(header::CONTENT_TYPE), &body),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
     super::count_notify(&state, answer).map(Json)
 }
 
@@ -89,7 +92,7 @@ pub(super) fn notify_body(
         Some("text/plain") => std::str::from_utf8(body).map_err(|_| ApiError::InvalidInfo)?,
         Some("application/json") => {
             let request: NotifyRequest = extract::json_of(content_type, body)?;
-            return super::notify(state, app, id, &request.info);
+            return super::notify_checked(state, app, id, &request.info);
         }
         other => {
             return Err(ApiError::UnsupportedMediaType(
@@ -98,7 +101,7 @@ pub(super) fn notify_body(
             ));
         }
     };
-    super::notify(state, app, id, info)
+    super::notify_checked(state, app, id, info)
 }
 
 #[derive(Debug, Serialize)]

@@ -5,6 +5,7 @@
 //! and semantics are those of the v1 API, and so are the answers.
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
@@ -14,13 +15,14 @@ use serde::de::DeserializeOwned;
 
 use super::Authenticated;
 use crate::error::ApiError;
-use crate::extract::{self, Body, Query};
+use crate::extract::{self, Body, Query, UnreadBody};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/idcreate", get(idcreate).post(idcreate))
-        .route("/notify", get(notify).post(notify))
+        // HEAD must be safe: axum would run the GET handler for it, which creates or notifies.
+        .route("/idcreate", get(idcreate).post(idcreate).head(unsafe_head))
+        .route("/notify", get(notify).post(notify).head(unsafe_head))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -56,10 +58,16 @@ async fn notify(
     method: Method,
     query: Result<Query<NotifyParams>, ApiError>,
     headers: HeaderMap,
-    body: Result<Body, ApiError>,
+    body: UnreadBody,
 ) -> Result<Json<super::Notified>, ApiError> {
+    // The key first: without one the body is never read.
+    let read = match (&app, &query) {
+        (Ok(_), Ok(_)) => Some(body.read(&state).await),
+        _ => None,
+    };
     let answer = (|| {
-        let (Authenticated(app), Query(query), Body(body)) = (app?, query?, body?);
+        let (Authenticated(app), Query(query)) = (app?, query?);
+        let body = read.unwrap_or(Ok(Bytes::new()))?;
         let form: NotifyParams = form_body(&method, &headers, &body)?;
         let id = query
             .id
@@ -69,6 +77,11 @@ async fn notify(
         super::notify(&state, &app, &id, &info)
     })();
     super::count_notify(&state, answer).map(Json)
+}
+
+/// `HEAD` on a URL whose `GET` changes something: refused, never run.
+async fn unsafe_head() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 /// The parameters of a posted form, or the defaults when there is none.

@@ -1,38 +1,66 @@
 //! The hand-off to hyper: a connection whose request the lean path does not serve itself goes
 //! to hyper and the same router, with the bytes already read put back in front of the
-//! socket, and with the same body and send timeouts as the lean path.
+//! socket, and with the lean path's limits (head size, timeouts, places).
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Request, Response};
+use axum::http::{Request, Response, Version};
+use axum::response::IntoResponse as _;
 use bytes::Bytes;
 use futures_util::TryFutureExt as _;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
+use super::head::{MAX_HEAD, MAX_HEADERS};
+use crate::error::ApiError;
 use crate::extract::PeerAddr;
+use crate::permit::Permit;
 use crate::request_id::{self, RequestId, X_REQUEST_ID};
 use crate::state::AppState;
 
+/// How long an idle connection's graceful close may take before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// What hyper serves on a connection it is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// HTTP/1.1, every request on the connection (the lean path is off).
+    Http1,
+    /// HTTP/1.1 or HTTP/2 by prior knowledge (lean path off, `http2_cleartext` on).
+    Any,
+    /// The one HTTP/1.1 request the lean path framed (a chunked body), then close: every
+    /// head on a connection the lean path started is read by one parser.
+    OneRequest,
+    /// HTTP/2 by prior knowledge (`http2_cleartext` on).
+    Http2,
+}
+
 /// Gives the connection, with `read` (the bytes already taken from it) put back in front,
-/// to hyper and the same router.
+/// to hyper and the same router, configured with the lean path's limits: the same head size
+/// and header count, the same header, idle, body and send timeouts. On HTTP/2 each stream
+/// takes a place of its own in `max_connections` for as long as it is open, so a waiting
+/// stream costs what a waiting connection costs.
 pub async fn hand_off(
     stream: TcpStream,
     read: Vec<u8>,
     peer: SocketAddr,
+    mode: Mode,
     state: &AppState,
     router: &Router,
 ) -> io::Result<()> {
@@ -52,7 +80,24 @@ pub async fn hand_off(
     let body_timeout = state.limits.body_timeout;
     let body_timeouts = state.metrics.timeouts.body.clone();
     let cut_by_body = cut.clone();
+    let activity = Arc::new(Activity::new());
+    let in_flight = Arc::clone(&activity);
+    let streams = state.clone();
     let service = TowerToHyperService::new(tower::service_fn(move |request: Request<Incoming>| {
+        let busy = Activity::start(&in_flight);
+        // An HTTP/2 stream is a client of its own: it needs a place, as a connection does.
+        let place = if request.version() == Version::HTTP_2 {
+            let Some(place) = streams.connections.try_take() else {
+                streams.metrics.connections.refused.inc();
+                let refused = ApiError::TooManyConnections(streams.connections.size());
+                let response = refused.into_response();
+                return Box::pin(async move { Ok(response) })
+                    as Pin<Box<dyn Future<Output = _> + Send>>;
+            };
+            Some(place)
+        } else {
+            None
+        };
         let mut request = if request.body().is_end_stream() {
             request.map(Body::new)
         } else {
@@ -71,35 +116,142 @@ pub async fn hand_off(
         let respond = router.clone().oneshot(request).map_ok(move |response| {
             let (mut parts, body) = response.into_parts();
             parts.headers.insert(X_REQUEST_ID, current.to_header());
-            // hyper streams the body after this future is done: it runs as the
-            // request too.
+            // hyper streams the body after this future is done: it runs as the request too,
+            // and the request (with its place) lasts until its last byte.
             let body = Body::new(ScopedBody {
                 inner: body,
                 id: current,
+                _held: (busy, place),
             });
             Response::from_parts(parts, body)
         });
         Box::pin(request_id::scope(request_id, respond))
     }));
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.limits.header_timeout);
-    let conn = builder.serve_connection_with_upgrades(io, service);
+    let builder = builder(mode, state);
+    let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
+    let limits = state.limits;
+    let timeouts = &state.metrics.timeouts;
+    // hyper's own header timeout ends the connection with an error; count it as the lean
+    // path counts its own.
+    let ended = |result: Result<(), Box<dyn std::error::Error + Send + Sync>>| {
+        result.map_err(|e| {
+            if e.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_timeout)
+            {
+                timeouts.header.inc();
+                io::ErrorKind::TimedOut.into()
+            } else {
+                io::Error::other(e)
+            }
+        })
+    };
     let served = async {
         tokio::select! {
-            result = conn.as_mut() => result.map_err(io::Error::other),
+            result = conn.as_mut() => ended(result),
             () = state.shutdown.cancelled() => {
                 conn.as_mut().graceful_shutdown();
-                conn.await.map_err(io::Error::other)
+                ended(conn.await)
+            }
+            started = activity.idle(limits.header_timeout, limits.idle_timeout) => {
+                if started { &timeouts.idle } else { &timeouts.header }.inc();
+                // Nothing is in flight: a graceful close (GOAWAY) has nothing to wait for,
+                // unless the client never finished its handshake. Then it is dropped.
+                conn.as_mut().graceful_shutdown();
+                match tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await {
+                    Ok(result) => ended(result),
+                    Err(_) => Err(io::ErrorKind::TimedOut.into()),
+                }
             }
         }
     };
     tokio::select! {
         result = served => result,
         () = cut.cancelled() => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// hyper configured for `mode` with the lean path's limits.
+fn builder(mode: Mode, state: &AppState) -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder = match mode {
+        Mode::Http1 | Mode::OneRequest => builder.http1_only(),
+        Mode::Http2 => builder.http2_only(),
+        Mode::Any => builder,
+    };
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(mode != Mode::OneRequest)
+        .header_read_timeout(state.limits.header_timeout)
+        .max_buf_size(MAX_HEAD)
+        .max_headers(MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(MAX_HEAD).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Requests in flight on a connection served by hyper, and when the last one ended: hyper
+/// has no idle timeout for HTTP/2 (and none that spares a held HTTP/1 request), so this
+/// closes a connection that has had nothing in flight for `idle_timeout`, or none at all
+/// within `header_timeout` of its start.
+#[derive(Debug)]
+struct Activity {
+    in_flight: AtomicUsize,
+    /// Milliseconds from `epoch` to the end of the last request; `u64::MAX` before any.
+    ended: AtomicU64,
+    epoch: Instant,
+}
+
+/// One request in flight, until dropped.
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            ended: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn start(this: &Arc<Self>) -> Busy {
+        this.in_flight.fetch_add(1, Ordering::AcqRel);
+        Busy(Arc::clone(this))
+    }
+
+    /// Resolves once the connection has been idle too long: `true` when it had served a
+    /// request (an idle timeout), `false` when none ever came (a header timeout).
+    async fn idle(&self, first: Duration, idle: Duration) -> bool {
+        loop {
+            let now = self.epoch.elapsed();
+            let wait = if self.in_flight.load(Ordering::Acquire) > 0 {
+                idle
+            } else {
+                let ended = self.ended.load(Ordering::Acquire);
+                let (since, limit) = if ended == u64::MAX {
+                    (Duration::ZERO, first)
+                } else {
+                    (Duration::from_millis(ended), idle)
+                };
+                let quiet = now.saturating_sub(since);
+                if quiet >= limit {
+                    return ended != u64::MAX;
+                }
+                limit.saturating_sub(quiet)
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let millis = u64::try_from(self.0.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.0.ended.store(millis, Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -144,6 +296,8 @@ impl hyper::body::Body for TimedBody {
 struct ScopedBody {
     inner: Body,
     id: RequestId,
+    /// The request's mark on its connection's activity, and its HTTP/2 place.
+    _held: (Busy, Option<Permit>),
 }
 
 impl hyper::body::Body for ScopedBody {

@@ -42,12 +42,7 @@ pub fn events(
             response
         }
         Err(e) => {
-            if matches!(e, ApiError::UnknownId) {
-                &outcomes.unknown_id
-            } else {
-                &outcomes.rejected
-            }
-            .inc();
+            outcomes.refused(&e).inc();
             e.into_response()
         }
     }

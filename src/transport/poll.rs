@@ -24,13 +24,7 @@ pub async fn poll(state: AppState, query: Option<String>, client: Option<IpAddr>
     let (outcome, response) = match answer(&state, query.as_deref(), client).await {
         Ok(answered) => answered,
         Err(e) => {
-            let outcomes = &state.metrics.polls;
-            let counter = match e {
-                ApiError::UnknownId => &outcomes.unknown_id,
-                ApiError::Gone => &outcomes.gone,
-                _ => &outcomes.rejected,
-            };
-            counter.inc();
+            state.metrics.polls.refused(&e).inc();
             return e.into_response();
         }
     };

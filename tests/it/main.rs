@@ -13,6 +13,7 @@ mod events;
 mod expiry;
 mod framing;
 mod http;
+mod http2;
 mod limits;
 mod logs;
 mod metrics;

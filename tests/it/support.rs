@@ -65,6 +65,13 @@ pub fn test_apps() -> Vec<AppConfig> {
     ]
 }
 
+/// Whether servers in this run use the lean HTTP/1.1 path: `CALLHOME_HTTP__LEAN_PATH=false`
+/// runs the whole suite with every connection served by hyper (the real binary reads the
+/// same variable), to prove both paths answer the same.
+pub fn lean_path() -> bool {
+    std::env::var("CALLHOME_HTTP__LEAN_PATH").map_or(true, |v| v != "false")
+}
+
 /// Turns every rate limit off, for tests that are a load on purpose.
 pub fn unlimited(config: &mut Config) {
     config.rate_limits = RateLimits {
@@ -96,6 +103,7 @@ impl TestServer {
             apps: test_apps(),
             ..Config::default()
         };
+        config.http.lean_path = lean_path();
         adjust(&mut config);
         let settings = config.validate(|_| None).expect("test config is valid");
         let listener = server::bind(settings.listen).expect("bind 127.0.0.1:0");
