@@ -6,10 +6,13 @@
 // never delivers its first "ready" event (a proxy that buffers). A failed stream is followed
 // by one long poll, which also learns whether the id still exists (EventSource cannot see
 // HTTP statuses). Retries back off exponentially with jitter, and every (re)connection
-// resumes from the last seq seen.
+// resumes from the last seq seen. A stream or poll the server released (a newer client took
+// its waiting place on a full id) is not a failure: it comes back after the server's hint,
+// jittered, with its cursor, so nothing notified meanwhile is lost.
 (function () {
   "use strict";
   var READY_TIMEOUT_MS = 10000;
+  var RELEASED_RETRY_MS = 1000; // the server's `retry:` for a released stream
   var SSE_FAILURES_BEFORE_POLLING = 2;
   var cfg = JSON.parse(document.getElementById("callhome-config").textContent);
   var mode = cfg.transport === "poll" || typeof EventSource !== "function" ? "poll" : "sse";
@@ -53,6 +56,11 @@
     setTimeout(connect, ceiling / 2 + Math.random() * (ceiling / 2));
   }
 
+  // Back after between half and all of `ms`: released clients do not all return at once.
+  function comeBackAfter(ms) {
+    setTimeout(connect, ms / 2 + Math.random() * (ms / 2));
+  }
+
   function connect() {
     if (stopped) return;
     // Shown on the page element for people (and tests) inspecting the frame.
@@ -93,6 +101,13 @@
     es.addEventListener("gone", function () {
       stop("gone");
     });
+    es.addEventListener("released", function () {
+      if (source !== es) return;
+      clearTimeout(readyTimer);
+      es.close();
+      source = null;
+      comeBackAfter(RELEASED_RETRY_MS);
+    });
     es.onmessage = function (event) {
       deliver(JSON.parse(event.data));
     };
@@ -110,10 +125,13 @@
           throw new Error("CallHome poll answered " + response.status);
         }
         probeNext = false;
+        // A 204 with Retry-After: released for a newer client; a plain 204: time to ask again.
+        var after = response.status === 204 ? Number(response.headers.get("Retry-After")) : 0;
         var next = response.status === 200 ? response.json().then(deliver) : Promise.resolve();
         return next.then(function () {
           failures = 0;
-          connect();
+          if (after > 0) comeBackAfter(Math.min(after, 30) * 1000);
+          else connect();
         });
       })
       .catch(retryLater);

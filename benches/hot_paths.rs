@@ -45,7 +45,7 @@ fn notify(c: &mut Criterion) {
         b.to_async(&runtime).iter_batched(
             || {
                 let slot = Arc::new(Slot::new(Id::generate().unwrap(), Arc::from("bench"), None));
-                let waiter = slot.join(8).unwrap();
+                let waiter = slot.join(8).waiter;
                 let token = token.clone();
                 let wait = tokio::spawn(async move { waiter.wait_after(0, &token).await });
                 (slot, wait)
@@ -74,7 +74,7 @@ fn wait_registration(c: &mut Criterion) {
             let slot = Arc::clone(&slot);
             let token = token.clone();
             async move {
-                let waiter = slot.join(8).unwrap();
+                let waiter = slot.join(8).waiter;
                 waiter.wait_after(0, &token).await
             }
         });

@@ -22,6 +22,7 @@ use crate::id::Id;
 use crate::origin::Origin;
 use crate::slot::Published;
 use crate::state::AppState;
+use crate::store::CreateError;
 use crate::telemetry::Redacted;
 
 /// The backend routes.
@@ -145,19 +146,24 @@ pub fn create(
     let origin = match origin {
         Some(text) => {
             let origin = Origin::parse(text)?;
-            let allowed = if origin.is_wildcard() {
-                app.origins().iter().any(Origin::is_wildcard)
-            } else {
-                app.allows(&origin)
-            };
-            if !allowed {
+            if !state.apps.serves(app, &origin) {
                 return Err(ApiError::OriginNotAllowed(origin.to_string()));
             }
             Some(origin)
         }
         None => app.default_origin().cloned(),
     };
-    let slot = state.store.create(app, id, origin)?;
+    let slot = state.store.create(app, id, origin).inspect_err(|e| {
+        let refused = &state.metrics.creates_refused;
+        let counter = match e {
+            CreateError::AppQuota(_) => Some(&refused.app_quota),
+            CreateError::Full(_) => Some(&refused.max_ids),
+            CreateError::Taken | CreateError::Entropy(_) => None,
+        };
+        if let Some(counter) = counter {
+            counter.inc();
+        }
+    })?;
     state.metrics.ids_created.inc();
     let id = slot.id().as_str();
     tracing::debug!(app = %app.name(), id = %Redacted(id), "id created");

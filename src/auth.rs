@@ -50,6 +50,8 @@ pub struct App {
     name: Arc<str>,
     key_digest: [u8; 32],
     origins: Vec<Origin>,
+    /// Ids the app may hold at once.
+    max_ids: usize,
 }
 
 impl App {
@@ -59,7 +61,21 @@ impl App {
             name: Arc::from(name),
             key_digest: key.digest(),
             origins,
+            max_ids: usize::MAX,
         }
+    }
+
+    /// The same app, allowed to hold at most `max_ids` ids at once (by default, as many as
+    /// the store holds).
+    #[must_use]
+    pub fn with_max_ids(mut self, max_ids: usize) -> Self {
+        self.max_ids = max_ids;
+        self
+    }
+
+    /// How many ids the app may hold at once.
+    pub fn max_ids(&self) -> usize {
+        self.max_ids
     }
 
     /// The app's name, as written in the config.
@@ -70,11 +86,6 @@ impl App {
     /// The origins the app's pages are served from.
     pub fn origins(&self) -> &[Origin] {
         &self.origins
-    }
-
-    /// True when `origin` is one of the app's, or the app lists `*`.
-    pub fn allows(&self, origin: &Origin) -> bool {
-        self.origins.iter().any(|o| o.is_wildcard() || o == origin)
     }
 
     /// The origin a new id is bound to when the backend names none: the app's only origin,
@@ -111,6 +122,24 @@ impl Apps {
             }
         }
         found
+    }
+
+    /// True when `app` may bind ids to `origin` and have their iframe page served to it:
+    /// `origin` is one the app lists (`*` included), or the app lists `*` and no other app
+    /// lists `origin`. A wildcard covers the origins nobody has claimed, never another app's:
+    /// otherwise an app listing `*` could take another app's id first (ids are one namespace,
+    /// and an app-chosen one may be guessable) and have it served framed on that app's pages.
+    pub fn serves(&self, app: &App, origin: &Origin) -> bool {
+        if app.origins.contains(origin) {
+            return true;
+        }
+        let wildcard = app.origins.iter().any(Origin::is_wildcard);
+        wildcard
+            && !origin.is_wildcard()
+            && !self
+                .apps
+                .iter()
+                .any(|other| other.name != app.name && other.origins.contains(origin))
     }
 
     /// The app called `name`.
@@ -169,14 +198,49 @@ mod tests {
             "https://one.example"
         );
         assert!(two.default_origin().is_none());
-        assert!(two.allows(&Origin::parse("https://www.two.example").unwrap()));
-        assert!(!two.allows(&Origin::parse("https://one.example").unwrap()));
-        let any = App::new(
+        let origin = |text: &str| Origin::parse(text).unwrap();
+        assert!(apps.serves(two, &origin("https://www.two.example")));
+        assert!(!apps.serves(two, &origin("https://one.example")));
+        assert!(!apps.serves(two, &origin("*")), "`*` only when listed");
+    }
+
+    #[test]
+    fn a_wildcard_covers_only_the_origins_no_other_app_lists() {
+        let mut apps = apps().apps;
+        let wildcard = |name: &str, key: &str, extra: &[&str]| {
+            let mut origins = vec![Origin::parse("*").unwrap()];
+            origins.extend(extra.iter().map(|o| Origin::parse(o).unwrap()));
+            App::new(name, &AppKey::new(key.into()), origins)
+        };
+        apps.push(Arc::new(wildcard(
             "any",
-            &AppKey::new("k".into()),
-            vec![Origin::parse("*").unwrap()],
+            "key-any",
+            &["https://shared.example"],
+        )));
+        apps.push(Arc::new(wildcard(
+            "other",
+            "key-other",
+            &["https://shared.example"],
+        )));
+        let apps = Apps { apps };
+        let any = apps.get("any").unwrap();
+        let origin = |text: &str| Origin::parse(text).unwrap();
+        assert!(apps.serves(any, &origin("https://whoever.example")));
+        assert!(apps.serves(any, &origin("*")));
+        assert!(
+            !apps.serves(any, &origin("https://one.example")),
+            "app one's"
         );
-        assert!(any.allows(&Origin::parse("https://whoever.example").unwrap()));
+        assert!(
+            !apps.serves(any, &origin("https://www.two.example")),
+            "app two's"
+        );
+        // Listed by two apps explicitly: each lists it, so each may serve it.
+        assert!(apps.serves(any, &origin("https://shared.example")));
+        // Another app's `*` claims nothing.
+        let one = apps.get("one").unwrap();
+        assert!(apps.serves(one, &origin("https://one.example")));
+        assert!(!apps.serves(one, &origin("https://whoever.example")));
     }
 
     #[test]

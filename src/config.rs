@@ -178,6 +178,10 @@ impl Default for StoreConfig {
 pub struct Limits {
     /// Ids that may exist at once; creating one more answers 503.
     pub max_ids: usize,
+    /// Ids one app may hold at once, unless its `[[apps]]` entry sets `max_ids`; creating one
+    /// more answers 429. 0: an equal share of `max_ids` (`max_ids` / the number of apps), so
+    /// that no app can use up ids another app needs.
+    pub max_ids_per_app: usize,
     /// Largest info a notify may carry, in bytes of UTF-8.
     pub info_max_bytes: usize,
     /// How long a poll is held before it answers 204 and the client asks again. Keep it below
@@ -189,7 +193,7 @@ pub struct Limits {
     #[serde(with = "humantime_serde")]
     pub sse_keepalive: Duration,
     /// Clients that may wait on one id at once (a page open in several tabs); one more
-    /// answers 429.
+    /// releases the one that has waited longest (`slot`: the newest waiter wins).
     pub max_waiters_per_id: u32,
     /// Ids neither polled nor notified for this long are deleted. At least 1s, and longer
     /// than `poll_timeout`.
@@ -225,6 +229,8 @@ pub struct AppConfig {
     pub key_env: Option<String>,
     /// Origins the app's pages are served from; `*` only when listed explicitly.
     pub origins: Vec<String>,
+    /// Ids this app may hold at once; `None`: `limits.max_ids_per_app`.
+    pub max_ids: Option<usize>,
 }
 
 impl Default for Config {
@@ -251,6 +257,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_ids: 1_000_000,
+            max_ids_per_app: 0,
             info_max_bytes: 4096,
             poll_timeout: Duration::from_secs(25),
             sse_keepalive: Duration::from_secs(15),
@@ -425,7 +432,7 @@ impl Config {
         validate_rate_limits(&self.rate_limits)?;
         validate_store(&self.store)?;
 
-        let (apps, warnings) = validate_apps(&self.apps, env)?;
+        let (apps, warnings) = validate_apps(&self.apps, &self.limits, env)?;
 
         Ok(Settings {
             listen,
@@ -449,10 +456,11 @@ impl Config {
 /// Checks every `[[apps]]` entry; returns the apps and the warnings worth logging.
 fn validate_apps(
     configs: &[AppConfig],
+    limits: &Limits,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<(Apps, Vec<String>), ConfigError> {
+    let (quotas, mut warnings) = validate_quotas(configs, limits)?;
     let mut apps = Vec::with_capacity(configs.len());
-    let mut warnings = Vec::new();
     let mut seen_keys: Vec<AppKey> = Vec::new();
     for (i, app) in configs.iter().enumerate() {
         let field = |name: &str| format!("apps[{i}].{name}");
@@ -503,7 +511,7 @@ fn validate_apps(
                     .map_err(|e| invalid(format!("apps[{i}].origins[{j}]"), e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        apps.push(App::new(&app.name, &key, origins));
+        apps.push(App::new(&app.name, &key, origins).with_max_ids(quotas[i]));
         seen_keys.push(key);
     }
     if apps.is_empty() {
@@ -511,6 +519,55 @@ fn validate_apps(
     }
 
     Ok((Apps::new(apps), warnings))
+}
+
+/// Each app's id quota (its `max_ids`, else `limits.max_ids_per_app`, else an equal share of
+/// `limits.max_ids`), and a warning when the quotas add up to more than `max_ids`: then an
+/// app under its quota can still be refused because the others hold the rest.
+fn validate_quotas(
+    configs: &[AppConfig],
+    limits: &Limits,
+) -> Result<(Vec<usize>, Vec<String>), ConfigError> {
+    let max_ids = limits.max_ids;
+    if limits.max_ids_per_app > max_ids {
+        return Err(invalid(
+            "limits.max_ids_per_app",
+            format!("must be at most limits.max_ids ({max_ids}); 0 means an equal share of it"),
+        ));
+    }
+    let default = match limits.max_ids_per_app {
+        0 => (max_ids / configs.len().max(1)).max(1),
+        n => n,
+    };
+    let mut quotas = Vec::with_capacity(configs.len());
+    for (i, app) in configs.iter().enumerate() {
+        let quota = match app.max_ids {
+            None => default,
+            Some(0) => {
+                return Err(invalid(
+                    format!("apps[{i}].max_ids"),
+                    "must be at least 1 (remove the app to stop it creating ids)",
+                ));
+            }
+            Some(n) if n > max_ids => {
+                return Err(invalid(
+                    format!("apps[{i}].max_ids"),
+                    format!("must be at most limits.max_ids ({max_ids})"),
+                ));
+            }
+            Some(n) => n,
+        };
+        quotas.push(quota);
+    }
+    let mut warnings = Vec::new();
+    let total = quotas.iter().fold(0usize, |sum, q| sum.saturating_add(*q));
+    if total > max_ids {
+        warnings.push(format!(
+            "the apps' id quotas add up to {total}, more than limits.max_ids ({max_ids}): an app \
+             under its quota can be refused with 503 too_many_ids while the others hold the rest"
+        ));
+    }
+    Ok((quotas, warnings))
 }
 
 fn parse_public_url(text: &str) -> Result<String, ConfigError> {
@@ -620,6 +677,7 @@ mod tests {
             key: Some(AppKey::new(key.into())),
             key_env: None,
             origins: origins.iter().map(|o| (*o).to_owned()).collect(),
+            max_ids: None,
         }
     }
 
@@ -722,6 +780,67 @@ mod tests {
             field_of(c.validate(no_env).unwrap_err()),
             "limits.header_timeout"
         );
+    }
+
+    #[test]
+    fn app_quotas_default_to_an_equal_share_and_are_bounded_by_max_ids() {
+        let quotas = |c: Config| {
+            let s = c.validate(no_env).unwrap();
+            let quotas: Vec<usize> = s.apps.iter().map(|a| a.max_ids()).collect();
+            (quotas, s.warnings)
+        };
+        let apps = || {
+            vec![
+                app("a", "0123456789abcdef", &["http://a"]),
+                app("b", "fedcba9876543210", &["http://b"]),
+                app("c", "0123456789fedcba", &["http://c"]),
+            ]
+        };
+        let mut c = config(apps());
+        c.limits.max_ids = 10;
+        assert_eq!(quotas(c), (vec![3, 3, 3], vec![]), "an equal share");
+
+        let mut c = config(apps());
+        c.limits.max_ids = 10;
+        c.limits.max_ids_per_app = 4;
+        c.apps[1].max_ids = Some(2);
+        assert_eq!(quotas(c), (vec![4, 2, 4], vec![]), "10: not oversubscribed");
+
+        let mut c = config(apps());
+        c.limits.max_ids = 10;
+        c.limits.max_ids_per_app = 5;
+        c.apps[1].max_ids = Some(1);
+        let (q, warnings) = quotas(c);
+        assert_eq!(q, [5, 1, 5]);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("add up to 11"), "{warnings:?}");
+
+        let mut c = config(apps());
+        c.limits.max_ids = 2;
+        let (q, warnings) = quotas(c);
+        assert_eq!(q, [1, 1, 1], "at least one each");
+        assert!(
+            warnings[0].contains("more than limits.max_ids (2)"),
+            "{warnings:?}"
+        );
+
+        let mut c = config(apps());
+        c.limits.max_ids = 10;
+        c.limits.max_ids_per_app = 11;
+        assert_eq!(
+            field_of(c.validate(no_env).unwrap_err()),
+            "limits.max_ids_per_app"
+        );
+        for bad in [0, 11] {
+            let mut c = config(apps());
+            c.limits.max_ids = 10;
+            c.apps[2].max_ids = Some(bad);
+            assert_eq!(
+                field_of(c.validate(no_env).unwrap_err()),
+                "apps[2].max_ids",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

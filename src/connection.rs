@@ -81,19 +81,39 @@ pub async fn serve(
     router: Router,
 ) {
     let served = if state.http.lean_path {
-        let conn = Connection {
+        let mut conn = Connection {
             stream,
             peer,
             buf: Vec::new(),
         };
-        conn.run(&state, &router).await
+        match conn.run(&state, &router).await {
+            Ok(End::Close) => Ok(()),
+            Ok(End::Linger) => {
+                Box::pin(conn.linger()).await;
+                Ok(())
+            }
+            Ok(End::Refuse(refusal)) => Box::pin(conn.refuse_head(refusal, &state)).await,
+            Ok(End::HandOff(mode)) => {
+                let Connection { stream, peer, buf } = conn;
+                Box::pin(handoff::hand_off(stream, buf, peer, mode, &state, &router)).await
+            }
+            Err(e) => Err(e),
+        }
     } else {
         let mode = if state.http.http2_cleartext {
             Mode::Any
         } else {
             Mode::Http1
         };
-        handoff::hand_off(stream, Vec::new(), peer, mode, &state, &router).await
+        Box::pin(handoff::hand_off(
+            stream,
+            Vec::new(),
+            peer,
+            mode,
+            &state,
+            &router,
+        ))
+        .await
     };
     match served {
         Err(e) if e.kind() == io::ErrorKind::TimedOut => tracing::debug!("connection too slow"),
@@ -157,6 +177,26 @@ enum Next {
     Closed,
 }
 
+/// How the lean path leaves a connection.
+enum End {
+    /// Close it now.
+    Close,
+    /// Close it after a final answer, reading for a moment what the client still sends.
+    Linger,
+    /// Answer a refused head, then close.
+    Refuse(Refusal),
+    /// Give it to hyper, with the bytes already read.
+    HandOff(Mode),
+}
+
+/// How far [`Connection::serve_head`] got.
+enum Step {
+    /// The answer (none when the client left) and what follows it.
+    Answered(Option<Response<Body>>, After),
+    /// A held request, ready to wait.
+    Wait(Wait),
+}
+
 /// Who serves a request this module framed.
 enum Dispatch {
     /// A poll or an event stream (`GET` or `HEAD`): waits holding no buffer.
@@ -178,6 +218,14 @@ impl Dispatch {
     }
 }
 
+/// What a held request needs while it waits, copied out of its head.
+struct Wait {
+    request: Held,
+    query: Option<String>,
+    last_event_id: Option<HeaderValue>,
+    client: std::net::IpAddr,
+}
+
 /// After a request: whether the connection may read another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum After {
@@ -191,46 +239,27 @@ enum After {
 }
 
 impl Connection {
-    async fn run(mut self, state: &AppState, router: &Router) -> io::Result<()> {
+    async fn run(&mut self, state: &AppState, router: &Router) -> io::Result<End> {
         // Every connection's task is as large as the largest state this loop can be in, for as
         // long as the connection lives. Waiting is the state that lasts, so the other steps
-        // (routing, writing, hyper) are boxed: their memory exists only while they run.
+        // (reading a body, routing, writing, hyper) are boxed: their memory exists only while
+        // they run, and the head is gone before the wait begins.
         loop {
             let next = tokio::select! {
                 next = self.read_head(state) => next?,
                 // Between requests, shutdown closes the connection at once.
-                () = state.shutdown.cancelled(), if self.buf.is_empty() => return Ok(()),
+                () = state.shutdown.cancelled(), if self.buf.is_empty() => return Ok(End::Close),
             };
             let head = match next {
                 Next::Request(head) => head,
-                Next::Closed => return Ok(()),
-                Next::Chunked => {
-                    let handed = handoff::hand_off(
-                        self.stream,
-                        self.buf,
-                        self.peer,
-                        Mode::OneRequest,
-                        state,
-                        router,
-                    );
-                    return Box::pin(handed).await;
-                }
-                Next::Http2 if state.http.http2_cleartext => {
-                    let handed = handoff::hand_off(
-                        self.stream,
-                        self.buf,
-                        self.peer,
-                        Mode::Http2,
-                        state,
-                        router,
-                    );
-                    return Box::pin(handed).await;
-                }
+                Next::Closed => return Ok(End::Close),
+                Next::Chunked => return Ok(End::HandOff(Mode::OneRequest)),
+                Next::Http2 if state.http.http2_cleartext => return Ok(End::HandOff(Mode::Http2)),
                 Next::Http2 => {
                     let refusal = Refusal::Malformed("HTTP/2 without TLS is not enabled here");
-                    return Box::pin(self.refuse_head(refusal, state)).await;
+                    return Ok(End::Refuse(refusal));
                 }
-                Next::Refuse(refusal) => return Box::pin(self.refuse_head(refusal, state)).await,
+                Next::Refuse(refusal) => return Ok(End::Refuse(refusal)),
             };
             let answering = Answering {
                 head: head.method == Method::HEAD,
@@ -240,23 +269,16 @@ impl Connection {
             // Everything the request causes, up to the last byte of its response, runs as this
             // request (a streamed body is produced while it is written).
             let request_id = self.request_id(&head, state);
-            let current = request_id.clone();
-            let (response, after) = match Dispatch::of(&head) {
-                Dispatch::Held(waiting) => {
-                    let wait = self.wait_for(waiting, head, state);
-                    request_id::scope(current, wait).await?
-                }
-                Dispatch::Notify => {
-                    let notify = Box::pin(self.notify(head, state));
-                    request_id::scope(current, notify).await?
-                }
-                Dispatch::Route => {
-                    let route = Box::pin(self.route(head, state, router));
-                    request_id::scope(current, route).await?
+            let step = Box::pin(self.serve_head(head, &request_id, state, router)).await?;
+            let (response, after) = match step {
+                Step::Answered(response, after) => (response, after),
+                Step::Wait(wait) => {
+                    let current = request_id.clone();
+                    request_id::scope(current, self.wait_for(wait, state)).await
                 }
             };
             let Some(response) = response else {
-                return Ok(()); // the client left while its request waited
+                return Ok(End::Close); // the client left while its request waited
             };
             let answering = Answering {
                 keep_alive: answering.keep_alive && after == After::KeepAlive,
@@ -266,13 +288,33 @@ impl Connection {
             let write = Box::pin(self.write(response, answering, &request_id, state));
             match request_id::scope(current, write).await? {
                 After::KeepAlive => {}
-                After::Close => {
-                    Box::pin(self.linger()).await;
-                    return Ok(());
-                }
-                After::Gone => return Ok(()),
+                After::Close => return Ok(End::Linger),
+                After::Gone => return Ok(End::Close),
             }
         }
+    }
+
+    /// Serves a framed request up to its answer, or up to the wait for a held one.
+    async fn serve_head(
+        &mut self,
+        head: Head,
+        request_id: &RequestId,
+        state: &AppState,
+        router: &Router,
+    ) -> io::Result<Step> {
+        let current = request_id.clone();
+        let (response, after) = match Dispatch::of(&head) {
+            Dispatch::Held(waiting) => {
+                let prepared = self.prepare_wait(waiting, head, state);
+                return Ok(match request_id::scope(current, prepared).await? {
+                    Ok(wait) => Step::Wait(wait),
+                    Err(refused) => Step::Answered(Some(refused.into_response()), After::Close),
+                });
+            }
+            Dispatch::Notify => request_id::scope(current, self.notify(head, state)).await?,
+            Dispatch::Route => request_id::scope(current, self.route(head, state, router)).await?,
+        };
+        Ok(Step::Answered(response, after))
     }
 
     /// The request's id: its trusted proxy's, or a fresh one.
@@ -337,7 +379,7 @@ impl Connection {
 
     /// Answers a refused head with its JSON error and closes the connection: after a head
     /// that cannot be framed, nothing that follows it can be.
-    async fn refuse_head(mut self, refusal: Refusal, state: &AppState) -> io::Result<()> {
+    async fn refuse_head(&mut self, refusal: Refusal, state: &AppState) -> io::Result<()> {
         tracing::debug!(%refusal, "request refused");
         self.buf = Vec::new();
         let answering = Answering {
@@ -353,17 +395,18 @@ impl Connection {
         Ok(())
     }
 
-    /// Serves a poll or an event stream. Copies what it needs out of the head, reads and
-    /// drops any body (a body left unread would be taken for the next request), frees the
-    /// read buffer, then waits; no response when the client closed the connection meanwhile.
-    async fn wait_for(
+    /// Gets a poll or an event stream ready to wait: reads and drops any body (one left
+    /// unread would be taken for the next request) and copies the few things the wait needs
+    /// out of the head, which is then freed.
+    async fn prepare_wait(
         &mut self,
         request: Held,
         head: Head,
         state: &AppState,
-    ) -> io::Result<(Option<Response<Body>>, After)> {
-        let query = query(&head.target).map(str::to_owned);
-        let last_event_id = header_value(&head, &LAST_EVENT_ID).cloned();
+    ) -> io::Result<Result<Wait, ApiError>> {
+        if let Err(refused) = self.take_body(&head, state).await? {
+            return Ok(Err(refused));
+        }
         let forwarded_for = head
             .headers
             .iter()
@@ -372,17 +415,30 @@ impl Connection {
         let client = state
             .trusted_proxies
             .client_ip(self.peer.ip(), forwarded_for);
-        if let Err(refused) = self.take_body(&head, state).await? {
-            return Ok((Some(refused.into_response()), After::Close));
-        }
-        drop(head);
+        Ok(Ok(Wait {
+            request,
+            query: query(&head.target).map(str::to_owned),
+            last_event_id: header_value(&head, &LAST_EVENT_ID).cloned(),
+            client,
+        }))
+    }
+
+    /// Serves a poll or an event stream, holding only the socket and the wait itself; no
+    /// response when the client closed the connection meanwhile.
+    async fn wait_for(&mut self, wait: Wait, state: &AppState) -> (Option<Response<Body>>, After) {
+        let Wait {
+            request,
+            query,
+            last_event_id,
+            client,
+        } = wait;
         let respond = request.respond(state.clone(), query, last_event_id, client);
-        // The answer first: a client that sent its request and half-closed its side (FIN,
-        // as `printf ... | nc` does) still gets an answer that is ready at once.
+        // The answer first: a client that sent its request and half-closed its side (FIN, as
+        // `printf ... | nc` does) still gets an answer that is ready at once.
         tokio::select! {
             biased;
-            response = respond => Ok((Some(response), After::KeepAlive)),
-            () = closed(&self.stream, &mut self.buf) => Ok((None, After::Gone)),
+            response = respond => (Some(response), After::KeepAlive),
+            () = closed(&self.stream, &mut self.buf) => (None, After::Gone),
         }
     }
 
@@ -531,7 +587,7 @@ impl Connection {
     /// Closes our side after a final answer and reads what the client still sends for a
     /// moment (bounded in time and bytes), so unread input does not turn the close into a
     /// reset that destroys the answer before the client reads it.
-    async fn linger(mut self) {
+    async fn linger(&mut self) {
         self.buf = Vec::new();
         let linger = async {
             let _ = self.stream.shutdown().await;

@@ -15,13 +15,10 @@ use serde_json::json;
 use crate::connection::head::Refusal;
 use crate::id::IdError;
 use crate::origin::OriginError;
-use crate::slot::TooManyWaiters;
 use crate::store::{CreateError, UnknownId};
 
 /// How long a client told "too many ids" should wait before trying again.
 const RETRY_FULL: Duration = Duration::from_secs(30);
-/// How long a client told "too many waiters" should wait: one tab closing frees a place.
-const RETRY_WAITERS: Duration = Duration::from_secs(5);
 /// How long a client refused for too many connections should wait.
 const RETRY_CONNECTIONS: Duration = Duration::from_secs(1);
 
@@ -44,8 +41,11 @@ pub enum ApiError {
     /// A malformed origin.
     #[error("invalid origin: {0}")]
     InvalidOrigin(#[from] OriginError),
-    /// The origin is not one of the app's.
-    #[error("origin {0} is not registered for this app")]
+    /// The origin is not one of the app's (an app's `*` covers no origin another app lists).
+    #[error(
+        "origin {0} is not registered for this app (an app's \"*\" covers only the origins no \
+         other app lists)"
+    )]
     OriginNotAllowed(String),
     /// The iframe was asked for an origin the id is not bound to.
     #[error("this id does not serve origin {0}")]
@@ -56,6 +56,9 @@ pub enum ApiError {
     /// `max_ids` reached.
     #[error("the server holds its maximum of {0} ids; try again later")]
     TooManyIds(usize),
+    /// The app holds as many ids as its quota allows.
+    #[error("this app holds its quota of {0} ids; delete ids (or let them expire) to create more")]
+    AppQuotaExceeded(usize),
     /// The id does not exist (or is another app's).
     #[error("no such id")]
     UnknownId,
@@ -85,9 +88,6 @@ pub enum ApiError {
     /// A query parameter is missing or malformed.
     #[error("invalid parameters: {0}")]
     InvalidParameters(String),
-    /// The id already has `max_waiters_per_id` waiting clients.
-    #[error(transparent)]
-    TooManyWaiters(#[from] TooManyWaiters),
     /// A rate limit was reached; one more request would pass after the duration.
     #[error("too many requests; try again in {}s", retry_secs(*.0))]
     RateLimited(Duration),
@@ -151,7 +151,7 @@ impl ApiError {
             Self::Gone => StatusCode::GONE,
             Self::InfoTooLarge { .. } | Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(..) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::TooManyWaiters(_) | Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::AppQuotaExceeded(_) | Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::TooManyIds(_) | Self::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -167,6 +167,7 @@ impl ApiError {
             Self::OriginMismatch(_) => "origin_mismatch",
             Self::IdTaken => "id_taken",
             Self::TooManyIds(_) => "too_many_ids",
+            Self::AppQuotaExceeded(_) => "app_quota_exceeded",
             Self::UnknownId => "unknown_id",
             Self::Gone => "gone",
             Self::InfoTooLarge { .. } => "info_too_large",
@@ -175,7 +176,6 @@ impl ApiError {
             Self::InvalidJson(_) => "invalid_json",
             Self::UnsupportedMediaType(..) => "unsupported_media_type",
             Self::InvalidParameters(_) => "invalid_parameters",
-            Self::TooManyWaiters(_) => "too_many_waiters",
             Self::RateLimited(_) => "rate_limited",
             Self::TooManyConnections(_) => "too_many_connections",
             Self::Framing(Refusal::Malformed(_)) => "malformed_request",
@@ -191,7 +191,6 @@ impl ApiError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::TooManyIds(_) => Some(RETRY_FULL),
-            Self::TooManyWaiters(_) => Some(RETRY_WAITERS),
             Self::RateLimited(after) => Some(*after),
             Self::TooManyConnections(_) => Some(RETRY_CONNECTIONS),
             _ => None,
@@ -210,6 +209,7 @@ impl From<CreateError> for ApiError {
         match e {
             CreateError::Taken => Self::IdTaken,
             CreateError::Full(max) => Self::TooManyIds(max),
+            CreateError::AppQuota(max) => Self::AppQuotaExceeded(max),
             CreateError::Entropy(e) => Self::Internal(e.to_string()),
         }
     }
@@ -260,6 +260,7 @@ mod tests {
             (ApiError::OriginMismatch("o".into()), 400, "origin_mismatch"),
             (ApiError::IdTaken, 409, "id_taken"),
             (ApiError::TooManyIds(1), 503, "too_many_ids"),
+            (ApiError::AppQuotaExceeded(1), 429, "app_quota_exceeded"),
             (ApiError::UnknownId, 404, "unknown_id"),
             (ApiError::Gone, 410, "gone"),
             (
@@ -279,11 +280,6 @@ mod tests {
                 ApiError::InvalidParameters("x".into()),
                 400,
                 "invalid_parameters",
-            ),
-            (
-                ApiError::TooManyWaiters(TooManyWaiters(8)),
-                429,
-                "too_many_waiters",
             ),
             (
                 ApiError::RateLimited(Duration::from_millis(1)),
@@ -334,8 +330,9 @@ mod tests {
     fn retry_after_on_the_retryable_rows() {
         let r = ApiError::TooManyIds(1).into_response();
         assert_eq!(r.headers()[header::RETRY_AFTER], "30");
-        let r = ApiError::TooManyWaiters(TooManyWaiters(8)).into_response();
-        assert_eq!(r.headers()[header::RETRY_AFTER], "5");
+        // Waiting alone does not bring an app under its quota: no hint to retry.
+        let r = ApiError::AppQuotaExceeded(1).into_response();
+        assert!(r.headers().get(header::RETRY_AFTER).is_none());
         for (wait, header) in [(1, "1"), (999, "1"), (1000, "1"), (1001, "2"), (0, "1")] {
             let r = ApiError::RateLimited(Duration::from_millis(wait)).into_response();
             assert_eq!(r.headers()[header::RETRY_AFTER], header, "{wait} ms");

@@ -28,12 +28,16 @@ pub struct Metrics {
     ids: Gauge,
     /// Ids created.
     pub ids_created: Counter,
+    /// Creates refused for want of room, by which limit.
+    pub creates_refused: CreatesRefused,
     /// Ids deleted by their app.
     pub ids_deleted: Counter,
     /// Ids deleted for being idle longer than `id_idle_ttl`.
     pub ids_expired: Counter,
     /// Clients waiting right now, by transport.
     pub waiting: ByTransport<Gauge>,
+    /// Waiting clients released because a newer one took their place on a full id.
+    pub waiters_released: Counter,
     /// Notifies by outcome.
     pub notifies: NotifyOutcomes,
     /// Long polls by how they ended.
@@ -88,6 +92,20 @@ pub struct ByTransport<M> {
     pub events: M,
 }
 
+/// `callhome_creates_refused_total{reason}`.
+#[derive(Debug)]
+pub struct CreatesRefused {
+    /// The app holds its quota (`429 app_quota_exceeded`).
+    pub app_quota: Counter,
+    /// The store holds `max_ids` (`503 too_many_ids`).
+    pub max_ids: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
 /// `callhome_notifies_total{outcome}`.
 #[derive(Debug)]
 pub struct NotifyOutcomes {
@@ -114,9 +132,11 @@ pub struct PollOutcomes {
     pub gone: Counter,
     /// Released by a shutdown.
     pub shutdown: Counter,
+    /// Released (204) because a newer client took its waiting place.
+    pub released: Counter,
     /// No such id.
     pub unknown_id: Counter,
-    /// Refused: bad parameters, too many waiters, rate limit.
+    /// Refused: bad parameters, rate limit.
     pub rejected: Counter,
 }
 
@@ -127,7 +147,7 @@ pub struct StreamOutcomes {
     pub opened: Counter,
     /// No such id.
     pub unknown_id: Counter,
-    /// Refused: bad parameters, too many waiters, rate limit.
+    /// Refused: bad parameters, rate limit.
     pub rejected: Counter,
 }
 
@@ -234,6 +254,15 @@ impl Metrics {
         };
         let ids_created = counter(&mut registry, "ids_created", "Ids created");
         let ids_deleted = counter(&mut registry, "ids_deleted", "Ids deleted by their app");
+        let [app_quota, max_ids] = family(
+            &mut registry,
+            "creates_refused",
+            "Creates refused for want of room: app_quota (the app holds its quota), max_ids \
+             (the server holds max_ids)",
+            |reason| Reason { reason },
+            ["app_quota", "max_ids"],
+        );
+        let creates_refused = CreatesRefused { app_quota, max_ids };
         let ids_expired = counter(
             &mut registry,
             "ids_expired",
@@ -257,6 +286,12 @@ impl Metrics {
             })
             .clone();
         let waiting = ByTransport { poll, events };
+        let waiters_released = counter(
+            &mut registry,
+            "waiters_released",
+            "Waiting clients released because a newer one took their place on an id at \
+             max_waiters_per_id",
+        );
 
         let [delivered, stored, unknown_id, rejected] = family(
             &mut registry,
@@ -279,6 +314,7 @@ impl Metrics {
             timeout,
             gone,
             shutdown,
+            released,
             unknown_id,
             rejected,
         ] = family(
@@ -292,6 +328,7 @@ impl Metrics {
                 "timeout",
                 "gone",
                 "shutdown",
+                "released",
                 "unknown_id",
                 "rejected",
             ],
@@ -302,6 +339,7 @@ impl Metrics {
             timeout,
             gone,
             shutdown,
+            released,
             unknown_id,
             rejected,
         };
@@ -396,9 +434,11 @@ impl Metrics {
             registry,
             ids,
             ids_created,
+            creates_refused,
             ids_deleted,
             ids_expired,
             waiting,
+            waiters_released,
             notifies,
             polls,
             streams,
@@ -470,6 +510,9 @@ mod tests {
             "callhome_notifies_total{outcome=\"delivered\"} 1",
             "callhome_notifies_total{outcome=\"stored\"} 0",
             "callhome_polls_total{outcome=\"timeout\"} 0",
+            "callhome_polls_total{outcome=\"released\"} 0",
+            "callhome_waiters_released_total 0",
+            "callhome_creates_refused_total{reason=\"app_quota\"} 0",
             "callhome_waiting{transport=\"events\"} 0",
             "callhome_rate_limited_total{limit=\"browser_per_ip\"} 0",
             "callhome_delivery_seconds_count 1",

@@ -5,10 +5,18 @@
 //! built on [`tokio::sync::Notify`]: a waiter registers for the wake-up *before* it looks at
 //! `seq`, so a notify can never slip in between the look and the sleep.
 //!
+//! An id has a fixed number of waiting places, and the newest waiter wins: a client joining a
+//! full id takes the place of the one that has waited longest, which is released (told to come
+//! back, with its cursor). Anyone who knows an id may wait on it, so a cap that refused
+//! newcomers would let a stranger holding every place keep the id's own page out for as long as
+//! they liked; this way a page always gets in at once, and a released client loses nothing,
+//! since it asks again from the `seq` it has seen.
+//!
 //! No axum, no I/O. Waiting is tested with tokio's paused time; idleness is counted in
 //! wall-clock milliseconds (it survives restarts in snapshots, in whole seconds), delivery
 //! time on a monotonic clock.
 
+use std::collections::VecDeque;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
@@ -34,16 +42,38 @@ pub struct Slot {
     origin: Option<Origin>,
     /// Unix seconds; whole seconds are all the API shows, and half the size of a `SystemTime`.
     created_at: u64,
-    latest: Mutex<Latest>,
+    /// The newest value and the waiting places, under one lock: a waiter looks at both at once.
+    state: Mutex<State>,
     /// Unix milliseconds of the last poll or notify, for `idle_secs` and expiry. Whole
     /// seconds would let an id expire up to a second before its idle time is up.
     last_active: AtomicU64,
-    /// Clients holding a request open on this id right now.
+    /// Clients holding one of the id's waiting places right now: the length of
+    /// [`Places::held`], kept beside it so the hot paths read it without the lock.
     waiting: AtomicU32,
     /// When the newest value was published, in [`micros`]: for the delivery-latency metric.
     published_at: AtomicU32,
     deleted: AtomicBool,
     changed: Notify,
+}
+
+/// What a slot's lock guards.
+#[derive(Debug)]
+struct State {
+    latest: Latest,
+    /// `None` until the first client waits: most stored ids are never waited on, so their
+    /// slots stay one pointer larger, not a ticket list larger.
+    places: Option<Box<Places>>,
+}
+
+/// Who holds a slot's waiting places, by ticket. Each join takes the next ticket, so `held`
+/// is in join order, oldest first; a released waiter's ticket is gone from it.
+#[derive(Debug, Default)]
+struct Places {
+    /// The ticket of the next join. Never reused in the life of the slot, so a released
+    /// waiter cannot mistake a newer waiter's ticket for its own.
+    next: u64,
+    /// The tickets of the waiters holding places, ascending.
+    held: VecDeque<u64>,
 }
 
 /// The newest value of a slot.
@@ -91,14 +121,21 @@ pub enum WaitOutcome {
     },
     /// The id was deleted while the client waited.
     Gone,
+    /// A newer client took this one's waiting place (the id had all its places taken). The
+    /// client should ask again shortly with the same cursor; it has missed nothing.
+    Released,
     /// The server is shutting down; the client should ask again (elsewhere, or later).
     ShuttingDown,
 }
 
-/// The id already has as many waiting clients as allowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("this id already has {0} waiting clients")]
-pub struct TooManyWaiters(pub u32);
+/// A client that took one of an id's waiting places.
+#[derive(Debug)]
+pub struct Joined {
+    /// The place.
+    pub waiter: Waiter,
+    /// How many waiters were released to make room: 1 when the id was full, else 0.
+    pub released: usize,
+}
 
 impl Slot {
     /// A fresh slot at `seq` 0 with no value.
@@ -109,7 +146,10 @@ impl Slot {
             app,
             origin,
             created_at: unix_secs(now),
-            latest: Mutex::new(Latest { seq: 0, info: None }),
+            state: Mutex::new(State {
+                latest: Latest { seq: 0, info: None },
+                places: None,
+            }),
             last_active: AtomicU64::new(unix_millis(now)),
             waiting: AtomicU32::new(0),
             published_at: AtomicU32::new(micros()),
@@ -125,9 +165,12 @@ impl Slot {
             app,
             origin,
             created_at: saved.created_at,
-            latest: Mutex::new(Latest {
-                seq: saved.seq,
-                info: saved.info,
+            state: Mutex::new(State {
+                latest: Latest {
+                    seq: saved.seq,
+                    info: saved.info,
+                },
+                places: None,
             }),
             last_active: AtomicU64::new(saved.last_active.saturating_mul(1000)),
             waiting: AtomicU32::new(0),
@@ -197,13 +240,13 @@ impl Slot {
 
     /// The newest value.
     pub fn latest(&self) -> Latest {
-        self.lock().clone()
+        self.lock().latest.clone()
     }
 
     /// Stores `info` as the newest value, bumps `seq` and wakes every waiting client.
     pub fn publish(&self, info: &str) -> Published {
         let seq = {
-            let mut latest = self.lock();
+            let latest = &mut self.lock().latest;
             // Overflow would take 2^64 notifies; unreachable in the life of any deployment.
             latest.seq += 1;
             // A copy, never a slice of a request buffer: a stored value must not pin one.
@@ -235,7 +278,7 @@ impl Slot {
     /// the answer lets it resynchronise its cursor instead of waiting for a `seq` that may
     /// never come.
     pub fn newer_than(&self, since: Seq) -> Option<Latest> {
-        let latest = self.lock();
+        let latest = &self.lock().latest;
         (latest.seq != since).then(|| latest.clone())
     }
 
@@ -245,23 +288,76 @@ impl Slot {
             .store(unix_millis(SystemTime::now()), Ordering::Relaxed);
     }
 
-    /// Takes one of the id's `max` waiting places. The place is given back when the returned
-    /// guard is dropped, however the wait ends (including the client going away).
-    pub fn join(self: &Arc<Self>, max: u32) -> Result<Waiter, TooManyWaiters> {
-        self.waiting
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .map_err(|_| TooManyWaiters(max))?;
-        Ok(Waiter {
-            slot: Arc::clone(self),
-        })
+    /// Takes one of the id's `max` waiting places. When all are taken, the waiter that joined
+    /// first is released to make room (newest wins: see the module doc) and woken, to return
+    /// [`WaitOutcome::Released`] unless it has a value to deliver first. The place is given
+    /// back when the returned waiter is dropped, however the wait ends (including the client
+    /// going away).
+    pub fn join(self: &Arc<Self>, max: u32) -> Joined {
+        let max = usize::try_from(max.max(1)).unwrap_or(usize::MAX);
+        let (ticket, released) = {
+            let mut state = self.lock();
+            let places = state.places.get_or_insert_with(Box::default);
+            let ticket = places.next;
+            // Overflow would take 2^64 joins on one id.
+            places.next += 1;
+            let mut released = 0;
+            while places.held.len() >= max {
+                places.held.pop_front();
+                released += 1;
+            }
+            places.held.push_back(ticket);
+            self.set_waiting(places.held.len());
+            (ticket, released)
+        };
+        if released > 0 {
+            // Every waiter looks again; only the released one finds its ticket gone.
+            self.changed.notify_waiters();
+        }
+        Joined {
+            waiter: Waiter {
+                slot: Arc::clone(self),
+                ticket,
+            },
+            released,
+        }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Latest> {
-        // The lock is only held to copy or replace two fields; a panic while holding it cannot
-        // leave them inconsistent, so a poisoned lock is still good data.
-        self.latest
+    /// What a waiter holding `ticket` with cursor `since` should do now, if anything but
+    /// wait: a value wins over a release, so a released client never misses one it was owed.
+    fn wake_for(&self, since: Seq, ticket: u64) -> Option<Wake> {
+        let state = self.lock();
+        if state.latest.seq != since {
+            return Some(Wake::Value(state.latest.clone()));
+        }
+        let holds = state
+            .places
+            .as_ref()
+            .is_some_and(|places| places.held.binary_search(&ticket).is_ok());
+        (!holds).then_some(Wake::Released)
+    }
+
+    /// Gives `ticket`'s place back, unless it was released already.
+    fn leave(&self, ticket: u64) {
+        let mut state = self.lock();
+        if let Some(places) = state.places.as_mut()
+            && let Ok(at) = places.held.binary_search(&ticket)
+        {
+            places.held.remove(at);
+            self.set_waiting(places.held.len());
+        }
+    }
+
+    fn set_waiting(&self, held: usize) {
+        self.waiting
+            .store(u32::try_from(held).unwrap_or(u32::MAX), Ordering::Release);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The lock is only held to copy or replace a value, or to push or pop a ticket; a
+        // panic while holding it cannot leave them inconsistent, so a poisoned lock is still
+        // good data.
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -271,12 +367,22 @@ impl Slot {
 #[derive(Debug)]
 pub struct Waiter {
     slot: Arc<Slot>,
+    ticket: u64,
+}
+
+/// Why a waiter stops waiting, short of a delete or a shutdown.
+#[derive(Debug)]
+enum Wake {
+    /// A value the waiter has not seen.
+    Value(Latest),
+    /// The waiter's place went to a newer client.
+    Released,
 }
 
 impl Waiter {
-    /// Waits until the slot has a value other than `since`, the slot is deleted or `shutdown`
-    /// is cancelled. May wait forever: callers bound it (`tokio::time::timeout_at` for a poll;
-    /// the client going away for a stream).
+    /// Waits until the slot has a value other than `since`, the slot is deleted, this waiter
+    /// is released or `shutdown` is cancelled. May wait forever: callers bound it
+    /// (`tokio::time::timeout_at` for a poll; the client going away for a stream).
     pub async fn wait_after(&self, since: Seq, shutdown: &CancellationToken) -> WaitOutcome {
         let slot = &self.slot;
         let mut woken = false;
@@ -288,8 +394,10 @@ impl Waiter {
             if slot.is_closed() {
                 return WaitOutcome::Gone;
             }
-            if let Some(latest) = slot.newer_than(since) {
-                return WaitOutcome::Value { latest, woken };
+            match slot.wake_for(since, self.ticket) {
+                Some(Wake::Value(latest)) => return WaitOutcome::Value { latest, woken },
+                Some(Wake::Released) => return WaitOutcome::Released,
+                None => {}
             }
             tokio::select! {
                 () = &mut changed => {}
@@ -311,7 +419,7 @@ impl Drop for Waiter {
     fn drop(&mut self) {
         // The end of a wait is activity too: an id whose stream just closed is not idle.
         self.slot.touch();
-        self.slot.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.slot.leave(self.ticket);
     }
 }
 
@@ -374,7 +482,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiter_is_woken_by_publish() {
         let s = slot();
-        let w = s.join(8).unwrap();
+        let w = s.join(8).waiter;
         let token = CancellationToken::new();
         let wait = tokio::spawn({
             let token = token.clone();
@@ -401,7 +509,7 @@ mod tests {
     async fn a_value_already_there_is_not_a_wake_up() {
         let s = slot();
         s.publish("x");
-        let w = s.join(8).unwrap();
+        let w = s.join(8).waiter;
         let out = w.wait_after(0, &CancellationToken::new()).await;
         assert!(matches!(out, WaitOutcome::Value { woken: false, .. }));
     }
@@ -413,7 +521,7 @@ mod tests {
         // Not counted in whole seconds: a second boundary passing is not a second of idleness.
         assert!(!s.is_expired(Duration::from_millis(900)));
         assert!(s.is_expired(Duration::ZERO), "idle for 0 s already");
-        let w = s.join(8).unwrap();
+        let w = s.join(8).waiter;
         assert!(!s.is_expired(Duration::ZERO), "a waiting client keeps it");
         drop(w);
     }
@@ -421,7 +529,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn waits_until_something_happens() {
         let s = slot();
-        let w = s.join(8).unwrap();
+        let w = s.join(8).waiter;
         let token = CancellationToken::new();
         let out = tokio::time::timeout(Duration::from_secs(3600), w.wait_after(0, &token)).await;
         assert!(out.is_err(), "nothing happened, so the wait is still going");
@@ -430,7 +538,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn close_releases_waiters_as_gone() {
         let s = slot();
-        let w = s.join(8).unwrap();
+        let w = s.join(8).waiter;
         let wait = tokio::spawn(async move { w.wait_after(0, &CancellationToken::new()).await });
         tokio::task::yield_now().await;
         s.close();
@@ -440,20 +548,129 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn shutdown_releases_waiters() {
         let s = slot();
-        let w = s.join(8).unwrap();
+        let w = s.join(8).waiter;
         let token = CancellationToken::new();
         token.cancel();
         assert_eq!(w.wait_after(0, &token).await, WaitOutcome::ShuttingDown);
     }
 
-    #[test]
-    fn waiting_places_are_capped_and_returned() {
+    #[tokio::test(start_paused = true)]
+    async fn a_full_id_releases_its_oldest_waiter_for_the_newest() {
         let s = slot();
-        let a = s.join(2).unwrap();
-        let _b = s.join(2).unwrap();
-        assert_eq!(s.join(2).unwrap_err(), TooManyWaiters(2));
-        drop(a);
-        assert!(s.join(2).is_ok());
+        let token = CancellationToken::new();
+        let wait = |w: Waiter| {
+            let token = token.clone();
+            tokio::spawn(async move { w.wait_after(0, &token).await })
+        };
+        let first = s.join(2);
+        let second = s.join(2);
+        assert_eq!((first.released, second.released), (0, 0));
+        let (first, second) = (wait(first.waiter), wait(second.waiter));
+        tokio::task::yield_now().await;
+
+        let third = s.join(2);
+        assert_eq!(third.released, 1);
+        assert_eq!(s.waiting(), 2);
+        assert_eq!(first.await.unwrap(), WaitOutcome::Released);
+        tokio::task::yield_now().await;
+        assert!(!second.is_finished(), "only the oldest is released");
+
+        let fourth = s.join(2);
+        assert_eq!(fourth.released, 1);
+        assert_eq!(second.await.unwrap(), WaitOutcome::Released);
+        assert_eq!(
+            s.waiting(),
+            2,
+            "released waiters gave their places to the newer ones"
+        );
+        drop(third);
+        assert_eq!(s.waiting(), 1);
+        drop(fourth);
+        assert_eq!(s.waiting(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_released_waiter_still_gets_the_value_it_is_owed() {
+        let s = slot();
+        let token = CancellationToken::new();
+        let owed = s.join(1).waiter;
+        s.publish("x");
+        let _newer = s.join(1);
+        assert_eq!(
+            owed.wait_after(0, &token).await,
+            WaitOutcome::Value {
+                latest: Latest {
+                    seq: 1,
+                    info: Some("x".into())
+                },
+                woken: false
+            },
+            "a value wins over a release"
+        );
+        assert_eq!(owed.wait_after(1, &token).await, WaitOutcome::Released);
+        drop(owed);
+        assert_eq!(s.waiting(), 1, "a released waiter gives back no place");
+    }
+
+    #[test]
+    fn places_are_given_back_in_any_order() {
+        let s = slot();
+        let first = s.join(3).waiter;
+        let second = s.join(3).waiter;
+        let third = s.join(3).waiter;
+        drop(second);
+        assert_eq!(s.waiting(), 2);
+        let fourth = s.join(3);
+        assert_eq!((fourth.released, s.waiting()), (0, 3), "a free place");
+        let fifth = s.join(3);
+        assert_eq!(
+            (fifth.released, s.waiting()),
+            (1, 3),
+            "the first is the oldest"
+        );
+        drop(first);
+        assert_eq!(s.waiting(), 3);
+        drop((third, fourth, fifth));
+        assert_eq!(s.waiting(), 0);
+        assert!(s.is_expired(Duration::ZERO), "no place is left held");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_release_is_lost_under_racing_joins_and_publishes() {
+        // Each round: a waiter holding the only place races a newcomer that releases it and a
+        // publish. It must end at once, with the value or released, never sleep on.
+        let s = slot();
+        let token = CancellationToken::new();
+        for round in 0..1_000u64 {
+            let w = s.join(1).waiter;
+            let waiter = tokio::spawn({
+                let token = token.clone();
+                async move { w.wait_after(round, &token).await }
+            });
+            let newcomer = tokio::spawn({
+                let s = Arc::clone(&s);
+                async move { s.join(1) }
+            });
+            let publisher = tokio::spawn({
+                let s = Arc::clone(&s);
+                async move { s.publish(&round.to_string()) }
+            });
+            let newcomer = newcomer.await.unwrap();
+            publisher.await.unwrap();
+            let out = tokio::time::timeout(Duration::from_secs(10), waiter)
+                .await
+                .expect("a release or a wake-up was lost")
+                .unwrap();
+            assert!(
+                matches!(&out, WaitOutcome::Released)
+                    || matches!(&out, WaitOutcome::Value { latest, .. } if latest.seq == round + 1),
+                "{out:?}"
+            );
+            // (0 when the waiter had its value and left before the newcomer came.)
+            assert!(newcomer.released <= 1);
+            drop(newcomer);
+            assert_eq!(s.waiting(), 0);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -463,7 +680,7 @@ mod tests {
         let s = slot();
         let token = CancellationToken::new();
         for round in 0..2_000u64 {
-            let w = s.join(8).unwrap();
+            let w = s.join(8).waiter;
             let waiter = tokio::spawn({
                 let token = token.clone();
                 async move { w.wait_after(round, &token).await }

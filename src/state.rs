@@ -86,7 +86,9 @@ impl AppState {
         let metrics = Metrics::new();
         let limiters = RateLimiters::new(&settings.rate_limits, &settings.apps, &metrics);
         Self(Arc::new(Shared {
-            store: Store::new(settings.limits.max_ids).with_idle_ttl(settings.limits.id_idle_ttl),
+            store: Store::new(settings.limits.max_ids)
+                .with_quotas(&settings.apps)
+                .with_idle_ttl(settings.limits.id_idle_ttl),
             apps: settings.apps,
             limits: settings.limits,
             public_url,

@@ -13,6 +13,7 @@ mod script;
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{RawQuery, State};
@@ -24,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApiError;
 use crate::extract::ClientIp;
 use crate::id::Id;
-use crate::slot::{Latest, Seq, Slot};
+use crate::slot::{Latest, Seq, Slot, Waiter};
 use crate::state::AppState;
 
 /// The browser routes.
@@ -52,6 +53,12 @@ pub fn routes() -> Router<AppState> {
         .merge(iframe::routes())
         .merge(script::routes())
 }
+
+/// How soon a client released for a newer one (see [`crate::slot`]) should come back: long
+/// enough that clients over an id's cap take turns about once a second instead of releasing
+/// each other as fast as the network allows, short enough that a page a stranger keeps
+/// releasing still gets every value within about a second (it asks again from its cursor).
+const RELEASED_RETRY: Duration = Duration::from_secs(1);
 
 /// The long poll.
 pub const POLL_PATH: &str = "/v1/poll";
@@ -126,6 +133,16 @@ impl<'a> From<&'a Latest> for Value<'a> {
 /// Charges one request to the client's rate limit, when the client is known.
 fn admit(state: &AppState, client: Option<IpAddr>) -> Result<(), ApiError> {
     client.map_or(Ok(()), |ip| state.limiters.browser(ip))
+}
+
+/// Takes one of `slot`'s waiting places, counting the waiter it releases when the id is full.
+fn join(state: &AppState, slot: &Arc<Slot>) -> Waiter {
+    let joined = slot.join(state.limits.max_waiters_per_id);
+    state
+        .metrics
+        .waiters_released
+        .inc_by(joined.released as u64);
+    joined.waiter
 }
 
 /// The slot a browser asks about, counted as activity.

@@ -4,7 +4,9 @@
 //! `Last-Event-ID` and misses nothing newer than what it saw. An idle stream gets a comment
 //! every `sse_keepalive` so proxies keep it open; `X-Accel-Buffering: no` asks nginx not to
 //! buffer it. A deleted id ends the stream with `event: gone`; shutdown ends it with a
-//! `retry:` hint so clients come back (to this node after a restart, or another).
+//! `retry:` hint so clients come back (to this node after a restart, or another); a newer
+//! client taking the stream's waiting place ends it with `event: released` and a `retry:` hint,
+//! so the client comes back a second later from the `seq` it has seen.
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -65,7 +67,7 @@ fn open(
         None => params.since,
     };
     let slot = super::find(state, &params.id)?;
-    let waiter = slot.join(state.limits.max_waiters_per_id)?;
+    let waiter = super::join(state, &slot);
     // "ready" first: proof for the client that bytes reach it as they are sent (a buffering
     // proxy would hold it back), and the moment it may count the stream as working.
     let ready = Event::default().event("ready").data("{}");
@@ -117,6 +119,10 @@ async fn next_event(state: Option<Stream>) -> Option<(Result<Event, Infallible>,
             return Some((Ok(event), Some(state)));
         }
         WaitOutcome::Gone => Event::default().event("gone").data("{}"),
+        WaitOutcome::Released => Event::default()
+            .retry(super::RELEASED_RETRY)
+            .event("released")
+            .data("{}"),
         WaitOutcome::ShuttingDown => Event::default()
             .retry(RECONNECT_AFTER_SHUTDOWN)
             .comment("shutting down"),

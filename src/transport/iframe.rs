@@ -115,16 +115,19 @@ async fn iframe(
     Ok(page(StatusCode::OK, &config, &origin))
 }
 
-/// Whether `slot`'s news may go to pages of `origin`: its bound origin, or for an id bound to
-/// none, any origin of its app.
+/// Whether `slot`'s news may go to pages of `origin`: the id is bound to it, to `*` or to
+/// nothing, and its app may serve it ([`Apps::serves`](crate::auth::Apps::serves): a `*` app
+/// never serves another app's origins). The second check also covers ids bound before an
+/// app's origins changed, or by an older version that let a `*` app bind any origin.
 fn serves(state: &AppState, slot: &Slot, origin: &Origin) -> bool {
-    match slot.origin() {
-        Some(bound) => bound.is_wildcard() || bound == origin,
-        None => state
+    let bound = slot
+        .origin()
+        .is_none_or(|bound| bound.is_wildcard() || bound == origin);
+    bound
+        && state
             .apps
             .get(slot.app())
-            .is_some_and(|app| app.allows(origin)),
-    }
+            .is_some_and(|app| state.apps.serves(app, origin))
 }
 
 fn page(status: StatusCode, config: &PageConfig<'_>, origin: &Origin) -> Response {

@@ -1,12 +1,13 @@
 //! `GET /v1/poll?id=..&since=N`: a long poll.
 //!
 //! Answers at once when the id's `seq` differs from `since`, otherwise holds the request until
-//! a notify (200), a delete (410), `poll_timeout` (204) or shutdown (204; the client asks again,
-//! elsewhere or later).
+//! a notify (200), a delete (410), `poll_timeout` (204), a newer client taking its waiting place
+//! (204 with `Retry-After: 1`; the client asks again with the same `since`) or shutdown (204;
+//! the client asks again, elsewhere or later).
 
 use std::net::IpAddr;
 
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
@@ -47,7 +48,7 @@ async fn answer<'s>(
             Json(Value::from(&latest)).into_response(),
         ));
     }
-    let waiter = slot.join(state.limits.max_waiters_per_id)?;
+    let waiter = super::join(state, &slot);
     let _waiting = Waiting::start(&state.metrics.waiting.poll);
     // Nothing from the request lives across the wait but the cursor.
     let since = params.since;
@@ -67,6 +68,14 @@ async fn answer<'s>(
             }
         }
         Ok(WaitOutcome::Gone) => Err(ApiError::Gone),
+        Ok(WaitOutcome::Released) => {
+            let mut response = StatusCode::NO_CONTENT.into_response();
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(super::RELEASED_RETRY.as_secs()),
+            );
+            Ok((&outcomes.released, response))
+        }
         Ok(WaitOutcome::ShuttingDown) => {
             Ok((&outcomes.shutdown, StatusCode::NO_CONTENT.into_response()))
         }

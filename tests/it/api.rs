@@ -225,13 +225,21 @@ async fn auth_is_required_everywhere_on_the_backend_side() {
 
 #[tokio::test]
 async fn max_ids_answers_503_with_retry_after() {
-    let s = TestServer::spawn_with(|c| c.limits.max_ids = 2);
+    // Quotas that add up to more than max_ids (by default each app gets an equal share, and
+    // the store cannot fill up before every app is at its quota).
+    let s = TestServer::spawn_with(|c| {
+        c.limits.max_ids = 2;
+        c.limits.max_ids_per_app = 2;
+    });
     s.new_id().await;
-    s.new_id().await;
-    let r = s.create(KEY, None).await;
-    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(r.headers()["retry-after"], "30");
-    assert_eq!(error_code(r).await, "too_many_ids");
+    s.new_id_for(KEY_TWO).await;
+    // Both apps are under their quotas, and both are refused: the server is full.
+    for key in [KEY, KEY_TWO] {
+        let r = s.create(key, None).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()["retry-after"], "30");
+        assert_eq!(error_code(r).await, "too_many_ids");
+    }
 }
 
 #[tokio::test]

@@ -45,12 +45,12 @@ fn the_readme_walkthrough_runs_against_the_shipped_config() {
     assert_eq!(lines.len(), 6, "{stdout}");
 
     let created: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
-    assert_eq!(created["id"], "walkthrough-id-0001");
+    assert_eq!(created["id"], "d8_KsrcFSSRmMd4ZWLR06g");
     assert_eq!(created["origin"], "http://localhost:3000");
     // The shipped public_url, not the test's port: it is what browsers are told.
     assert_eq!(
         created["iframe_url"],
-        "http://127.0.0.1:8080/v1/iframe?id=walkthrough-id-0001&origin=http%3A%2F%2Flocalhost%3A3000"
+        "http://127.0.0.1:8080/v1/iframe?id=d8_KsrcFSSRmMd4ZWLR06g&origin=http%3A%2F%2Flocalhost%3A3000"
     );
     // (`waiting` is 1 unless the machine was too slow to start the poll within the README's
     // `sleep 1`; the poll gets the value either way.)
@@ -85,4 +85,53 @@ fn an_invalid_config_stops_start_up_naming_the_field() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("apps[1].origins[0]"), "{stderr}");
+}
+
+/// Every id written in the README and docs/api.md that is long enough to be one: an example
+/// is what people copy, so it must look like what the docs ask for.
+fn example_ids() -> Vec<(&'static str, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut ids = Vec::new();
+    for file in ["README.md", "docs/api.md"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        for before in [
+            "\"id\": \"",
+            "\"id\":\"",
+            "?id=",
+            "&id=",
+            "ID=",
+            "/v1/ids/",
+            "-d id=",
+        ] {
+            for (at, _) in text.match_indices(before) {
+                let id: String = text[at + before.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+                    .collect();
+                // Shorter than any id: a placeholder such as `X` (or `$ID`, `{id}`: empty).
+                if id.len() >= callhome::id::MIN_LEN {
+                    ids.push((file, id));
+                }
+            }
+        }
+    }
+    ids
+}
+
+#[test]
+fn the_example_ids_in_the_docs_look_like_128_random_bits() {
+    let ids = example_ids();
+    assert!(ids.len() >= 10, "the scan found the examples: {ids:?}");
+    for (file, id) in ids {
+        // 22 base64url characters carry 128 bits; a random one has all three kinds of them.
+        let random_looking = id.len() >= 22
+            && id.bytes().any(|b| b.is_ascii_uppercase())
+            && id.bytes().any(|b| b.is_ascii_lowercase())
+            && id.bytes().any(|b| b.is_ascii_digit());
+        assert!(
+            random_looking,
+            "{file}: example id {id:?} does not look like 128 random bits"
+        );
+        callhome::id::Id::parse(&id).unwrap();
+    }
 }

@@ -244,6 +244,95 @@ async fn a_page_on_another_origin_receives_nothing() {
     );
 }
 
+/// `callhome_waiters_released_total` now.
+async fn releases(s: &TestServer) -> u64 {
+    let metrics = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("callhome_waiters_released_total "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_holding_every_place_cannot_keep_the_page_from_its_news() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let page = PageServer::spawn();
+    let s = TestServer::spawn_with(|c| {
+        c.apps[0].origins = vec![page.origin()];
+        c.limits.max_waiters_per_id = 2;
+    });
+    for transport in ["sse", "poll"] {
+        let url = format!("{}&transport={transport}", iframe_url(&s, json!({})).await);
+        let id = id_of(&url);
+        // A stranger who knows the id holds both places before the page opens...
+        let stranger: Vec<_> = futures_util::future::join_all(
+            (0..2).map(|_| s.client.get(s.url(&format!("/v1/events?id={id}"))).send()),
+        )
+        .await;
+        s.wait_for_waiters(&id, 2).await;
+        // ...and the page still gets in, and gets its news.
+        open(&b, &page, &[&url]).await;
+        s.wait_for_waiters(&id, 2).await;
+        s.notify(KEY, &id, "for the page").await;
+        b.wait_for("the value", "return window.received[0].length === 1")
+            .await;
+        assert_eq!(
+            received(&b, 0).await,
+            [("for the page".to_owned(), 1)],
+            "{transport}"
+        );
+        drop(stranger);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_over_the_cap_take_turns_calmly_and_miss_nothing() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let page = PageServer::spawn();
+    let s = TestServer::spawn_with(|c| {
+        c.apps[0].origins = vec![page.origin()];
+        c.limits.max_waiters_per_id = 1;
+    });
+    for transport in ["poll", "sse"] {
+        let url = format!("{}&transport={transport}", iframe_url(&s, json!({})).await);
+        let id = id_of(&url);
+        let before = releases(&s).await;
+        // Two subscriptions to one id with one place: each release sends one away for about
+        // a second, which then releases the other. Coming back at once would be hundreds.
+        open(&b, &page, &[&url, &url]).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let turns = releases(&s).await - before;
+        assert!(
+            (1..=10).contains(&turns),
+            "{transport}: {turns} releases in 3 s"
+        );
+        s.notify(KEY, &id, "for both").await;
+        b.wait_for(
+            "the value in both subscriptions",
+            "return window.received[0].length === 1 && window.received[1].length === 1",
+        )
+        .await;
+        assert_eq!(
+            b.eval("return window.errors").await,
+            json!({"0": [], "1": []})
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_recovers_after_the_daemon_restarts() {
     let Some(b) = Browser::start().await else {

@@ -93,19 +93,23 @@ async fn poll_errors() {
 }
 
 #[tokio::test]
-async fn too_many_waiters_on_one_id_answers_429() {
+async fn a_full_id_releases_its_oldest_held_poll_for_a_new_one() {
     let s = TestServer::spawn_with(|c| c.limits.max_waiters_per_id = 2);
     let id = s.new_id().await;
-    let held: Vec<_> = (0..2).map(|_| s.spawn_poll(&id, 0)).collect();
+    let oldest = s.spawn_poll(&id, 0);
+    s.wait_for_waiters(&id, 1).await;
+    let held = s.spawn_poll(&id, 0);
     s.wait_for_waiters(&id, 2).await;
-    let r = s.poll(&id, 0).await;
-    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(r.headers()["retry-after"], "5");
-    assert_eq!(error_code(r).await, "too_many_waiters");
-    // A poll with news still answers: the cap is on holding, not on asking.
+    // Newest wins: the third is held, and the oldest is told to come back in a second.
+    let newest = s.spawn_poll(&id, 0);
+    let r = oldest.await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(r.headers()["retry-after"], "1");
+    s.wait_for_waiters(&id, 2).await;
+    // A poll with news answers without a place: the cap is on holding, not on asking.
     let r = s.notify(KEY, &id, "x").await;
     assert_eq!(r.json::<Value>().await.unwrap()["waiting"], 2);
-    for h in held {
+    for h in [held, newest] {
         assert_eq!(h.await.unwrap().status(), StatusCode::OK);
     }
     assert_eq!(s.poll(&id, 0).await.status(), StatusCode::OK);

@@ -8,13 +8,13 @@ use serde_json::{Value, json};
 use crate::support::{KEY, TestServer, error_code};
 
 /// Reads a `text/event-stream` response one block (event or comment) at a time.
-struct EventReader {
+pub(crate) struct EventReader {
     response: Response,
     buffer: String,
 }
 
 impl EventReader {
-    fn new(response: Response) -> Self {
+    pub(crate) fn new(response: Response) -> Self {
         Self {
             response,
             buffer: String::new(),
@@ -23,7 +23,7 @@ impl EventReader {
 
     /// The next block's lines, or `None` when the stream ended. Bounded: a stream that says
     /// nothing for 30 s fails the test rather than hanging it.
-    async fn next(&mut self) -> Option<Vec<String>> {
+    pub(crate) async fn next(&mut self) -> Option<Vec<String>> {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
@@ -38,7 +38,7 @@ impl EventReader {
     }
 
     /// The next event that is not a comment.
-    async fn next_event(&mut self) -> Option<Vec<String>> {
+    pub(crate) async fn next_event(&mut self) -> Option<Vec<String>> {
         loop {
             let block = self.next().await?;
             if !block.iter().all(|l| l.starts_with(':')) {
@@ -48,12 +48,12 @@ impl EventReader {
     }
 }
 
-fn data(block: &[String]) -> Value {
+pub(crate) fn data(block: &[String]) -> Value {
     let line = block.iter().find_map(|l| l.strip_prefix("data: ")).unwrap();
     serde_json::from_str(line).unwrap()
 }
 
-async fn open(s: &TestServer, id: &str, since: u64) -> EventReader {
+pub(crate) async fn open(s: &TestServer, id: &str, since: u64) -> EventReader {
     let r = s
         .client
         .get(s.url(&format!("/v1/events?id={id}&since={since}")))
@@ -158,7 +158,7 @@ async fn delete_ends_the_stream_with_gone() {
 
 #[tokio::test]
 async fn the_same_error_rows_as_poll() {
-    let s = TestServer::spawn_with(|c| c.limits.max_waiters_per_id = 1);
+    let s = TestServer::spawn();
     let id = s.new_id().await;
     let r = s
         .client
@@ -180,21 +180,31 @@ async fn the_same_error_rows_as_poll() {
         (r.status(), error_code(r).await.as_str()),
         (StatusCode::BAD_REQUEST, "invalid_parameters")
     );
+}
 
-    let _held = open(&s, &id, 0).await;
-    let r = s
-        .client
-        .get(s.url(&format!("/v1/events?id={id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(error_code(r).await, "too_many_waiters");
-    let r = s.poll(&id, 0).await;
+#[tokio::test]
+async fn streams_and_polls_share_the_places_and_the_newest_wins() {
+    let s = TestServer::spawn_with(|c| c.limits.max_waiters_per_id = 1);
+    let id = s.new_id().await;
+    let mut stream = open(&s, &id, 0).await;
+    s.wait_for_waiters(&id, 1).await;
+    // A held poll takes the stream's place: the stream ends, told to come back in a second.
+    let poll = s.spawn_poll(&id, 0);
     assert_eq!(
-        r.status(),
-        StatusCode::TOO_MANY_REQUESTS,
-        "streams and polls share the cap"
+        stream.next_event().await.unwrap(),
+        ["retry: 1000", "event: released", "data: {}"]
+    );
+    assert_eq!(stream.next().await, None, "the stream ends");
+    // And a stream takes the poll's.
+    let mut again = open(&s, &id, 0).await;
+    let r = poll.await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(r.headers()["retry-after"], "1");
+    s.wait_for_waiters(&id, 1).await;
+    s.notify(KEY, &id, "x").await;
+    assert_eq!(
+        data(&again.next_event().await.unwrap()),
+        json!({"seq": 1, "info": "x"})
     );
 }
 

@@ -23,3 +23,4 @@ mod proxy;
 mod restart;
 mod routing;
 mod support;
+mod tenants;

@@ -55,12 +55,14 @@ pub fn test_apps() -> Vec<AppConfig> {
             key: Some(AppKey::new(KEY.into())),
             key_env: None,
             origins: vec![ORIGIN.into()],
+            max_ids: None,
         },
         AppConfig {
             name: "two".into(),
             key: Some(AppKey::new(KEY_TWO.into())),
             key_env: None,
             origins: vec![ORIGIN_TWO_A.into(), ORIGIN_TWO_B.into()],
+            max_ids: None,
         },
     ]
 }
