@@ -149,6 +149,8 @@ pub fn parse(buf: &[u8]) -> Parsed {
         };
         copied.push((name, value));
     }
+    // A fragment is not sent to a server; hyper's `Uri` drops one that is, and so do we.
+    let target = target.split_once('#').map_or(target, |(before, _)| before);
     Parsed::Complete(Head {
         method,
         target: target.to_owned(),
@@ -388,6 +390,12 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n",
         );
         assert!(head.framing.expect_continue);
+    }
+
+    #[test]
+    fn a_fragment_is_dropped_as_hyper_drops_it() {
+        let head = complete("GET /v1/poll?id=x&since=0#top HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(head.target, "/v1/poll?id=x&since=0");
     }
 
     #[test]
