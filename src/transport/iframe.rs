@@ -84,9 +84,7 @@ async fn iframe(
     ClientIp(client): ClientIp,
     params: Result<Query<IframeParams>, ApiError>,
 ) -> Result<Response, ApiError> {
-    if let Some(ip) = client {
-        state.limiters.browser(ip)?;
-    }
+    super::admit(&state, client)?;
     let Query(params) = params?;
     let id = Id::parse(&params.id)?;
     let origin = Origin::parse(&params.origin)?;
@@ -94,7 +92,8 @@ async fn iframe(
         // postMessage to "*" would hand the value to whoever framed the page.
         return Err(OriginError::Malformed(params.origin).into());
     }
-    let Some(slot) = state.store.get(id.as_str()) else {
+    // The same lookup as a poll's: the page loading counts as activity too.
+    let Ok(slot) = super::find(&state, id.as_str()) else {
         let config = PageConfig {
             id: id.as_str(),
             origin: origin.as_str(),
