@@ -250,11 +250,16 @@ fn digits(value: &[u8]) -> Option<u64> {
     })
 }
 
-/// True when a comma-separated header value holds `token` (ASCII case-insensitive).
+/// True when a comma-separated header value holds `token` (ASCII case-insensitive). A value
+/// with bytes other than visible ASCII holds no token, as hyper reads it (`to_str` fails).
 fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    let visible = value
+        .iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b));
+    visible
+        && value
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// The path of a request target.
@@ -390,6 +395,12 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n",
         );
         assert!(head.framing.expect_continue);
+    }
+
+    #[test]
+    fn a_connection_value_with_obs_text_holds_no_token_as_in_hyper() {
+        let head = complete("GET / HTTP/1.1\r\nHost: x\r\nConnection: \u{e9} close\r\n\r\n");
+        assert!(head.framing.keep_alive);
     }
 
     #[test]
