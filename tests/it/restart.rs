@@ -62,6 +62,26 @@ impl Api {
             .unwrap()
     }
 
+    /// Waits (bounded: 2 s) until `id` has one client waiting, so a signal finds it held.
+    async fn wait_for_a_waiter(&self, id: &str) {
+        for _ in 0..100 {
+            let status: Value = self
+                .http
+                .get(format!("{}/v1/ids/{id}", self.base))
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if status["waiting"] == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn poll(&self, id: &str, since: u64) -> reqwest::Response {
         self.http
             .get(format!("{}/v1/poll?id={id}&since={since}", self.base))
@@ -238,22 +258,7 @@ async fn shutdown_grace_fails_readyz_first_and_keeps_serving_until_it_ends() {
         }
     });
     // Wait until the poll is held, so the signal finds it waiting.
-    for _ in 0..100 {
-        let status: Value = api
-            .http
-            .get(format!("{}/v1/ids/grace-test-id-00001", api.base))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if status["waiting"] == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    api.wait_for_a_waiter("grace-test-id-00001").await;
 
     daemon.send_sigterm();
     let mut draining = false;
@@ -509,22 +514,7 @@ async fn sighup_drains_like_sigterm_and_a_second_one_does_not_cut_it_short() {
         ));
         async move { request.send().await.unwrap().status() }
     });
-    for _ in 0..100 {
-        let status: Value = api
-            .http
-            .get(format!("{}/v1/ids/sighup-test-id-0001", api.base))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if status["waiting"] == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    api.wait_for_a_waiter("sighup-test-id-0001").await;
 
     daemon.send_signal("HUP");
     let mut draining = false;
