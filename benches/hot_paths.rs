@@ -10,8 +10,9 @@ use callhome::auth::{App, AppKey};
 use callhome::id::Id;
 use callhome::origin::Origin;
 use callhome::slot::Slot;
-use callhome::store::Store;
+use callhome::store::{Memory, Store};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use futures_util::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 
 fn app() -> App {
@@ -24,15 +25,20 @@ fn app() -> App {
 
 fn notify(c: &mut Criterion) {
     let app = app();
-    let store = Store::new(10_000);
+    let store = Store::memory(Memory::new(10_000));
+    // The memory engine never waits: its futures are ready when first polled.
     let ids: Vec<String> = (0..1_000)
-        .map(|_| store.create(&app, None, None).unwrap().id().to_string())
+        .map(|_| {
+            let created = store.create(&app, None, None).now_or_never().unwrap();
+            created.unwrap().id.to_string()
+        })
         .collect();
     let mut i = 0;
     c.bench_function("notify, no waiter (store lookup + publish)", |b| {
         b.iter(|| {
             i = (i + 1) % ids.len();
-            store.publish(&app, &ids[i], "0123456789abcdef").unwrap()
+            let published = store.publish(&app, &ids[i], "0123456789abcdef");
+            published.now_or_never().unwrap().unwrap()
         });
     });
 

@@ -62,14 +62,17 @@ pub fn authenticate(
 ///
 /// `app` is the result of [`authenticate`], decided before the body was read: a request
 /// without a valid key never has its body read, and is answered (and counted) here.
-pub fn notify_in_place(
+pub async fn notify_in_place(
     state: &AppState,
     app: Result<Arc<App>, ApiError>,
     content_type: Option<&HeaderValue>,
     id: &str,
     body: &[u8],
 ) -> Response {
-    let answer = app.and_then(|app| ids::notify_body(state, &app, id, content_type, body));
+    let answer = match app {
+        Ok(app) => ids::notify_body(state, &app, id, content_type, body).await,
+        Err(e) => Err(e),
+    };
     match count_notify(state, answer) {
         Ok(notified) => Json(notified).into_response(),
         Err(e) => e.into_response(),
@@ -135,7 +138,7 @@ pub fn count_notify(
 
 /// Creates an id for `app`: the given one or a fresh one, bound to the given origin or the
 /// app's only origin.
-pub fn create(
+pub async fn create(
     state: &AppState,
     app: &App,
     id: Option<&str>,
@@ -153,7 +156,7 @@ pub fn create(
         }
         None => app.default_origin().cloned(),
     };
-    let slot = state.store.create(app, id, origin).inspect_err(|e| {
+    let created = state.store.create(app, id, origin).await.inspect_err(|e| {
         let refused = &state.metrics.creates_refused;
         let counter = match e {
             CreateError::AppQuota(_) => Some(&refused.app_quota),
@@ -165,31 +168,41 @@ pub fn create(
         }
     })?;
     state.metrics.ids_created.inc();
-    let id = slot.id().as_str();
+    let id = created.id.as_str();
     tracing::debug!(app = %app.name(), id = %Redacted(id), "id created");
     let mut iframe_query = url::form_urlencoded::Serializer::new(String::new());
     iframe_query.append_pair("id", id);
     // Without a concrete origin the page names its own (callhome.js does this for it).
-    if let Some(origin) = slot.origin().filter(|o| !o.is_wildcard()) {
+    if let Some(origin) = created.origin.as_ref().filter(|o| !o.is_wildcard()) {
         iframe_query.append_pair("origin", origin.as_str());
     }
     Ok(Created {
         id: id.to_owned(),
-        origin: slot.origin().map(ToString::to_string),
+        origin: created.origin.as_ref().map(ToString::to_string),
         iframe_url: format!("{}/v1/iframe?{}", state.public_url, iframe_query.finish()),
         poll_url: format!("{}/v1/poll?id={id}", state.public_url),
     })
 }
 
 /// Stores `info` as `app`'s `id`'s newest value and wakes its waiting clients.
-pub fn notify(state: &AppState, app: &App, id: &str, info: &str) -> Result<Notified, ApiError> {
+pub async fn notify(
+    state: &AppState,
+    app: &App,
+    id: &str,
+    info: &str,
+) -> Result<Notified, ApiError> {
     Id::check(id)?;
-    notify_checked(state, app, id, info)
+    notify_checked(state, app, id, info).await
 }
 
 /// [`notify`] of an id already checked (`ids::notify_body` checks it before reading the
 /// body, so every notify checks its id once).
-fn notify_checked(state: &AppState, app: &App, id: &str, info: &str) -> Result<Notified, ApiError> {
+async fn notify_checked(
+    state: &AppState,
+    app: &App,
+    id: &str,
+    info: &str,
+) -> Result<Notified, ApiError> {
     state.limiters.notify(app)?;
     let limit = state.limits.info_max_bytes;
     if info.len() > limit {
@@ -198,7 +211,7 @@ fn notify_checked(state: &AppState, app: &App, id: &str, info: &str) -> Result<N
             limit,
         });
     }
-    let published = state.store.publish(app, id, info)?;
+    let published = state.store.publish(app, id, info).await?;
     tracing::debug!(
         app = %app.name(),
         id = %Redacted(id),

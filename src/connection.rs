@@ -455,7 +455,7 @@ impl Connection {
         let content_type = header_value(&head, &header::CONTENT_TYPE);
         if app.is_err() {
             let after = self.skip_body(&head);
-            let response = api::notify_in_place(state, app, content_type, id, &[]);
+            let response = api::notify_in_place(state, app, content_type, id, &[]).await;
             return Ok((Some(response), after));
         }
         let body = match self.take_body(&head, state).await? {
@@ -466,7 +466,7 @@ impl Connection {
                 return Ok((Some(response.into_response()), After::Close));
             }
         };
-        let response = api::notify_in_place(state, app, content_type, id, &body);
+        let response = api::notify_in_place(state, app, content_type, id, &body).await;
         Ok((Some(response), After::KeepAlive))
     }
 

@@ -8,6 +8,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::rate_limit;
 use crate::state::AppState;
+use crate::store::Memory;
 
 /// The longest pause between two expiry sweeps. Expired ids are already invisible to
 /// requests before the sweep removes them; the sweep only gives their memory back.
@@ -40,7 +41,8 @@ pub async fn run(state: AppState) {
 async fn expire(state: &AppState) {
     let started = std::time::Instant::now();
     let store = state.clone();
-    let Ok(expired) = tokio::task::spawn_blocking(move || store.store.expire_idle()).await else {
+    let sweep = move || store.store.as_memory().map_or(0, Memory::expire_idle);
+    let Ok(expired) = tokio::task::spawn_blocking(sweep).await else {
         return;
     };
     if expired > 0 {

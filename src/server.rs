@@ -70,9 +70,11 @@ pub async fn run(
     // Every task this server starts is tracked, so the final snapshot is written only after
     // all of them (the periodic saver above all) have stopped.
     let background = TaskTracker::new();
-    if let Some(path) = state.snapshot.snapshot_path.clone() {
+    if let Some(path) = state.snapshot.snapshot_path.clone()
+        && let Some(memory) = state.store.as_memory()
+    {
         let started = std::time::Instant::now();
-        let restored = snapshot::restore(&path, &state.store, &state.apps)?;
+        let restored = snapshot::restore(&path, memory, &state.apps)?;
         tracing::info!(
             ids = restored.ids,
             unknown_app = restored.unknown_app,

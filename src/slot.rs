@@ -201,6 +201,11 @@ impl Slot {
         &self.app
     }
 
+    /// The name of the app that owns the id, shared.
+    pub fn app_name(&self) -> &Arc<str> {
+        &self.app
+    }
+
     /// The origin the id is bound to, if any.
     pub fn origin(&self) -> Option<&Origin> {
         self.origin.as_ref()
@@ -217,7 +222,7 @@ impl Slot {
     }
 
     /// Time since the last poll or notify, to the millisecond.
-    fn idle(&self) -> Duration {
+    pub fn idle(&self) -> Duration {
         let last = self.last_active.load(Ordering::Relaxed);
         Duration::from_millis(unix_millis(SystemTime::now()).saturating_sub(last))
     }

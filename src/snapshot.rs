@@ -27,7 +27,7 @@ use crate::id::Id;
 use crate::origin::Origin;
 use crate::slot::{Saved, Slot};
 use crate::state::AppState;
-use crate::store::Store;
+use crate::store::Memory;
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 16] = b"CALLHOME-SNAPSHT";
@@ -277,7 +277,7 @@ pub struct Restored {
 }
 
 /// Reads the snapshot at `path` into `store`. A missing file is an empty store.
-pub fn restore(path: &Path, store: &Store, apps: &Apps) -> Result<Restored, SnapshotError> {
+pub fn restore(path: &Path, store: &Memory, apps: &Apps) -> Result<Restored, SnapshotError> {
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Restored::default()),
@@ -332,7 +332,7 @@ pub fn restore(path: &Path, store: &Store, apps: &Apps) -> Result<Restored, Snap
 ///
 /// # Panics
 /// Never: strings and numbers always serialise.
-pub fn save(path: &Path, store: &Store) -> Result<u64, SnapshotError> {
+pub fn save(path: &Path, store: &Memory) -> Result<u64, SnapshotError> {
     static WRITING: Mutex<()> = Mutex::new(());
     let _writing = WRITING.lock().unwrap_or_else(PoisonError::into_inner);
     let slots: Vec<_> = store
@@ -379,13 +379,16 @@ pub fn discard(path: &Path) -> Result<Option<PathBuf>, SnapshotError> {
 /// Saves the store every `interval` when it changed, until shutdown. The final snapshot at
 /// shutdown is the server's job, after the last request was answered.
 pub async fn run_periodic(path: PathBuf, interval: Duration, state: AppState) {
-    let mut saved_at = state.store.changes();
+    let Some(memory) = state.store.as_memory() else {
+        return;
+    };
+    let mut saved_at = memory.changes();
     loop {
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             () = state.shutdown.cancelled() => return,
         }
-        let changes = state.store.changes();
+        let changes = memory.changes();
         if changes == saved_at {
             continue;
         }
@@ -408,14 +411,17 @@ pub async fn save_measured(
     let started = Instant::now();
     let store = state.clone();
     let file = path.clone();
-    let saved = tokio::task::spawn_blocking(move || save(&file, &store.store))
-        .await
-        .unwrap_or_else(|e| {
-            Err(SnapshotError::Io {
-                path,
-                source: io::Error::other(e),
-            })
-        });
+    let saved = tokio::task::spawn_blocking(move || match store.store.as_memory() {
+        Some(memory) => save(&file, memory),
+        None => Ok(0),
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(SnapshotError::Io {
+            path,
+            source: io::Error::other(e),
+        })
+    });
     let took = started.elapsed();
     let metrics = &state.metrics;
     match saved {
@@ -514,7 +520,7 @@ mod tests {
     fn what_is_saved_comes_back() {
         let apps = apps();
         let app = apps.get("one").unwrap();
-        let store = Store::new(10);
+        let store = Memory::new(10);
         let a = store
             .create(app, None, app.default_origin().cloned())
             .unwrap();
@@ -526,7 +532,7 @@ mod tests {
         let path = temp("roundtrip");
         save(&path, &store).unwrap();
 
-        let again = Store::new(10);
+        let again = Memory::new(10);
         let restored = restore(&path, &again, &apps).unwrap();
         assert_eq!(
             restored,
@@ -548,7 +554,7 @@ mod tests {
         // `save` writes ids one by one; the file must still decode as one `Body`, exactly.
         let apps = apps();
         let app = apps.get("one").unwrap();
-        let store = Store::new(10);
+        let store = Memory::new(10);
         let slot = store
             .create(app, None, app.default_origin().cloned())
             .unwrap();
@@ -574,7 +580,7 @@ mod tests {
     fn a_missing_file_is_an_empty_store() {
         let path = temp("missing").with_file_name("nothing-here");
         assert_eq!(
-            restore(&path, &Store::new(1), &apps()).unwrap(),
+            restore(&path, &Memory::new(1), &apps()).unwrap(),
             Restored::default()
         );
     }
@@ -582,7 +588,7 @@ mod tests {
     #[test]
     fn damaged_files_are_refused_and_left_alone() {
         let apps = apps();
-        let store = Store::new(10);
+        let store = Memory::new(10);
         store.create(apps.get("one").unwrap(), None, None).unwrap();
         let path = temp("damaged");
         save(&path, &store).unwrap();
@@ -599,7 +605,7 @@ mod tests {
             (other_version, "version 9"),
         ] {
             fs::write(&path, &bytes).unwrap();
-            let err = restore(&path, &Store::new(10), &apps)
+            let err = restore(&path, &Memory::new(10), &apps)
                 .unwrap_err()
                 .to_string();
             assert!(
@@ -620,7 +626,7 @@ mod tests {
     #[test]
     fn a_failed_write_leaves_no_temporary_file() {
         let apps = apps();
-        let store = Store::new(10);
+        let store = Memory::new(10);
         store.create(apps.get("one").unwrap(), None, None).unwrap();
         let path = temp("failed-write");
         // The rename fails: a non-empty directory is where the snapshot should go.
@@ -651,13 +657,13 @@ mod tests {
     #[test]
     fn ids_of_apps_no_longer_configured_are_skipped() {
         let other = Apps::new(vec![App::new("gone", &AppKey::new("g".into()), vec![])]);
-        let store = Store::new(10);
+        let store = Memory::new(10);
         store
             .create(other.get("gone").unwrap(), None, None)
             .unwrap();
         let path = temp("unknown-app");
         save(&path, &store).unwrap();
-        let restored = restore(&path, &Store::new(10), &apps()).unwrap();
+        let restored = restore(&path, &Memory::new(10), &apps()).unwrap();
         assert_eq!(
             restored,
             Restored {

@@ -18,7 +18,7 @@ use crate::config::{HttpConfig, Limits, Settings, StoreConfig};
 use crate::metrics::Metrics;
 use crate::permit::Budget;
 use crate::rate_limit::RateLimiters;
-use crate::store::Store;
+use crate::store::{Memory, Store};
 
 /// File descriptors kept back from `max_connections = 0` (automatic) for everything else the
 /// process opens: the listener, snapshot files, the runtime's own, a backplane.
@@ -82,9 +82,11 @@ impl AppState {
         let metrics = Metrics::new();
         let limiters = RateLimiters::new(&settings.rate_limits, &settings.apps, &metrics);
         Self(Arc::new(Shared {
-            store: Store::new(settings.limits.max_ids)
-                .with_quotas(&settings.apps)
-                .with_idle_ttl(settings.limits.id_idle_ttl),
+            store: Store::memory(
+                Memory::new(settings.limits.max_ids)
+                    .with_quotas(&settings.apps)
+                    .with_idle_ttl(settings.limits.id_idle_ttl),
+            ),
             apps: settings.apps,
             limits: settings.limits,
             public_url,

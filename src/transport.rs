@@ -12,7 +12,6 @@ mod poll;
 mod script;
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -25,8 +24,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApiError;
 use crate::extract::ClientIp;
 use crate::id::Id;
-use crate::slot::{Latest, Seq, Slot, Waiter};
+use crate::slot::{Latest, Seq, Waiter};
 use crate::state::AppState;
+use crate::store::{Found, Hold, Watch};
 
 /// The browser routes.
 pub fn routes() -> Router<AppState> {
@@ -47,6 +47,7 @@ pub fn routes() -> Router<AppState> {
                  RawQuery(query),
                  headers: HeaderMap| async move {
                     events::events(&state, query.as_deref(), headers.get(LAST_EVENT_ID), client)
+                        .await
                 },
             ),
         )
@@ -95,12 +96,15 @@ impl Held {
     ) -> Response {
         match self {
             Self::Poll => poll::poll(state, query, Some(client)).await,
-            Self::Events => events::events(
-                &state,
-                query.as_deref(),
-                last_event_id.as_ref(),
-                Some(client),
-            ),
+            Self::Events => {
+                events::events(
+                    &state,
+                    query.as_deref(),
+                    last_event_id.as_ref(),
+                    Some(client),
+                )
+                .await
+            }
         }
     }
 }
@@ -135,20 +139,34 @@ fn admit(state: &AppState, client: Option<IpAddr>) -> Result<(), ApiError> {
     client.map_or(Ok(()), |ip| state.limiters.browser(ip))
 }
 
-/// Takes one of `slot`'s waiting places, counting the waiter it releases when the id is full.
-fn join(state: &AppState, slot: &Arc<Slot>) -> Waiter {
-    let joined = slot.join(state.limits.max_waiters_per_id);
-    state
-        .metrics
-        .waiters_released
-        .inc_by(joined.released as u64);
-    joined.waiter
+/// Begins a browser's wait on `id` from `since` (counted as activity): the value it has not
+/// seen, or one of the id's waiting places, counting the waiter released when the id is full.
+async fn watch(state: &AppState, id: &str, since: Seq, hold: Hold) -> Result<Begun, ApiError> {
+    Id::check(id)?;
+    let watch = state
+        .store
+        .watch(id, since, state.limits.max_waiters_per_id, hold)
+        .await?;
+    Ok(match watch {
+        Watch::Now(latest) => Begun::Now(latest),
+        Watch::Waiting(joined) => {
+            state
+                .metrics
+                .waiters_released
+                .inc_by(joined.released as u64);
+            Begun::Waiting(joined.waiter)
+        }
+    })
 }
 
-/// The slot a browser asks about, counted as activity.
-fn find(state: &AppState, id: &str) -> Result<Arc<Slot>, ApiError> {
+/// How a browser's wait began.
+enum Begun {
+    Now(Latest),
+    Waiting(Waiter),
+}
+
+/// The id a browser asks about, counted as activity.
+async fn find(state: &AppState, id: &str) -> Result<Found, ApiError> {
     Id::check(id)?;
-    let slot = state.store.get(id).ok_or(ApiError::UnknownId)?;
-    slot.touch();
-    Ok(slot)
+    Ok(state.store.find(id).await?)
 }

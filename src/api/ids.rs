@@ -47,7 +47,8 @@ async fn create(
         &app,
         request.id.as_deref(),
         request.origin.as_deref(),
-    )?;
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
@@ -68,7 +69,9 @@ async fn notify(
 ) -> Result<Json<super::Notified>, ApiError> {
     let answer = match app {
         Ok(Authenticated(app)) => match body.read(&state).await {
-            Ok(body) => notify_body(&state, &app, &id, headers.get(header::CONTENT_TYPE), &body),
+            Ok(body) => {
+                notify_body(&state, &app, &id, headers.get(header::CONTENT_TYPE), &body).await
+            }
             Err(e) => Err(e),
         },
         Err(e) => Err(e),
@@ -78,7 +81,7 @@ async fn notify(
 
 /// Validates `id`, reads the info from a notify body of type `content_type`, and notifies.
 /// Shared by the routed handler and `connection`'s in-place path.
-pub(super) fn notify_body(
+pub(super) async fn notify_body(
     state: &AppState,
     app: &App,
     id: &str,
@@ -92,7 +95,7 @@ pub(super) fn notify_body(
         Some("text/plain") => std::str::from_utf8(body).map_err(|_| ApiError::InvalidInfo)?,
         Some("application/json") => {
             let request: NotifyRequest = extract::json_of(content_type, body)?;
-            return super::notify_checked(state, app, id, &request.info);
+            return super::notify_checked(state, app, id, &request.info).await;
         }
         other => {
             return Err(ApiError::UnsupportedMediaType(
@@ -101,7 +104,7 @@ pub(super) fn notify_body(
             ));
         }
     };
-    super::notify_checked(state, app, id, info)
+    super::notify_checked(state, app, id, info).await
 }
 
 #[derive(Debug, Serialize)]
@@ -119,14 +122,14 @@ async fn status(
     Authenticated(app): Authenticated,
     PathId(id): PathId,
 ) -> Result<Json<Status>, ApiError> {
-    let slot = state.store.get_owned(&app, id.as_str())?;
+    let status = state.store.status(&app, id.as_str()).await?;
     Ok(Json(Status {
-        id: slot.id().to_string(),
-        origin: slot.origin().map(ToString::to_string),
-        seq: slot.latest().seq,
-        waiting: slot.waiting(),
-        created_at: rfc3339(slot.created_at()),
-        idle_secs: slot.idle_secs(),
+        id: id.to_string(),
+        origin: status.origin.map(|o| o.to_string()),
+        seq: status.seq,
+        waiting: status.waiting,
+        created_at: rfc3339(status.created_at),
+        idle_secs: status.idle.as_secs(),
     }))
 }
 
@@ -135,7 +138,7 @@ async fn delete(
     Authenticated(app): Authenticated,
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
-    state.store.remove(&app, id.as_str())?;
+    state.store.remove(&app, id.as_str()).await?;
     state.metrics.ids_deleted.inc();
     tracing::debug!(app = %app.name(), id = %Redacted(id.as_str()), "id deleted");
     Ok(StatusCode::NO_CONTENT)

@@ -48,7 +48,7 @@ async fn idcreate(
     let form: IdcreateParams = form_body(&method, &headers, &body)?;
     let id = query.id.or(form.id);
     let origin = query.origin.or(form.origin);
-    let created = super::create(&state, &app, id.as_deref(), origin.as_deref())?;
+    let created = super::create(&state, &app, id.as_deref(), origin.as_deref()).await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
@@ -65,7 +65,7 @@ async fn notify(
         (Ok(_), Ok(_)) => Some(body.read(&state).await),
         _ => None,
     };
-    let answer = (|| {
+    let answer = async {
         let (Authenticated(app), Query(query)) = (app?, query?);
         let body = read.unwrap_or(Ok(Bytes::new()))?;
         let form: NotifyParams = form_body(&method, &headers, &body)?;
@@ -74,8 +74,9 @@ async fn notify(
             .or(form.id)
             .ok_or_else(|| ApiError::InvalidParameters("missing parameter `id`".into()))?;
         let info = query.info.or(form.info).unwrap_or_default();
-        super::notify(&state, &app, &id, &info)
-    })();
+        super::notify(&state, &app, &id, &info).await
+    }
+    .await;
     super::count_notify(&state, answer).map(Json)
 }
 

@@ -24,6 +24,7 @@ use crate::extract::parse_query;
 use crate::metrics::Waiting;
 use crate::slot::{Seq, WaitOutcome, Waiter};
 use crate::state::AppState;
+use crate::store::Hold;
 
 /// How soon a client told "shutting down" should reconnect.
 const RECONNECT_AFTER_SHUTDOWN: Duration = Duration::from_secs(1);
@@ -31,14 +32,14 @@ const RECONNECT_AFTER_SHUTDOWN: Duration = Duration::from_secs(1);
 /// Answers an event-stream request whose query string is `query`, from `client` (charged to
 /// its rate limit when known). The response body is the stream, which lasts until the id is
 /// deleted, the server shuts down or the client leaves.
-pub fn events(
+pub async fn events(
     state: &AppState,
     query: Option<&str>,
     last_event_id: Option<&HeaderValue>,
     client: Option<IpAddr>,
 ) -> Response {
     let outcomes = &state.metrics.streams;
-    match open(state, query, last_event_id, client) {
+    match open(state, query, last_event_id, client).await {
         Ok(response) => {
             outcomes.opened.inc();
             response
@@ -50,7 +51,7 @@ pub fn events(
     }
 }
 
-fn open(
+async fn open(
     state: &AppState,
     query: Option<&str>,
     last_event_id: Option<&HeaderValue>,
@@ -66,8 +67,11 @@ fn open(
             .ok_or_else(|| ApiError::InvalidParameters("Last-Event-ID must be a seq".into()))?,
         None => params.since,
     };
-    let slot = super::find(state, &params.id)?;
-    let waiter = super::join(state, &slot);
+    let super::Begun::Waiting(waiter) =
+        super::watch(state, &params.id, since, Hold::Always).await?
+    else {
+        unreachable!("a watch that always holds takes a waiting place");
+    };
     // "ready" first: proof for the client that bytes reach it as they are sent (a buffering
     // proxy would hold it back), and the moment it may count the stream as working.
     let ready = Event::default().event("ready").data("{}");

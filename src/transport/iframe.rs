@@ -23,8 +23,8 @@ use crate::error::ApiError;
 use crate::extract::{ClientIp, Query};
 use crate::id::Id;
 use crate::origin::{Origin, OriginError};
-use crate::slot::Slot;
 use crate::state::AppState;
+use crate::store::Found;
 
 const TEMPLATE: &str = include_str!("../../assets/iframe.html");
 const SCRIPT: &str = include_str!("../../assets/iframe.js");
@@ -93,7 +93,7 @@ async fn iframe(
         return Err(OriginError::Malformed(params.origin).into());
     }
     // The same lookup as a poll's: the page loading counts as activity too.
-    let Ok(slot) = super::find(&state, id.as_str()) else {
+    let Ok(found) = super::find(&state, id.as_str()).await else {
         let config = PageConfig {
             id: id.as_str(),
             origin: origin.as_str(),
@@ -102,7 +102,7 @@ async fn iframe(
         };
         return Ok(page(StatusCode::NOT_FOUND, &config, &origin));
     };
-    if !serves(&state, &slot, &origin) {
+    if !serves(&state, &found, &origin) {
         return Err(ApiError::OriginMismatch(origin.to_string()));
     }
     let config = PageConfig {
@@ -118,14 +118,15 @@ async fn iframe(
 /// nothing, and its app may serve it ([`Apps::serves`](crate::auth::Apps::serves): a `*` app
 /// never serves another app's origins). The second check also covers ids bound before an
 /// app's origins changed, or by an older version that let a `*` app bind any origin.
-fn serves(state: &AppState, slot: &Slot, origin: &Origin) -> bool {
-    let bound = slot
-        .origin()
+fn serves(state: &AppState, found: &Found, origin: &Origin) -> bool {
+    let bound = found
+        .origin
+        .as_ref()
         .is_none_or(|bound| bound.is_wildcard() || bound == origin);
     bound
         && state
             .apps
-            .get(slot.app())
+            .get(&found.app)
             .is_some_and(|app| state.apps.serves(app, origin))
 }
 

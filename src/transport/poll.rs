@@ -12,12 +12,13 @@ use axum::response::{IntoResponse, Json, Response};
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
-use super::{Value, WaitParams};
+use super::{Begun, Value, WaitParams};
 use crate::error::ApiError;
 use crate::extract::parse_query;
 use crate::metrics::Waiting;
 use crate::slot::WaitOutcome;
 use crate::state::AppState;
+use crate::store::Hold;
 
 /// Answers a poll whose query string is `query`, from `client` (charged to its rate limit
 /// when known). May wait long.
@@ -41,14 +42,15 @@ async fn answer<'s>(
     let outcomes = &state.metrics.polls;
     super::admit(state, client)?;
     let params: WaitParams = parse_query(query)?;
-    let slot = super::find(state, &params.id)?;
-    if let Some(latest) = slot.newer_than(params.since) {
-        return Ok((
-            &outcomes.immediate,
-            Json(Value::from(&latest)).into_response(),
-        ));
-    }
-    let waiter = super::join(state, &slot);
+    let waiter = match super::watch(state, &params.id, params.since, Hold::IfNothingNew).await? {
+        Begun::Now(latest) => {
+            return Ok((
+                &outcomes.immediate,
+                Json(Value::from(&latest)).into_response(),
+            ));
+        }
+        Begun::Waiting(waiter) => waiter,
+    };
     let _waiting = Waiting::start(&state.metrics.waiting.poll);
     // Nothing from the request lives across the wait but the cursor.
     let since = params.since;
