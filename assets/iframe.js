@@ -17,6 +17,7 @@
   var cfg = JSON.parse(document.getElementById("callhome-config").textContent);
   var mode = cfg.transport === "poll" || typeof EventSource !== "function" ? "poll" : "sse";
   var since = 0; // the newest seq seen (the server's cursor after a reset)
+  var epoch = null; // the epoch of `since` (cluster mode), sent back so a new epoch is noticed
   var failures = 0; // consecutive failed attempts, for backoff
   var sseFailures = 0; // streams that failed before "ready", since the last good one
   var probeNext = false; // after a failed stream, one long poll learns the id's status
@@ -40,13 +41,16 @@
   function deliver(value) {
     failures = 0;
     // A seq below ours means the id began a new life (the server lost its state and the
-    // app made the id again): tell the parent to forget old seqs, then count from zero.
-    if (value.seq < since) {
+    // app made the id again), and a server's `reset` that its count started again (cluster
+    // mode: Redis may have lost writes): tell the parent to forget old seqs, then count from
+    // zero.
+    if (value.reset === true || value.seq < since) {
       post({ reset: true });
       since = 0;
     }
     if (value.seq > since && value.info !== null) post({ seq: value.seq, info: value.info });
     since = value.seq;
+    epoch = typeof value.epoch === "number" ? value.epoch : null;
   }
 
   // Capped exponential backoff with jitter: 0.25-0.5 s, 0.5-1 s, ... up to 15-30 s.
@@ -70,7 +74,9 @@
   }
 
   function query() {
-    return "?id=" + encodeURIComponent(cfg.id) + "&since=" + since;
+    return (
+      "?id=" + encodeURIComponent(cfg.id) + "&since=" + since + (epoch === null ? "" : "&epoch=" + epoch)
+    );
   }
 
   function openStream() {

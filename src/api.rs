@@ -22,7 +22,7 @@ use crate::id::Id;
 use crate::origin::Origin;
 use crate::slot::Published;
 use crate::state::AppState;
-use crate::store::CreateError;
+use crate::store::{CreateError, StoreError};
 use crate::telemetry::Redacted;
 
 /// The backend routes.
@@ -161,7 +161,9 @@ pub async fn create(
         let counter = match e {
             CreateError::AppQuota(_) => Some(&refused.app_quota),
             CreateError::Full(_) => Some(&refused.max_ids),
-            CreateError::Taken | CreateError::Entropy(_) => None,
+            // The cluster-wide bucket refused it (with Redis, the node keeps none).
+            CreateError::RateLimited(_) => Some(&state.metrics.rate_limited.create_per_app),
+            CreateError::Taken | CreateError::Entropy(_) | CreateError::Unavailable(_) => None,
         };
         if let Some(counter) = counter {
             counter.inc();
@@ -211,7 +213,11 @@ async fn notify_checked(
             limit,
         });
     }
-    let published = state.store.publish(app, id, info).await?;
+    let published = state.store.publish(app, id, info).await.inspect_err(|e| {
+        if matches!(e, StoreError::RateLimited(_)) {
+            state.metrics.rate_limited.notify_per_app.inc();
+        }
+    })?;
     tracing::debug!(
         app = %app.name(),
         id = %Redacted(id),

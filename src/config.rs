@@ -186,6 +186,26 @@ pub struct StoreConfig {
     /// this much.
     #[serde(with = "humantime_serde")]
     pub snapshot_interval: Duration,
+    /// Where ids live: in this process (`memory`) or in Redis, shared by every node
+    /// (`redis`; docs/cluster.md).
+    pub backend: Backend,
+    /// The Redis to use with `backend = "redis"`, e.g. `redis://:password@10.0.0.5:6379/0`.
+    /// Its password is never logged.
+    pub redis_url: Option<RedisUrl>,
+    /// The name of an environment variable holding `redis_url`, to keep the password out
+    /// of the file.
+    pub redis_url_env: Option<String>,
+    /// Sentinels (`host:port`) that know the Redis master; with them, `redis_master_name`
+    /// names it, and `redis_url` (if given) only lends its password and database.
+    pub redis_sentinels: Vec<String>,
+    /// The master's name in Sentinel (`sentinel monitor <name> ...`).
+    pub redis_master_name: Option<String>,
+    /// This node's name in the cluster; default: the host name and the listen port.
+    pub node_name: Option<String>,
+    /// How long a create, notify or delete waits for Redis before it answers `503
+    /// backplane_unavailable`.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
 }
 
 impl Default for StoreConfig {
@@ -193,7 +213,67 @@ impl Default for StoreConfig {
         Self {
             snapshot_path: None,
             snapshot_interval: Duration::from_secs(1),
+            backend: Backend::Memory,
+            redis_url: None,
+            redis_url_env: None,
+            redis_sentinels: Vec::new(),
+            redis_master_name: None,
+            node_name: None,
+            command_timeout: Duration::from_secs(1),
         }
+    }
+}
+
+/// Where ids live.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// In this process, saved by snapshots.
+    #[default]
+    Memory,
+    /// In Redis, shared by every node.
+    Redis,
+}
+
+/// A Redis URL, whose password never reaches a log: `Debug` and `Display` show it as `***`.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// Wraps a URL.
+    pub fn new(url: String) -> Self {
+        Self(url)
+    }
+
+    /// The URL itself, password and all: for the Redis client only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut url) => {
+                if url.password().is_some() {
+                    let _ = url.set_password(Some("***"));
+                }
+                url.to_string()
+            }
+            Err(_) => "(unparsable redis url)".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl std::fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
     }
 }
 
@@ -453,10 +533,14 @@ impl Config {
         let (trusted_proxies, proxy_warnings) = validate_trusted_proxies(&self.trusted_proxies)?;
         validate_limits(&self.limits)?;
         validate_rate_limits(&self.rate_limits)?;
-        validate_store(&self.store)?;
+        let (store, store_warnings) = validate_store(self.store, &env)?;
 
         let (apps, app_warnings) = validate_apps(&self.apps, &self.limits, env)?;
-        let warnings = proxy_warnings.into_iter().chain(app_warnings).collect();
+        let warnings = proxy_warnings
+            .into_iter()
+            .chain(store_warnings)
+            .chain(app_warnings)
+            .collect();
 
         Ok(Settings {
             listen,
@@ -469,7 +553,7 @@ impl Config {
             trusted_proxies,
             limits: self.limits,
             rate_limits: self.rate_limits,
-            store: self.store,
+            store,
             http: self.http,
             apps,
             warnings,
@@ -638,7 +722,85 @@ fn parse_public_url(text: &str) -> Result<String, ConfigError> {
     Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
-fn validate_store(store: &StoreConfig) -> Result<(), ConfigError> {
+fn validate_store(
+    mut store: StoreConfig,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(StoreConfig, Vec<String>), ConfigError> {
+    let mut warnings = Vec::new();
+    if store.command_timeout < Duration::from_millis(10)
+        || store.command_timeout > Duration::from_secs(60)
+    {
+        return Err(invalid(
+            "store.command_timeout",
+            "must be between 10ms and 1m",
+        ));
+    }
+    if let Some(var) = &store.redis_url_env {
+        if store.redis_url.is_some() {
+            return Err(invalid(
+                "store.redis_url_env",
+                "give redis_url or redis_url_env, not both",
+            ));
+        }
+        let url = env(var).ok_or_else(|| {
+            invalid(
+                "store.redis_url_env",
+                format!("environment variable {var} is not set"),
+            )
+        })?;
+        store.redis_url = Some(RedisUrl::new(url));
+    }
+    if let Some(url) = &store.redis_url {
+        let parsed = url::Url::parse(url.expose());
+        if !parsed
+            .as_ref()
+            .is_ok_and(|u| matches!(u.scheme(), "redis" | "rediss") && u.host().is_some())
+        {
+            return Err(invalid(
+                "store.redis_url",
+                format!("{url} is not a redis://host:port/ URL"),
+            ));
+        }
+    }
+    if store.backend == Backend::Redis {
+        // Ignored rather than refused, so that the shipped file (which has one) runs in
+        // cluster mode with nothing but CALLHOME_STORE__BACKEND=redis and a URL.
+        if let Some(path) = store.snapshot_path.take() {
+            warnings.push(format!(
+                "store.snapshot_path ({}) is ignored with backend = \"redis\": Redis is the state",
+                path.display()
+            ));
+        }
+        if store.redis_sentinels.is_empty() && store.redis_url.is_none() {
+            return Err(invalid(
+                "store.redis_url",
+                "backend = \"redis\" needs redis_url, redis_url_env or redis_sentinels",
+            ));
+        }
+        if !store.redis_sentinels.is_empty() && store.redis_master_name.is_none() {
+            return Err(invalid(
+                "store.redis_master_name",
+                "redis_sentinels need the master's name",
+            ));
+        }
+    }
+    if let Some(name) = &store.node_name
+        && (name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)))
+    {
+        return Err(invalid(
+            "store.node_name",
+            "must be 1 to 64 letters, digits, '-', '_', '.' or ':'",
+        ));
+    }
+    validate_snapshot(&store)?;
+    Ok((store, warnings))
+}
+
+fn validate_snapshot(store: &StoreConfig) -> Result<(), ConfigError> {
     let interval = store.snapshot_interval;
     if interval < Duration::from_millis(100) || interval > Duration::from_secs(3600) {
         return Err(invalid(

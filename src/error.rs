@@ -15,12 +15,15 @@ use serde_json::json;
 use crate::connection::head::Refusal;
 use crate::id::IdError;
 use crate::origin::OriginError;
-use crate::store::{CreateError, UnknownId};
+use crate::store::{CreateError, StoreError, UnknownId};
 
 /// How long a client told "too many ids" should wait before trying again.
 const RETRY_FULL: Duration = Duration::from_secs(30);
 /// How long a client refused for too many connections should wait.
 const RETRY_CONNECTIONS: Duration = Duration::from_secs(1);
+/// How long a backend told the backplane is unavailable should wait: about what a Redis
+/// restart or a Sentinel failover takes.
+const RETRY_BACKPLANE: Duration = Duration::from_secs(2);
 
 /// Whole seconds to wait, rounded up and at least 1: `Retry-After: 0` would invite a retry
 /// that is refused again.
@@ -103,6 +106,10 @@ pub enum ApiError {
     /// The route exists but not for this method.
     #[error("method not allowed for this endpoint")]
     MethodNotAllowed,
+    /// Redis (cluster mode) cannot be reached within `command_timeout`. Nothing was queued:
+    /// the request may or may not have taken effect if it timed out after being sent.
+    #[error("the backplane (Redis) is unavailable; try again shortly")]
+    BackplaneUnavailable(String),
     /// A bug or an environment failure; the cause goes to the log, not to the client.
     #[error("internal error")]
     Internal(String),
@@ -152,7 +159,9 @@ impl ApiError {
             Self::InfoTooLarge { .. } | Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(..) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::AppQuotaExceeded(_) | Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::TooManyIds(_) | Self::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooManyIds(_) | Self::TooManyConnections(_) | Self::BackplaneUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -184,6 +193,7 @@ impl ApiError {
             Self::Framing(Refusal::TransferCoding) => "unsupported_transfer_coding",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::BackplaneUnavailable(_) => "backplane_unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -193,6 +203,7 @@ impl ApiError {
             Self::TooManyIds(_) => Some(RETRY_FULL),
             Self::RateLimited(after) => Some(*after),
             Self::TooManyConnections(_) => Some(RETRY_CONNECTIONS),
+            Self::BackplaneUnavailable(_) => Some(RETRY_BACKPLANE),
             _ => None,
         }
     }
@@ -204,6 +215,16 @@ impl From<UnknownId> for ApiError {
     }
 }
 
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UnknownId => Self::UnknownId,
+            StoreError::RateLimited(after) => Self::RateLimited(after),
+            StoreError::Unavailable(why) => Self::BackplaneUnavailable(why),
+        }
+    }
+}
+
 impl From<CreateError> for ApiError {
     fn from(e: CreateError) -> Self {
         match e {
@@ -211,6 +232,8 @@ impl From<CreateError> for ApiError {
             CreateError::Full(max) => Self::TooManyIds(max),
             CreateError::AppQuota(max) => Self::AppQuotaExceeded(max),
             CreateError::Entropy(e) => Self::Internal(e.to_string()),
+            CreateError::RateLimited(after) => Self::RateLimited(after),
+            CreateError::Unavailable(why) => Self::BackplaneUnavailable(why),
         }
     }
 }
@@ -219,6 +242,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let Self::Internal(cause) = &self {
             tracing::error!(%cause, "internal error");
+        }
+        if let Self::BackplaneUnavailable(cause) = &self {
+            tracing::warn!(%cause, "backplane unavailable");
         }
         let status = self.status();
         let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
@@ -287,6 +313,11 @@ mod tests {
                 "rate_limited",
             ),
             (ApiError::TooManyConnections(1), 503, "too_many_connections"),
+            (
+                ApiError::BackplaneUnavailable("x".into()),
+                503,
+                "backplane_unavailable",
+            ),
             (
                 ApiError::Framing(Refusal::Malformed("x")),
                 400,

@@ -1,5 +1,6 @@
 //! The operator's routes: `/healthz` (the process is up and serving HTTP), `/readyz` (it
-//! wants new work: not draining for a shutdown) and `/metrics` (the scrape). A load balancer
+//! wants new work: not draining for a shutdown and, in cluster mode, connected and subscribed
+//! to Redis) and `/metrics` (the scrape). A load balancer
 //! takes a node out of rotation on a failing `/readyz` while its open connections finish.
 
 use axum::Json;
@@ -30,6 +31,11 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "draining" })),
+        )
+    } else if let Some(why) = state.store.unready() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "backplane_unavailable", "reason": why })),
         )
     } else {
         (StatusCode::OK, Json(json!({ "status": "ready" })))

@@ -60,6 +60,25 @@ pub struct Metrics {
     pub snapshot_bytes: Gauge<u64, AtomicU64>,
     /// Snapshots written, and snapshots that failed.
     pub snapshots: SnapshotOutcomes,
+    /// The Redis backplane (cluster mode; all zero with the memory engine).
+    pub backplane: Backplane,
+}
+
+/// The Redis backplane's health.
+#[derive(Debug, Clone)]
+pub struct Backplane {
+    /// 1 while the command link and the hint subscription both work.
+    pub up: Gauge,
+    /// Connections (command link or subscriber) made again after a failure.
+    pub reconnects: Counter,
+    /// Resyncs: local ids read back from Redis after a reconnect, a gap or a failed probe.
+    pub resyncs: Counter,
+    /// Hints found missing by their partition counter.
+    pub hint_gaps: Counter,
+    /// Liveness probes of the subscriber that did not come back in time.
+    pub probe_timeouts: Counter,
+    /// Seconds from a notify in Redis to its hint reaching this node.
+    pub hint_lag: Histogram,
 }
 
 /// One label, `outcome` (or another name) with a fixed value.
@@ -430,7 +449,49 @@ impl Metrics {
             ["ok", "error"],
         );
 
+        let backplane = Backplane {
+            up: Gauge::default(),
+            reconnects: Counter::default(),
+            resyncs: Counter::default(),
+            hint_gaps: Counter::default(),
+            probe_timeouts: Counter::default(),
+            // 100 us to ~26 s.
+            hint_lag: Histogram::new(exponential_buckets(0.000_1, 2.0, 19)),
+        };
+        registry.register(
+            "backplane_up",
+            "1 while the Redis command link and hint subscription both work",
+            backplane.up.clone(),
+        );
+        registry.register(
+            "backplane_reconnects",
+            "Redis connections made again after a failure",
+            backplane.reconnects.clone(),
+        );
+        registry.register(
+            "backplane_resyncs",
+            "Times this node read its ids back from Redis (after a reconnect, a gap or a failed probe)",
+            backplane.resyncs.clone(),
+        );
+        registry.register(
+            "backplane_hint_gaps",
+            "Hints found missing by their partition counter",
+            backplane.hint_gaps.clone(),
+        );
+        registry.register(
+            "backplane_probe_timeouts",
+            "Subscriber liveness probes that did not come back in time",
+            backplane.probe_timeouts.clone(),
+        );
+        registry.register_with_unit(
+            "backplane_hint_lag",
+            "Time from a notify in Redis to its hint reaching this node",
+            Unit::Seconds,
+            backplane.hint_lag.clone(),
+        );
+
         Self {
+            backplane,
             registry,
             ids,
             ids_created,

@@ -16,9 +16,12 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Settings;
+use crate::config::{Backend, Settings};
+use crate::metrics::Metrics;
 use crate::snapshot::{self, SnapshotError};
 use crate::state::AppState;
+use crate::store::cluster::ConnectError;
+use crate::store::{Cluster, Store};
 use crate::{connection, housekeeping, routes};
 
 /// Pending connections the kernel queues for us. Tokio's default (1024) refuses clients
@@ -49,6 +52,9 @@ pub enum RunError {
     /// The snapshot could not be read at start or written at shutdown.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// Redis (cluster mode) must not be used, or shutdown came while waiting for it.
+    #[error("redis: {0}")]
+    Backplane(#[from] ConnectError),
 }
 
 /// Restores the snapshot, if one is configured, then serves `listener` until `shutdown` is
@@ -62,14 +68,17 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let stop = CancellationToken::new();
-    let state = AppState::new(settings, listener.local_addr()?, stop.clone());
+    // Every task this server starts is tracked, so the final snapshot is written only after
+    // all of them (the periodic saver above all) have stopped.
+    let background = TaskTracker::new();
+    let local_addr = listener.local_addr()?;
+    let Some(state) = open(settings, local_addr, &background, &stop, &shutdown).await? else {
+        return Ok(());
+    };
     tracing::info!(
         max_connections = state.connections.size(),
         "connection limit"
     );
-    // Every task this server starts is tracked, so the final snapshot is written only after
-    // all of them (the periodic saver above all) have stopped.
-    let background = TaskTracker::new();
     if let Some(path) = state.snapshot.snapshot_path.clone()
         && let Some(memory) = state.store.as_memory()
     {
@@ -156,4 +165,45 @@ async fn begin_shutdown(shutdown: CancellationToken, state: AppState, stop: Canc
     }
     tracing::info!("shutting down: no new connections; releasing held requests");
     stop.cancel();
+}
+
+/// This machine's name, for the default node name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "callhome".into())
+}
+
+/// The server's state on the configured engine; with Redis, once it is reachable (`None`
+/// when `shutdown` came first).
+async fn open(
+    settings: Settings,
+    local_addr: SocketAddr,
+    background: &TaskTracker,
+    stop: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Result<Option<AppState>, RunError> {
+    match settings.store.backend {
+        Backend::Memory => Ok(Some(AppState::new(settings, local_addr, stop.clone()))),
+        Backend::Redis => {
+            let metrics = Metrics::new();
+            let node = settings
+                .store
+                .node_name
+                .clone()
+                .unwrap_or_else(|| format!("{}:{}", host_name(), local_addr.port()));
+            let started =
+                Cluster::start(&settings, node, metrics.backplane.clone(), background, stop);
+            let cluster = tokio::select! {
+                started = started => started?,
+                () = shutdown.cancelled() => return Ok(None),
+            };
+            tracing::info!(node = cluster.node(), "cluster mode: ids live in Redis");
+            let store = Store::cluster(cluster);
+            let state = AppState::with_store(settings, local_addr, stop.clone(), store, metrics);
+            Ok(Some(state))
+        }
+    }
 }

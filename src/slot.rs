@@ -32,6 +32,40 @@ use crate::origin::Origin;
 /// The number of notifies an id has received. Starts at 0; +1 per notify.
 pub type Seq = u64;
 
+/// Which life of the shared state a `seq` belongs to. 0 with the memory engine (a `seq` only
+/// ever moves forward there); with Redis a random number that changes whenever Redis may
+/// have lost writes (a restart, a failover), so that a `seq` counted again from an older
+/// state is never taken for one the client has already seen.
+pub type Epoch = u32;
+
+/// What a client has seen: a `seq`, and the epoch it was counted in when the client knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Cursor {
+    /// The newest `seq` seen.
+    pub seq: Seq,
+    /// Its epoch, if the client sent one.
+    pub epoch: Option<Epoch>,
+}
+
+impl From<Seq> for Cursor {
+    fn from(seq: Seq) -> Self {
+        Self { seq, epoch: None }
+    }
+}
+
+impl Cursor {
+    /// True when `latest` is something this client has not seen.
+    pub fn is_behind(&self, latest: &Latest) -> bool {
+        latest.seq != self.seq || self.epoch.is_some_and(|e| e != latest.epoch)
+    }
+
+    /// True when `latest` is not a continuation of what this client saw: another epoch, or
+    /// a `seq` below its cursor. The client must forget its old `seq`s (`reset`).
+    pub fn is_reset_by(&self, latest: &Latest) -> bool {
+        latest.seq < self.seq || self.epoch.is_some_and(|e| e != latest.epoch)
+    }
+}
+
 /// One id and everything known about it.
 #[derive(Debug)]
 pub struct Slot {
@@ -84,6 +118,8 @@ pub struct Latest {
     /// The info of the newest notify; `None` before the first. Stored inline up to 24 bytes
     /// (most infos are sequence numbers), so a typical id is one allocation, not two.
     pub info: Option<CompactString>,
+    /// The epoch `seq` was counted in.
+    pub epoch: Epoch,
 }
 
 /// What a snapshot keeps of a slot besides its id, app and origin.
@@ -147,7 +183,11 @@ impl Slot {
             origin,
             created_at: unix_secs(now),
             state: Mutex::new(State {
-                latest: Latest { seq: 0, info: None },
+                latest: Latest {
+                    seq: 0,
+                    info: None,
+                    epoch: 0,
+                },
                 places: None,
             }),
             last_active: AtomicU64::new(unix_millis(now)),
@@ -169,6 +209,7 @@ impl Slot {
                 latest: Latest {
                     seq: saved.seq,
                     info: saved.info,
+                    epoch: 0,
                 },
                 places: None,
             }),
@@ -282,9 +323,29 @@ impl Slot {
     /// client saw an earlier life of this id (say, before a restart without persistence), and
     /// the answer lets it resynchronise its cursor instead of waiting for a `seq` that may
     /// never come.
-    pub fn newer_than(&self, since: Seq) -> Option<Latest> {
+    pub fn newer_than(&self, since: impl Into<Cursor>) -> Option<Latest> {
+        let since = since.into();
         let latest = &self.lock().latest;
-        (latest.seq != since).then(|| latest.clone())
+        since.is_behind(latest).then(|| latest.clone())
+    }
+
+    /// Takes a value counted elsewhere (another node's notify, read from the shared state) if
+    /// it is newer than this slot's: another epoch, or the same epoch and a greater `seq`.
+    /// Wakes the waiting clients when it is; an older or equal value changes nothing, so hints
+    /// and reads may arrive in any order. Returns whether the value was taken.
+    pub fn apply(&self, seq: Seq, info: Option<&str>, epoch: Epoch) -> bool {
+        {
+            let latest = &mut self.lock().latest;
+            if latest.epoch == epoch && seq <= latest.seq {
+                return false;
+            }
+            latest.seq = seq;
+            latest.info = info.map(CompactString::from);
+            latest.epoch = epoch;
+            self.published_at.store(micros(), Ordering::Relaxed);
+        }
+        self.changed.notify_waiters();
+        true
     }
 
     /// Counts a poll as activity, for idleness.
@@ -330,9 +391,9 @@ impl Slot {
 
     /// What a waiter holding `ticket` with cursor `since` should do now, if anything but
     /// wait: a value wins over a release, so a released client never misses one it was owed.
-    fn wake_for(&self, since: Seq, ticket: u64) -> Option<Wake> {
+    fn wake_for(&self, since: Cursor, ticket: u64) -> Option<Wake> {
         let state = self.lock();
-        if state.latest.seq != since {
+        if since.is_behind(&state.latest) {
             return Some(Wake::Value(state.latest.clone()));
         }
         let holds = state
@@ -388,7 +449,12 @@ impl Waiter {
     /// Waits until the slot has a value other than `since`, the slot is deleted, this waiter
     /// is released or `shutdown` is cancelled. May wait forever: callers bound it
     /// (`tokio::time::timeout_at` for a poll; the client going away for a stream).
-    pub async fn wait_after(&self, since: Seq, shutdown: &CancellationToken) -> WaitOutcome {
+    pub async fn wait_after(
+        &self,
+        since: impl Into<Cursor>,
+        shutdown: &CancellationToken,
+    ) -> WaitOutcome {
+        let since = since.into();
         let slot = &self.slot;
         let mut woken = false;
         loop {
@@ -472,7 +538,8 @@ mod tests {
             s.newer_than(0),
             Some(Latest {
                 seq: 3,
-                info: Some("c".into())
+                info: Some("c".into()),
+                epoch: 0,
             })
         );
         assert_eq!(s.newer_than(3), None);
@@ -481,7 +548,14 @@ mod tests {
     #[test]
     fn a_cursor_from_an_earlier_life_resynchronises() {
         let s = slot();
-        assert_eq!(s.newer_than(7), Some(Latest { seq: 0, info: None }));
+        assert_eq!(
+            s.newer_than(7),
+            Some(Latest {
+                seq: 0,
+                info: None,
+                epoch: 0
+            })
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -502,7 +576,8 @@ mod tests {
             WaitOutcome::Value {
                 latest: Latest {
                     seq: 1,
-                    info: Some("x".into())
+                    info: Some("x".into()),
+                    epoch: 0,
                 },
                 woken: true
             }
@@ -606,7 +681,8 @@ mod tests {
             WaitOutcome::Value {
                 latest: Latest {
                     seq: 1,
-                    info: Some("x".into())
+                    info: Some("x".into()),
+                    epoch: 0,
                 },
                 woken: false
             },

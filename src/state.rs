@@ -73,20 +73,38 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    /// State for a server listening on `local_addr`.
+    /// State for a server listening on `local_addr`, with the memory engine.
     pub fn new(settings: Settings, local_addr: SocketAddr, shutdown: CancellationToken) -> Self {
+        let store = Store::memory(
+            Memory::new(settings.limits.max_ids)
+                .with_quotas(&settings.apps)
+                .with_idle_ttl(settings.limits.id_idle_ttl),
+        );
+        Self::with_store(settings, local_addr, shutdown, store, Metrics::new())
+    }
+
+    /// State for a server listening on `local_addr` whose ids are in `store`, counted in
+    /// `metrics`. With a shared engine the per-app rate limits are the engine's (they hold
+    /// across nodes), so this node keeps none of its own.
+    pub fn with_store(
+        settings: Settings,
+        local_addr: SocketAddr,
+        shutdown: CancellationToken,
+        store: Store,
+        metrics: Metrics,
+    ) -> Self {
         let public_url = settings
             .public_url
             .unwrap_or_else(|| format!("http://{local_addr}"));
         let body_limit = settings.limits.body_limit();
-        let metrics = Metrics::new();
-        let limiters = RateLimiters::new(&settings.rate_limits, &settings.apps, &metrics);
+        let mut rates = settings.rate_limits;
+        if store.as_memory().is_none() {
+            rates.create_per_app = crate::config::RateLimit::OFF;
+            rates.notify_per_app = crate::config::RateLimit::OFF;
+        }
+        let limiters = RateLimiters::new(&rates, &settings.apps, &metrics);
         Self(Arc::new(Shared {
-            store: Store::memory(
-                Memory::new(settings.limits.max_ids)
-                    .with_quotas(&settings.apps)
-                    .with_idle_ttl(settings.limits.id_idle_ttl),
-            ),
+            store,
             apps: settings.apps,
             limits: settings.limits,
             public_url,

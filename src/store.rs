@@ -6,9 +6,11 @@
 //! holds a [`Waiter`] on this node's own slot for the id, so a held poll costs the same memory
 //! whatever the engine, and a wake-up never crosses the network to reach it.
 //!
-//! The engine today is [`memory`]: every id lives in this process (saved by
-//! [`crate::snapshot`], expired by [`crate::housekeeping`]).
+//! Two engines: [`memory`], where every id lives in this process (saved by
+//! [`crate::snapshot`], expired by [`crate::housekeeping`]), and [`cluster`], where ids live in
+//! Redis and every node serves every id.
 
+pub mod cluster;
 pub mod memory;
 
 use std::sync::Arc;
@@ -17,8 +19,9 @@ use std::time::{Duration, SystemTime};
 use crate::auth::App;
 use crate::id::{EntropyError, Id};
 use crate::origin::Origin;
-use crate::slot::{Joined, Latest, Published, Seq};
+use crate::slot::{Cursor, Joined, Latest, Published, Seq};
 
+pub use cluster::Cluster;
 pub use memory::Memory;
 
 /// Every id, in whichever engine holds them.
@@ -30,6 +33,7 @@ pub struct Store {
 #[derive(Debug)]
 enum Engine {
     Memory(Memory),
+    Cluster(Arc<Cluster>),
 }
 
 /// Why an id could not be created.
@@ -47,12 +51,38 @@ pub enum CreateError {
     /// No random id could be made.
     #[error(transparent)]
     Entropy(#[from] EntropyError),
+    /// The app's create rate (cluster-wide) is used up for now.
+    #[error("rate limited")]
+    RateLimited(Duration),
+    /// The shared state cannot be reached.
+    #[error("the backplane is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// The id does not exist, or belongs to another app (the two are never told apart).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("no such id")]
 pub struct UnknownId;
+
+/// Why a call on an existing id failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The id does not exist, or belongs to another app.
+    #[error("no such id")]
+    UnknownId,
+    /// The app's notify rate (cluster-wide) is used up for now.
+    #[error("rate limited")]
+    RateLimited(Duration),
+    /// The shared state cannot be reached.
+    #[error("the backplane is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<UnknownId> for StoreError {
+    fn from(_: UnknownId) -> Self {
+        Self::UnknownId
+    }
+}
 
 /// A created id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,12 +135,6 @@ pub enum Watch {
     Waiting(Joined),
 }
 
-// Async today with one engine that never waits, so that the HTTP side is already written
-// against engines that do.
-#[expect(
-    clippy::unused_async,
-    reason = "the seam for engines across the network"
-)]
 impl Store {
     /// A store whose ids live in this process.
     pub fn memory(memory: Memory) -> Self {
@@ -119,17 +143,34 @@ impl Store {
         }
     }
 
+    /// A store whose ids live in Redis.
+    pub fn cluster(cluster: Arc<Cluster>) -> Self {
+        Self {
+            engine: Engine::Cluster(cluster),
+        }
+    }
+
     /// The memory engine, for its snapshots and expiry sweep; `None` for other engines.
     pub fn as_memory(&self) -> Option<&Memory> {
         match &self.engine {
             Engine::Memory(memory) => Some(memory),
+            Engine::Cluster(_) => None,
         }
     }
 
-    /// How many ids this node holds.
+    /// Why this node cannot serve now, if it cannot (`/readyz`).
+    pub fn unready(&self) -> Option<&'static str> {
+        match &self.engine {
+            Engine::Memory(_) => None,
+            Engine::Cluster(cluster) => cluster.unready(),
+        }
+    }
+
+    /// How many ids this node holds (with Redis: ids it holds slots for).
     pub fn len(&self) -> usize {
         match &self.engine {
             Engine::Memory(memory) => memory.len(),
+            Engine::Cluster(cluster) => cluster.len(),
         }
     }
 
@@ -150,25 +191,30 @@ impl Store {
                 id: slot.id().clone(),
                 origin: slot.origin().cloned(),
             }),
+            // Boxed: a Redis round trip's future is large, and it would otherwise be part of
+            // every connection's future, waiting ones included.
+            Engine::Cluster(cluster) => Box::pin(cluster.create(app, id, origin)).await,
         }
     }
 
     /// Stores `info` as the newest value of `app`'s `id` and wakes its waiting clients.
-    pub async fn publish(&self, app: &App, id: &str, info: &str) -> Result<Published, UnknownId> {
+    pub async fn publish(&self, app: &App, id: &str, info: &str) -> Result<Published, StoreError> {
         match &self.engine {
-            Engine::Memory(memory) => memory.publish(app, id, info),
+            Engine::Memory(memory) => Ok(memory.publish(app, id, info)?),
+            Engine::Cluster(cluster) => Box::pin(cluster.publish(app, id, info)).await,
         }
     }
 
     /// Deletes `app`'s `id`; its waiting clients are released at once as gone.
-    pub async fn remove(&self, app: &App, id: &str) -> Result<(), UnknownId> {
+    pub async fn remove(&self, app: &App, id: &str) -> Result<(), StoreError> {
         match &self.engine {
-            Engine::Memory(memory) => memory.remove(app, id),
+            Engine::Memory(memory) => Ok(memory.remove(app, id)?),
+            Engine::Cluster(cluster) => Box::pin(cluster.remove(app, id)).await,
         }
     }
 
     /// What `app` may read about its `id`.
-    pub async fn status(&self, app: &App, id: &str) -> Result<Status, UnknownId> {
+    pub async fn status(&self, app: &App, id: &str) -> Result<Status, StoreError> {
         match &self.engine {
             Engine::Memory(memory) => {
                 let slot = memory.get_owned(app, id)?;
@@ -180,12 +226,13 @@ impl Store {
                     idle: slot.idle(),
                 })
             }
+            Engine::Cluster(cluster) => Box::pin(cluster.status(app, id)).await,
         }
     }
 
     /// Who owns `id` and where its news may go, whoever asks (the browser side has no app);
     /// the lookup counts as activity.
-    pub async fn find(&self, id: &str) -> Result<Found, UnknownId> {
+    pub async fn find(&self, id: &str) -> Result<Found, StoreError> {
         match &self.engine {
             Engine::Memory(memory) => {
                 let slot = memory.get(id).ok_or(UnknownId)?;
@@ -195,6 +242,7 @@ impl Store {
                     origin: slot.origin().cloned(),
                 })
             }
+            Engine::Cluster(cluster) => Box::pin(cluster.find(id)).await,
         }
     }
 
@@ -204,10 +252,10 @@ impl Store {
     pub async fn watch(
         &self,
         id: &str,
-        since: Seq,
+        since: Cursor,
         max_waiters: u32,
         hold: Hold,
-    ) -> Result<Watch, UnknownId> {
+    ) -> Result<Watch, StoreError> {
         match &self.engine {
             Engine::Memory(memory) => {
                 let slot = memory.get(id).ok_or(UnknownId)?;
@@ -219,6 +267,7 @@ impl Store {
                 }
                 Ok(Watch::Waiting(slot.join(max_waiters)))
             }
+            Engine::Cluster(cluster) => Box::pin(cluster.watch(id, since, max_waiters, hold)).await,
         }
     }
 }

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApiError;
 use crate::extract::ClientIp;
 use crate::id::Id;
-use crate::slot::{Latest, Seq, Waiter};
+use crate::slot::{Cursor, Epoch, Latest, Seq, Waiter};
 use crate::state::AppState;
 use crate::store::{Found, Hold, Watch};
 
@@ -116,20 +116,40 @@ struct WaitParams {
     /// 0 (the default) before the client has seen any value.
     #[serde(default)]
     since: Seq,
+    /// The epoch of `since`, as the last value the client got said (cluster mode).
+    epoch: Option<Epoch>,
 }
 
-/// A value as the browser side sends it: `{"seq": 3, "info": "..."}`.
+impl WaitParams {
+    fn cursor(&self) -> Cursor {
+        Cursor {
+            seq: self.since,
+            epoch: self.epoch,
+        }
+    }
+}
+
+/// A value as the browser side sends it: `{"seq": 3, "info": "..."}`, with `"epoch"` in
+/// cluster mode and `"reset": true` when the client must forget the `seq`s it saw (the id's
+/// count started again: another epoch, or a `seq` below the client's cursor).
 #[derive(Debug, Serialize)]
 struct Value<'a> {
     seq: Seq,
     info: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<Epoch>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    reset: bool,
 }
 
-impl<'a> From<&'a Latest> for Value<'a> {
-    fn from(latest: &'a Latest) -> Self {
+impl<'a> Value<'a> {
+    /// `latest` as an answer to a client whose cursor is `since`.
+    fn of(latest: &'a Latest, since: Cursor) -> Self {
         Self {
             seq: latest.seq,
             info: latest.info.as_deref(),
+            epoch: (latest.epoch != 0).then_some(latest.epoch),
+            reset: since.is_reset_by(latest),
         }
     }
 }
@@ -141,7 +161,7 @@ fn admit(state: &AppState, client: Option<IpAddr>) -> Result<(), ApiError> {
 
 /// Begins a browser's wait on `id` from `since` (counted as activity): the value it has not
 /// seen, or one of the id's waiting places, counting the waiter released when the id is full.
-async fn watch(state: &AppState, id: &str, since: Seq, hold: Hold) -> Result<Begun, ApiError> {
+async fn watch(state: &AppState, id: &str, since: Cursor, hold: Hold) -> Result<Begun, ApiError> {
     Id::check(id)?;
     let watch = state
         .store

@@ -22,7 +22,7 @@ use super::{Value, WaitParams};
 use crate::error::ApiError;
 use crate::extract::parse_query;
 use crate::metrics::Waiting;
-use crate::slot::{Seq, WaitOutcome, Waiter};
+use crate::slot::{Cursor, Epoch, Latest, Seq, WaitOutcome, Waiter};
 use crate::state::AppState;
 use crate::store::Hold;
 
@@ -63,9 +63,11 @@ async fn open(
         Some(value) => value
             .to_str()
             .ok()
-            .and_then(|v| v.trim().parse::<Seq>().ok())
-            .ok_or_else(|| ApiError::InvalidParameters("Last-Event-ID must be a seq".into()))?,
-        None => params.since,
+            .and_then(|v| parse_event_id(v.trim()))
+            .ok_or_else(|| {
+                ApiError::InvalidParameters("Last-Event-ID must be a seq (or seq:epoch)".into())
+            })?,
+        None => params.cursor(),
     };
     let super::Begun::Waiting(waiter) =
         super::watch(state, &params.id, since, Hold::Always).await?
@@ -98,7 +100,7 @@ async fn open(
 /// A stream's state between events.
 struct Stream {
     waiter: Waiter,
-    since: Seq,
+    since: Cursor,
     state: AppState,
     _waiting: Waiting,
 }
@@ -115,10 +117,14 @@ async fn next_event(state: Option<Stream>) -> Option<(Result<Event, Infallible>,
                 let elapsed = state.waiter.slot().since_published();
                 state.state.metrics.delivered_after(elapsed);
             }
-            state.since = latest.seq;
+            let value = Value::of(&latest, state.since);
+            state.since = Cursor {
+                seq: latest.seq,
+                epoch: Some(latest.epoch),
+            };
             let event = Event::default()
-                .id(latest.seq.to_string())
-                .json_data(Value::from(&latest))
+                .id(event_id(&latest))
+                .json_data(value)
                 .expect("a seq and a string serialise");
             return Some((Ok(event), Some(state)));
         }
@@ -132,4 +138,54 @@ async fn next_event(state: Option<Stream>) -> Option<(Result<Event, Infallible>,
             .comment("shutting down"),
     };
     Some((Ok(event), None))
+}
+
+/// A value's event id: its `seq`, and in cluster mode `seq:epoch`, so that a browser's
+/// `EventSource` reconnecting with `Last-Event-ID` also says which epoch it saw.
+fn event_id(latest: &Latest) -> String {
+    if latest.epoch == 0 {
+        latest.seq.to_string()
+    } else {
+        format!("{}:{}", latest.seq, latest.epoch)
+    }
+}
+
+/// The cursor in a `Last-Event-ID`: `seq` or `seq:epoch`.
+fn parse_event_id(text: &str) -> Option<Cursor> {
+    let (seq, epoch) = match text.split_once(':') {
+        Some((seq, epoch)) => (seq, Some(epoch.parse::<Epoch>().ok()?)),
+        None => (text, None),
+    };
+    Some(Cursor {
+        seq: seq.parse::<Seq>().ok()?,
+        epoch,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_carry_the_epoch_in_cluster_mode_and_parse_back() {
+        let mut latest = Latest {
+            seq: 7,
+            info: None,
+            epoch: 0,
+        };
+        assert_eq!(event_id(&latest), "7");
+        latest.epoch = 42;
+        assert_eq!(event_id(&latest), "7:42");
+        assert_eq!(
+            parse_event_id("7:42"),
+            Some(Cursor {
+                seq: 7,
+                epoch: Some(42)
+            })
+        );
+        assert_eq!(parse_event_id("7"), Some(Cursor::from(7)));
+        for bad in ["", "x", "7:", ":1", "7:x", "-1"] {
+            assert_eq!(parse_event_id(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -42,24 +42,24 @@ async fn answer<'s>(
     let outcomes = &state.metrics.polls;
     super::admit(state, client)?;
     let params: WaitParams = parse_query(query)?;
-    let waiter = match super::watch(state, &params.id, params.since, Hold::IfNothingNew).await? {
+    let since = params.cursor();
+    let waiter = match super::watch(state, &params.id, since, Hold::IfNothingNew).await? {
         Begun::Now(latest) => {
             return Ok((
                 &outcomes.immediate,
-                Json(Value::from(&latest)).into_response(),
+                Json(Value::of(&latest, since)).into_response(),
             ));
         }
         Begun::Waiting(waiter) => waiter,
     };
     let _waiting = Waiting::start(&state.metrics.waiting.poll);
     // Nothing from the request lives across the wait but the cursor.
-    let since = params.since;
     drop(params);
     let deadline = Instant::now() + state.limits.poll_timeout;
     let wait = waiter.wait_after(since, &state.shutdown);
     match tokio::time::timeout_at(deadline, wait).await {
         Ok(WaitOutcome::Value { latest, woken }) => {
-            let response = Json(Value::from(&latest)).into_response();
+            let response = Json(Value::of(&latest, since)).into_response();
             if woken {
                 state
                     .metrics

@@ -1,0 +1,563 @@
+//! The Redis engine: every node serves every id, and a notify on any node wakes the clients
+//! waiting on every other (docs/cluster.md has the picture).
+//!
+//! What lives where:
+//! - **Redis** holds each id (`ch:i:<id>`: app, origin, seq, info, created, and each node's
+//!   count of waiting clients), each app's ids by expiry (`ch:app:<app>`, for exact quotas and
+//!   `max_ids`), the per-app rate buckets, the epoch and the live nodes. Every operation is
+//!   one Lua script ([`scripts`]), so `seq` is assigned in one place and a notify's hint is
+//!   published in the same atomic step as its value: hints leave Redis in `seq` order.
+//! - **This node** holds only its waiting clients, on its own slots (the same [`Slot`] as the
+//!   memory engine, so a waiting client costs the same), and learns of notifies from a fixed
+//!   set of [`PARTITIONS`] channels ([`hints`]), never one subscription per id.
+//!
+//! Lost hints are found and repaired: each partition's hints are numbered, a gap or a
+//! reconnect re-reads every local id from Redis, and a liveness probe catches a subscription
+//! that died silently. A Redis that may have lost writes gets a new epoch ([`Epoch`]), and a
+//! client whose cursor is from another epoch is told to `reset`.
+
+mod hints;
+mod link;
+mod scripts;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{CreateError, Created, Found, Hold, Status, StoreError, Watch};
+use crate::auth::App;
+use crate::config::{RateLimit, Settings};
+use crate::id::Id;
+use crate::metrics::Backplane;
+use crate::origin::Origin;
+use crate::slot::{Cursor, Epoch, Published, Slot};
+use link::{Link, Target};
+use scripts::SCRIPTS;
+
+pub use link::ConnectError;
+
+/// Hint channels. Every node subscribes to all of them once; a notify publishes to the one
+/// its id hashes to. Sixteen keep a resubscribe cheap and spread resyncs after a gap.
+pub const PARTITIONS: u32 = 16;
+
+const EPOCH_KEY: &str = "ch:ep";
+const HINT_COUNTERS_KEY: &str = "ch:hv";
+const NODES_KEY: &str = "ch:nodes";
+
+/// How often this node says it is alive, and how long one heartbeat counts: a killed node's
+/// waiters stop counting in `waiting` within [`NODE_TTL`].
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+const NODE_TTL: Duration = Duration::from_secs(6);
+/// How often this node writes its waiter counts that changed.
+const WAITERS_EVERY: Duration = Duration::from_secs(1);
+/// Local slots nobody waits on are forgotten after this long.
+const FORGET_AFTER: Duration = Duration::from_secs(30);
+
+fn id_key(id: &str) -> String {
+    format!("ch:i:{id}")
+}
+
+fn app_key(app: &str) -> String {
+    format!("ch:app:{app}")
+}
+
+fn bucket_key(kind: &str, app: &str) -> String {
+    format!("ch:rl:{kind}:{app}")
+}
+
+fn partition(id: &str) -> u32 {
+    crc32fast::hash(id.as_bytes()) % PARTITIONS
+}
+
+fn channel(partition: u32) -> String {
+    format!("ch:n:{partition}")
+}
+
+/// The Redis engine of one node.
+#[derive(Debug)]
+pub struct Cluster {
+    link: Arc<Link>,
+    /// This node's name in Redis: the configured name and a random suffix per process, so a
+    /// restarted node never inherits the waiter counts of its previous life.
+    node: String,
+    /// The slots of ids this node's clients wait on (or looked at lately).
+    local: DashMap<Id, Arc<Slot>>,
+    /// Waiter counts last written to Redis, by id.
+    reported: DashMap<Id, u32>,
+    idle_ttl: Duration,
+    max_ids: usize,
+    quotas: HashMap<Arc<str>, usize>,
+    /// Every app's id set, for `max_ids`.
+    app_keys: Vec<String>,
+    create_rate: RateLimit,
+    notify_rate: RateLimit,
+    /// True while the hint subscription is live.
+    subscribed: AtomicBool,
+    metrics: Backplane,
+}
+
+/// A node with no Redis answers like this.
+fn unavailable(why: String) -> StoreError {
+    StoreError::Unavailable(why)
+}
+
+impl Cluster {
+    /// Connects to Redis (waiting and retrying while it is down) and starts the node's tasks
+    /// on `tasks`: the link's supervisor, the hint subscriber, heartbeats and waiter counts.
+    pub async fn start(
+        settings: &Settings,
+        node: String,
+        metrics: Backplane,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> Result<Arc<Self>, ConnectError> {
+        let config = &settings.store;
+        let apps = &settings.apps;
+        let rates = &settings.rate_limits;
+        let target = if config.redis_sentinels.is_empty() {
+            Target::Url(
+                config
+                    .redis_url
+                    .clone()
+                    .ok_or_else(|| ConnectError::Refused("store.redis_url is not set".into()))?,
+            )
+        } else {
+            Target::Sentinel {
+                sentinels: config.redis_sentinels.clone(),
+                name: config.redis_master_name.clone().unwrap_or_default(),
+                auth: config.redis_url.clone(),
+            }
+        };
+        let link = Arc::new(Link::new(
+            target,
+            config.command_timeout,
+            metrics.reconnects.clone(),
+        ));
+        link.connect_first(shutdown).await?;
+        let suffix: u32 = rand::random();
+        let (max_ids, idle_ttl) = (settings.limits.max_ids, settings.limits.id_idle_ttl);
+        let cluster = Arc::new(Self {
+            link: Arc::clone(&link),
+            node: format!("{node}#{suffix:08x}"),
+            local: DashMap::with_shard_amount(64),
+            reported: DashMap::new(),
+            idle_ttl,
+            max_ids,
+            quotas: apps
+                .iter()
+                .map(|app| (Arc::clone(app.name()), app.max_ids()))
+                .collect(),
+            app_keys: apps.iter().map(|app| app_key(app.name())).collect(),
+            create_rate: rates.create_per_app,
+            notify_rate: rates.notify_per_app,
+            subscribed: AtomicBool::new(false),
+            metrics,
+        });
+        cluster.heartbeat().await;
+        tasks.spawn(link.supervise(shutdown.clone()));
+        tasks.spawn(hints::subscribe(Arc::clone(&cluster), shutdown.clone()));
+        tasks.spawn(Arc::clone(&cluster).chores(shutdown.clone()));
+        Ok(cluster)
+    }
+
+    /// This node's name in Redis.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Why this node cannot serve now, if it cannot: no command link, or no hint
+    /// subscription.
+    pub fn unready(&self) -> Option<&'static str> {
+        if self.link.get().is_none() {
+            Some("no connection to Redis")
+        } else if !self.subscribed.load(Ordering::Acquire) {
+            Some("not subscribed to Redis hints")
+        } else {
+            None
+        }
+    }
+
+    fn update_up(&self) {
+        let up = self.unready().is_none();
+        self.metrics.up.set(i64::from(up));
+    }
+
+    /// Ids whose slots this node holds.
+    pub fn len(&self) -> usize {
+        self.local.len()
+    }
+
+    /// True when this node holds no slot.
+    pub fn is_empty(&self) -> bool {
+        self.local.is_empty()
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.idle_ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Creates an id for `app`, exactly within its quota and `max_ids` across every node.
+    pub async fn create(
+        &self,
+        app: &App,
+        id: Option<Id>,
+        origin: Option<Origin>,
+    ) -> Result<Created, CreateError> {
+        let id = match id {
+            Some(id) => id,
+            None => Id::generate()?,
+        };
+        let name = app.name();
+        let quota = self.quotas.get(name).copied().unwrap_or(usize::MAX);
+        let origin_arg = origin.as_ref().map_or("", |o| o.as_str()).to_owned();
+        let id_ref = &id;
+        let reply: Vec<String> = self
+            .link
+            .call(|mut conn| async move {
+                let id = id_ref;
+                let mut invocation = SCRIPTS.create.prepare_invoke();
+                invocation
+                    .key(id_key(id.as_str()))
+                    .key(app_key(name))
+                    .key(bucket_key("c", name));
+                for key in &self.app_keys {
+                    invocation.key(key);
+                }
+                invocation
+                    .arg(&**name)
+                    .arg(origin_arg)
+                    .arg(self.ttl_ms())
+                    .arg(quota)
+                    .arg(self.max_ids)
+                    .arg(self.create_rate.per_second)
+                    .arg(self.create_rate.burst.max(1))
+                    .arg(id.as_str());
+                invocation.invoke_async(&mut conn.redis).await
+            })
+            .await
+            .map_err(CreateError::Unavailable)?;
+        match reply.first().map(String::as_str) {
+            Some("ok") => Ok(Created { id, origin }),
+            Some("taken") => Err(CreateError::Taken),
+            Some("quota") => Err(CreateError::AppQuota(quota)),
+            Some("full") => Err(CreateError::Full(self.max_ids)),
+            Some("rate") => Err(CreateError::RateLimited(wait_of(&reply))),
+            _ => Err(CreateError::Unavailable(format!(
+                "unexpected reply {reply:?}"
+            ))),
+        }
+    }
+
+    /// Notifies `app`'s `id`: the value and its `seq` are Redis's, the wake-ups every node's.
+    pub async fn publish(&self, app: &App, id: &str, info: &str) -> Result<Published, StoreError> {
+        let p = partition(id);
+        let reply: Vec<String> = self
+            .link
+            .call(|mut conn| async move {
+                SCRIPTS
+                    .notify
+                    .key(id_key(id))
+                    .key(app_key(app.name()))
+                    .key(bucket_key("n", app.name()))
+                    .key(HINT_COUNTERS_KEY)
+                    .key(EPOCH_KEY)
+                    .key(NODES_KEY)
+                    .arg(&**app.name())
+                    .arg(info)
+                    .arg(self.ttl_ms())
+                    .arg(p)
+                    .arg(channel(p))
+                    .arg(self.notify_rate.per_second)
+                    .arg(self.notify_rate.burst.max(1))
+                    .arg(id)
+                    .invoke_async(&mut conn.redis)
+                    .await
+            })
+            .await
+            .map_err(unavailable)?;
+        match reply.as_slice() {
+            [ok, seq, waiting, epoch] if ok == "ok" => {
+                let seq = seq.parse().unwrap_or_default();
+                let epoch: Epoch = epoch.parse().unwrap_or_default();
+                // This node's own waiters need not wait for the hint to come back.
+                if let Some(slot) = self.local.get(id) {
+                    slot.apply(seq, Some(info), epoch);
+                }
+                Ok(Published {
+                    seq,
+                    waiting: waiting.parse().unwrap_or_default(),
+                })
+            }
+            [unknown] if unknown == "unknown" => Err(StoreError::UnknownId),
+            [rate, _] if rate == "rate" => Err(StoreError::RateLimited(wait_of(&reply))),
+            _ => Err(unavailable(format!("unexpected reply {reply:?}"))),
+        }
+    }
+
+    /// Deletes `app`'s `id`; every node's waiters on it are released as gone.
+    pub async fn remove(&self, app: &App, id: &str) -> Result<(), StoreError> {
+        let p = partition(id);
+        let reply: Vec<String> = self
+            .link
+            .call(|mut conn| async move {
+                SCRIPTS
+                    .delete
+                    .key(id_key(id))
+                    .key(app_key(app.name()))
+                    .key(HINT_COUNTERS_KEY)
+                    .key(EPOCH_KEY)
+                    .arg(&**app.name())
+                    .arg(p)
+                    .arg(channel(p))
+                    .arg(id)
+                    .invoke_async(&mut conn.redis)
+                    .await
+            })
+            .await
+            .map_err(unavailable)?;
+        match reply.first().map(String::as_str) {
+            Some("ok") => {
+                self.gone(id);
+                Ok(())
+            }
+            Some("unknown") => Err(StoreError::UnknownId),
+            _ => Err(unavailable(format!("unexpected reply {reply:?}"))),
+        }
+    }
+
+    /// What `app` may read about its `id`; `waiting` counts every live node's clients.
+    pub async fn status(&self, app: &App, id: &str) -> Result<Status, StoreError> {
+        let reply: Vec<String> = self
+            .link
+            .call(|mut conn| async move {
+                SCRIPTS
+                    .status
+                    .key(id_key(id))
+                    .key(NODES_KEY)
+                    .arg(&**app.name())
+                    .invoke_async(&mut conn.redis)
+                    .await
+            })
+            .await
+            .map_err(unavailable)?;
+        let [origin, seq, created, pttl, waiting] = reply.as_slice() else {
+            return Err(StoreError::UnknownId);
+        };
+        let left = Duration::from_millis(pttl.parse().unwrap_or(0));
+        Ok(Status {
+            origin: parse_origin(origin),
+            seq: seq.parse().unwrap_or_default(),
+            waiting: waiting.parse().unwrap_or_default(),
+            created_at: UNIX_EPOCH + Duration::from_millis(created.parse().unwrap_or(0)),
+            idle: self.idle_ttl.saturating_sub(left),
+        })
+    }
+
+    /// Who owns `id` and where its news may go; counts as activity.
+    pub async fn find(&self, id: &str) -> Result<Found, StoreError> {
+        let touched = self.touch(id, None).await?;
+        Ok(touched.found)
+    }
+
+    /// Begins a wait: the local slot first (so every hint from now on reaches it), then the
+    /// id's value from Redis, then the decision. No notify can slip between the read and the
+    /// wait: a hint that arrives meanwhile is already applied to the slot the waiter checks.
+    pub async fn watch(
+        &self,
+        id: &str,
+        since: Cursor,
+        max_waiters: u32,
+        hold: Hold,
+    ) -> Result<Watch, StoreError> {
+        let slot = self.slot(id)?;
+        let waiters = slot.waiting() + 1;
+        let touched = self.touch(id, Some(waiters)).await;
+        let touched = match touched {
+            Ok(touched) => touched,
+            Err(e) => {
+                if matches!(e, StoreError::UnknownId) {
+                    self.gone(id);
+                }
+                return Err(e);
+            }
+        };
+        slot.apply(touched.seq, touched.info.as_deref(), touched.epoch);
+        slot.touch();
+        // What Redis now believes; the next report puts it right if no wait follows.
+        self.reported.insert(slot.id().clone(), waiters);
+        if hold == Hold::IfNothingNew
+            && let Some(latest) = slot.newer_than(since)
+        {
+            return Ok(Watch::Now(latest));
+        }
+        Ok(Watch::Waiting(slot.join(max_waiters)))
+    }
+
+    /// This node's slot for `id`, made when missing (or when the one held was closed).
+    fn slot(&self, id: &str) -> Result<Arc<Slot>, StoreError> {
+        if let Some(slot) = self.local.get(id)
+            && !slot.is_closed()
+        {
+            return Ok(Arc::clone(&slot));
+        }
+        let id = Id::parse(id).map_err(|_| StoreError::UnknownId)?;
+        let fresh = || Arc::new(Slot::new(id.clone(), Arc::from(""), None));
+        let mut entry = self.local.entry(id.clone()).or_insert_with(fresh);
+        if entry.is_closed() {
+            *entry = fresh();
+        }
+        Ok(Arc::clone(&entry))
+    }
+
+    /// The id was deleted or expired: its local waiters are released as gone.
+    fn gone(&self, id: &str) {
+        if let Some((_, slot)) = self.local.remove(id) {
+            slot.close();
+        }
+        self.reported.remove(id);
+    }
+
+    async fn touch(&self, id: &str, waiters: Option<u32>) -> Result<Touched, StoreError> {
+        let reply: Vec<String> = self
+            .link
+            .call(|mut conn| async move {
+                SCRIPTS
+                    .touch
+                    .key(id_key(id))
+                    .key(EPOCH_KEY)
+                    .key(NODES_KEY)
+                    .arg(self.ttl_ms())
+                    .arg(&self.node)
+                    .arg(waiters.map(|n| n.to_string()).unwrap_or_default())
+                    .arg(id)
+                    .invoke_async(&mut conn.redis)
+                    .await
+            })
+            .await
+            .map_err(unavailable)?;
+        let [app, origin, seq, info, epoch] = reply.as_slice() else {
+            return Err(StoreError::UnknownId);
+        };
+        let seq = seq.parse().unwrap_or_default();
+        Ok(Touched {
+            found: Found {
+                app: Arc::from(app.as_str()),
+                origin: parse_origin(origin),
+            },
+            seq,
+            // Before the first notify there is no value (an empty info is a value).
+            info: (seq > 0).then(|| info.clone()),
+            epoch: epoch.parse().unwrap_or_default(),
+        })
+    }
+
+    async fn heartbeat(&self) {
+        let ttl = u64::try_from(NODE_TTL.as_millis()).unwrap_or(u64::MAX);
+        let beat = self
+            .link
+            .call(|mut conn| async move {
+                SCRIPTS
+                    .heartbeat
+                    .key(NODES_KEY)
+                    .arg(&self.node)
+                    .arg(ttl)
+                    .invoke_async::<i64>(&mut conn.redis)
+                    .await
+            })
+            .await;
+        if let Err(e) = beat {
+            tracing::debug!(error = %e, "heartbeat failed");
+        }
+    }
+
+    /// The node's periodic work: heartbeats, waiter counts that changed, keeping the ids
+    /// it waits on alive, and forgetting slots nobody waits on.
+    async fn chores(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
+        let mut waiters = tokio::time::interval(WAITERS_EVERY);
+        // A quarter of the idle time, so a waited-on id never expires.
+        let refresh_every =
+            (self.idle_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let mut refresh = tokio::time::interval(refresh_every);
+        loop {
+            tokio::select! {
+                _ = heartbeat.tick() => {
+                    self.heartbeat().await;
+                    self.update_up();
+                }
+                _ = waiters.tick() => self.report_waiters(false).await,
+                _ = refresh.tick() => {
+                    self.report_waiters(true).await;
+                    self.forget_idle();
+                }
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Writes the waiter counts that changed since last time (`all`: every id with waiters,
+    /// which also keeps them alive).
+    async fn report_waiters(&self, all: bool) {
+        let mut changed = Vec::new();
+        for entry in &self.local {
+            let now = entry.value().waiting();
+            let before = self.reported.get(entry.key()).map_or(0, |n| *n);
+            if now != before || (all && now > 0) {
+                changed.push((entry.key().clone(), now));
+            }
+        }
+        for chunk in changed.chunks(512) {
+            let touches = chunk.iter().map(|(id, n)| async move {
+                match self.touch(id.as_str(), Some(*n)).await {
+                    Ok(_) => {
+                        if *n == 0 {
+                            self.reported.remove(id);
+                        } else {
+                            self.reported.insert(id.clone(), *n);
+                        }
+                    }
+                    Err(StoreError::UnknownId) => self.gone(id.as_str()),
+                    Err(_) => {}
+                }
+            });
+            futures_util::future::join_all(touches).await;
+        }
+    }
+
+    /// Drops local slots nobody has waited on for a while (a poll brings them back).
+    fn forget_idle(&self) {
+        self.local
+            .retain(|_, slot| slot.waiting() > 0 || slot.idle() < FORGET_AFTER);
+    }
+}
+
+/// What a browser's look at an id found.
+struct Touched {
+    found: Found,
+    seq: u64,
+    info: Option<String>,
+    epoch: Epoch,
+}
+
+fn parse_origin(text: &str) -> Option<Origin> {
+    (!text.is_empty())
+        .then(|| Origin::parse(text).ok())
+        .flatten()
+}
+
+fn wait_of(reply: &[String]) -> Duration {
+    let ms = reply.get(1).and_then(|ms| ms.parse().ok()).unwrap_or(1000);
+    Duration::from_millis(ms)
+}
+
+/// Milliseconds since the Unix epoch, for hint lag.
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
