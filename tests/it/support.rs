@@ -7,6 +7,7 @@ pub mod browser;
 mod daemon;
 pub mod nginx;
 mod page;
+pub mod redis;
 pub mod tap;
 
 pub use daemon::{Daemon, Output};
