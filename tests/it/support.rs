@@ -5,6 +5,7 @@
 
 pub mod browser;
 mod daemon;
+pub mod faultproxy;
 pub mod nginx;
 mod page;
 pub mod redis;
