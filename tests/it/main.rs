@@ -20,6 +20,7 @@ mod logs;
 mod metrics;
 mod parser;
 mod proxy;
+mod redis_support;
 mod restart;
 mod routing;
 mod support;

@@ -5,8 +5,10 @@
 
 pub mod browser;
 mod daemon;
+pub mod faultproxy;
 pub mod nginx;
 mod page;
+pub mod redis;
 pub mod tap;
 
 pub use daemon::{Daemon, Output};
