@@ -17,7 +17,7 @@
   var cfg = JSON.parse(document.getElementById("callhome-config").textContent);
   var mode = cfg.transport === "poll" || typeof EventSource !== "function" ? "poll" : "sse";
   var since = 0; // the newest seq seen (the server's cursor after a reset)
-  var epoch = null; // the epoch of `since` (cluster mode), sent back so a new epoch is noticed
+  var epoch = 0; // the epoch of `since` (cluster mode; 0: none yet), sent back so a new one is noticed
   var failures = 0; // consecutive failed attempts, for backoff
   var sseFailures = 0; // streams that failed before "ready", since the last good one
   var probeNext = false; // after a failed stream, one long poll learns the id's status
@@ -50,7 +50,7 @@
     }
     if (value.seq > since && value.info !== null) post({ seq: value.seq, info: value.info });
     since = value.seq;
-    epoch = typeof value.epoch === "number" ? value.epoch : null;
+    epoch = typeof value.epoch === "number" ? value.epoch : 0;
   }
 
   // Capped exponential backoff with jitter: 0.25-0.5 s, 0.5-1 s, ... up to 15-30 s.
@@ -75,7 +75,7 @@
 
   function query() {
     return (
-      "?id=" + encodeURIComponent(cfg.id) + "&since=" + since + (epoch === null ? "" : "&epoch=" + epoch)
+      "?id=" + encodeURIComponent(cfg.id) + "&since=" + since + "&epoch=" + epoch
     );
   }
 

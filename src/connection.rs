@@ -433,12 +433,19 @@ impl Connection {
             client,
         } = wait;
         let respond = request.respond(state.clone(), query, last_event_id, client);
+        let mut respond = std::pin::pin!(respond);
         // The answer first: a client that sent its request and half-closed its side (FIN, as
-        // `printf ... | nc` does) still gets an answer that is ready at once.
+        // `printf ... | nc` does) still gets an answer that is ready at once, or (with an
+        // engine across the network) once the engine has answered.
         tokio::select! {
             biased;
-            response = respond => (Some(response), After::KeepAlive),
-            () = closed(&self.stream, &mut self.buf) => (None, After::Gone),
+            response = &mut respond => return (Some(response), After::KeepAlive),
+            () = closed(&self.stream, &mut self.buf) => {}
+        }
+        let grace = state.store.lookup_bound();
+        match tokio::time::timeout(grace, respond).await {
+            Ok(response) if !grace.is_zero() => (Some(response), After::Close),
+            _ => (None, After::Gone),
         }
     }
 

@@ -43,7 +43,8 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 }
 
 async fn scrape(State(state): State<AppState>) -> Response {
-    let body = state.metrics.encode(state.store.len());
+    let ids = state.store.count().await;
+    let body = state.metrics.encode(ids);
     let mut response = body.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -519,12 +519,14 @@ impl Metrics {
         self.delivery.observe(elapsed.as_secs_f64());
     }
 
-    /// The text exposition, with `ids` read at this moment.
+    /// The text exposition, with `ids` read at this moment (`None`: the last value stands).
     ///
     /// # Panics
     /// Never: writing to a `String` cannot fail.
-    pub fn encode(&self, ids: usize) -> String {
-        self.ids.set(i64::try_from(ids).unwrap_or(i64::MAX));
+    pub fn encode(&self, ids: Option<usize>) -> String {
+        if let Some(ids) = ids {
+            self.ids.set(i64::try_from(ids).unwrap_or(i64::MAX));
+        }
         let mut out = String::with_capacity(8 * 1024);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
@@ -565,7 +567,7 @@ mod tests {
         let m = Metrics::new();
         m.notifies.delivered.inc();
         m.delivered_after(Duration::from_millis(2));
-        let text = m.encode(7);
+        let text = m.encode(Some(7));
         for line in [
             "callhome_ids 7",
             "callhome_notifies_total{outcome=\"delivered\"} 1",

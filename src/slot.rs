@@ -43,7 +43,8 @@ pub type Epoch = u32;
 pub struct Cursor {
     /// The newest `seq` seen.
     pub seq: Seq,
-    /// Its epoch, if the client sent one.
+    /// Its epoch: `None` from a client that does not deal in epochs (it is answered as
+    /// before epochs existed), `Some(0)` from one that does but has not learnt one yet.
     pub epoch: Option<Epoch>,
 }
 
@@ -56,13 +57,17 @@ impl From<Seq> for Cursor {
 impl Cursor {
     /// True when `latest` is something this client has not seen.
     pub fn is_behind(&self, latest: &Latest) -> bool {
-        latest.seq != self.seq || self.epoch.is_some_and(|e| e != latest.epoch)
+        latest.seq != self.seq || self.other_epoch(latest)
     }
 
     /// True when `latest` is not a continuation of what this client saw: another epoch, or
     /// a `seq` below its cursor. The client must forget its old `seq`s (`reset`).
     pub fn is_reset_by(&self, latest: &Latest) -> bool {
-        latest.seq < self.seq || self.epoch.is_some_and(|e| e != latest.epoch)
+        latest.seq < self.seq || self.other_epoch(latest)
+    }
+
+    fn other_epoch(&self, latest: &Latest) -> bool {
+        self.epoch.is_some_and(|e| e != 0 && e != latest.epoch)
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use crate::auth::App;
 use crate::id::{EntropyError, Id};
 use crate::origin::Origin;
-use crate::slot::{Cursor, Joined, Latest, Published, Seq};
+use crate::slot::{Cursor, Joined, Latest, Published, Seq, Waiter};
 
 pub use cluster::Cluster;
 pub use memory::Memory;
@@ -132,7 +132,52 @@ pub enum Watch {
     /// There is a value the client has not seen; it took no waiting place.
     Now(Latest),
     /// The client holds one of the id's waiting places.
-    Waiting(Joined),
+    Waiting {
+        /// The place.
+        held: Place,
+        /// Waiters released to make room (see [`Joined`]).
+        released: usize,
+    },
+}
+
+/// A waiting place on this node's slot ([`Waiter`], which it derefs to); with Redis, the
+/// engine hears at once when it is given up, so the id's `waiting` is soon right everywhere.
+#[derive(Debug)]
+pub struct Place {
+    // Dropped in this order: the place is given back, then the engine told.
+    waiter: Waiter,
+    _left: Left,
+}
+
+impl std::ops::Deref for Place {
+    type Target = Waiter;
+
+    fn deref(&self) -> &Waiter {
+        &self.waiter
+    }
+}
+
+#[derive(Debug)]
+struct Left(Option<Arc<Cluster>>);
+
+impl Drop for Left {
+    fn drop(&mut self) {
+        if let Some(cluster) = &self.0 {
+            cluster.waiter_left();
+        }
+    }
+}
+
+impl Place {
+    fn watch(joined: Joined, cluster: Option<Arc<Cluster>>) -> Watch {
+        Watch::Waiting {
+            held: Self {
+                waiter: joined.waiter,
+                _left: Left(cluster),
+            },
+            released: joined.released,
+        }
+    }
 }
 
 impl Store {
@@ -163,6 +208,22 @@ impl Store {
         match &self.engine {
             Engine::Memory(_) => None,
             Engine::Cluster(cluster) => cluster.unready(),
+        }
+    }
+
+    /// The longest a lookup may take: zero in memory, the command timeout with Redis.
+    pub fn lookup_bound(&self) -> Duration {
+        match &self.engine {
+            Engine::Memory(_) => Duration::ZERO,
+            Engine::Cluster(cluster) => cluster.command_timeout(),
+        }
+    }
+
+    /// How many ids exist (with Redis: in the whole cluster, `None` when it cannot say).
+    pub async fn count(&self) -> Option<usize> {
+        match &self.engine {
+            Engine::Memory(memory) => Some(memory.len()),
+            Engine::Cluster(cluster) => Box::pin(cluster.count()).await,
         }
     }
 
@@ -265,9 +326,17 @@ impl Store {
                 {
                     return Ok(Watch::Now(latest));
                 }
-                Ok(Watch::Waiting(slot.join(max_waiters)))
+                Ok(Place::watch(slot.join(max_waiters), None))
             }
-            Engine::Cluster(cluster) => Box::pin(cluster.watch(id, since, max_waiters, hold)).await,
+            Engine::Cluster(cluster) => {
+                let watch = Box::pin(cluster.watch(id, since, max_waiters, hold)).await?;
+                Ok(match watch {
+                    cluster::Watched::Now(latest) => Watch::Now(latest),
+                    cluster::Watched::Waiting(joined) => {
+                        Place::watch(joined, Some(Arc::clone(cluster)))
+                    }
+                })
+            }
         }
     }
 }

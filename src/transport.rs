@@ -24,9 +24,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApiError;
 use crate::extract::ClientIp;
 use crate::id::Id;
-use crate::slot::{Cursor, Epoch, Latest, Seq, Waiter};
+use crate::slot::{Cursor, Epoch, Latest, Seq};
 use crate::state::AppState;
-use crate::store::{Found, Hold, Watch};
+use crate::store::{Found, Hold, Place, Watch};
 
 /// The browser routes.
 pub fn routes() -> Router<AppState> {
@@ -116,7 +116,8 @@ struct WaitParams {
     /// 0 (the default) before the client has seen any value.
     #[serde(default)]
     since: Seq,
-    /// The epoch of `since`, as the last value the client got said (cluster mode).
+    /// The epoch of `since`, as the last value the client got said (cluster mode); 0 asks
+    /// for epochs in the answers before the client knows one.
     epoch: Option<Epoch>,
 }
 
@@ -130,8 +131,9 @@ impl WaitParams {
 }
 
 /// A value as the browser side sends it: `{"seq": 3, "info": "..."}`, with `"epoch"` in
-/// cluster mode and `"reset": true` when the client must forget the `seq`s it saw (the id's
-/// count started again: another epoch, or a `seq` below the client's cursor).
+/// cluster mode to a client that sent one, and `"reset": true` when the client must forget
+/// the `seq`s it saw (the id's count started again: another epoch, or a `seq` below the
+/// client's cursor).
 #[derive(Debug, Serialize)]
 struct Value<'a> {
     seq: Seq,
@@ -148,8 +150,9 @@ impl<'a> Value<'a> {
         Self {
             seq: latest.seq,
             info: latest.info.as_deref(),
-            epoch: (latest.epoch != 0).then_some(latest.epoch),
-            reset: since.is_reset_by(latest),
+            epoch: (since.epoch.is_some() && latest.epoch != 0).then_some(latest.epoch),
+            // Only to clients that deal in epochs: the others see `seq` go down and know.
+            reset: since.epoch.is_some() && since.is_reset_by(latest),
         }
     }
 }
@@ -169,12 +172,9 @@ async fn watch(state: &AppState, id: &str, since: Cursor, hold: Hold) -> Result<
         .await?;
     Ok(match watch {
         Watch::Now(latest) => Begun::Now(latest),
-        Watch::Waiting(joined) => {
-            state
-                .metrics
-                .waiters_released
-                .inc_by(joined.released as u64);
-            Begun::Waiting(joined.waiter)
+        Watch::Waiting { held, released } => {
+            state.metrics.waiters_released.inc_by(released as u64);
+            Begun::Waiting(held)
         }
     })
 }
@@ -182,7 +182,7 @@ async fn watch(state: &AppState, id: &str, since: Cursor, hold: Hold) -> Result<
 /// How a browser's wait began.
 enum Begun {
     Now(Latest),
-    Waiting(Waiter),
+    Waiting(Place),
 }
 
 /// The id a browser asks about, counted as activity.

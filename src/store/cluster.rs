@@ -29,13 +29,13 @@ use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{CreateError, Created, Found, Hold, Status, StoreError, Watch};
+use super::{CreateError, Created, Found, Hold, Status, StoreError};
 use crate::auth::App;
 use crate::config::{RateLimit, Settings};
 use crate::id::Id;
 use crate::metrics::Backplane;
 use crate::origin::Origin;
-use crate::slot::{Cursor, Epoch, Published, Slot};
+use crate::slot::{Cursor, Epoch, Joined, Latest, Published, Slot};
 use link::{Link, Target};
 use scripts::SCRIPTS;
 
@@ -54,7 +54,7 @@ const NODES_KEY: &str = "ch:nodes";
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 const NODE_TTL: Duration = Duration::from_secs(6);
 /// How often this node writes its waiter counts that changed.
-const WAITERS_EVERY: Duration = Duration::from_secs(1);
+const WAITERS_EVERY: Duration = Duration::from_millis(250);
 /// Local slots nobody waits on are forgotten after this long.
 const FORGET_AFTER: Duration = Duration::from_secs(30);
 
@@ -98,6 +98,8 @@ pub struct Cluster {
     notify_rate: RateLimit,
     /// True while the hint subscription is live.
     subscribed: AtomicBool,
+    /// Poked when a waiter leaves, so the counts are written without waiting for the tick.
+    counts_changed: tokio::sync::Notify,
     metrics: Backplane,
 }
 
@@ -156,12 +158,19 @@ impl Cluster {
             create_rate: rates.create_per_app,
             notify_rate: rates.notify_per_app,
             subscribed: AtomicBool::new(false),
+            counts_changed: tokio::sync::Notify::new(),
             metrics,
         });
         cluster.heartbeat().await;
         tasks.spawn(link.supervise(shutdown.clone()));
         tasks.spawn(hints::subscribe(Arc::clone(&cluster), shutdown.clone()));
         tasks.spawn(Arc::clone(&cluster).chores(shutdown.clone()));
+        // Serve once hints arrive, so that /readyz is green from the first request (bounded:
+        // a node whose subscription fails still starts, and /readyz says why).
+        let until = tokio::time::Instant::now() + config.command_timeout * 3;
+        while !cluster.subscribed.load(Ordering::Acquire) && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         Ok(cluster)
     }
 
@@ -190,6 +199,32 @@ impl Cluster {
     /// Ids whose slots this node holds.
     pub fn len(&self) -> usize {
         self.local.len()
+    }
+
+    /// The command timeout.
+    pub fn command_timeout(&self) -> Duration {
+        self.link.timeout()
+    }
+
+    /// Ids that exist in the whole cluster: every app's unexpired ids.
+    pub async fn count(&self) -> Option<usize> {
+        let now = unix_millis();
+        self.link
+            .call(|mut conn| async move {
+                let mut pipe = redis::pipe();
+                for key in &self.app_keys {
+                    pipe.cmd("ZCOUNT").arg(key).arg(now).arg("+inf");
+                }
+                pipe.query_async::<Vec<usize>>(&mut conn.redis).await
+            })
+            .await
+            .ok()
+            .map(|counts| counts.iter().sum())
+    }
+
+    /// A client gave up its waiting place: the counts are written soon (coalesced).
+    pub fn waiter_left(&self) {
+        self.counts_changed.notify_one();
     }
 
     /// True when this node holds no slot.
@@ -373,7 +408,7 @@ impl Cluster {
         since: Cursor,
         max_waiters: u32,
         hold: Hold,
-    ) -> Result<Watch, StoreError> {
+    ) -> Result<Watched, StoreError> {
         let slot = self.slot(id)?;
         let waiters = slot.waiting() + 1;
         let touched = self.touch(id, Some(waiters)).await;
@@ -393,9 +428,11 @@ impl Cluster {
         if hold == Hold::IfNothingNew
             && let Some(latest) = slot.newer_than(since)
         {
-            return Ok(Watch::Now(latest));
+            // The count written above included this client; put it right soon.
+            self.waiter_left();
+            return Ok(Watched::Now(latest));
         }
-        Ok(Watch::Waiting(slot.join(max_waiters)))
+        Ok(Watched::Waiting(slot.join(max_waiters)))
     }
 
     /// This node's slot for `id`, made when missing (or when the one held was closed).
@@ -491,6 +528,7 @@ impl Cluster {
                     self.update_up();
                 }
                 _ = waiters.tick() => self.report_waiters(false).await,
+                () = self.counts_changed.notified() => self.report_waiters(false).await,
                 _ = refresh.tick() => {
                     self.report_waiters(true).await;
                     self.forget_idle();
@@ -534,6 +572,15 @@ impl Cluster {
         self.local
             .retain(|_, slot| slot.waiting() > 0 || slot.idle() < FORGET_AFTER);
     }
+}
+
+/// How a watch began on this node.
+#[derive(Debug)]
+pub enum Watched {
+    /// With a value the client has not seen.
+    Now(Latest),
+    /// With a waiting place.
+    Waiting(Joined),
 }
 
 /// What a browser's look at an id found.

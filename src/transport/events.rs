@@ -22,9 +22,9 @@ use super::{Value, WaitParams};
 use crate::error::ApiError;
 use crate::extract::parse_query;
 use crate::metrics::Waiting;
-use crate::slot::{Cursor, Epoch, Latest, Seq, WaitOutcome, Waiter};
+use crate::slot::{Cursor, Epoch, Latest, Seq, WaitOutcome};
 use crate::state::AppState;
-use crate::store::Hold;
+use crate::store::{Hold, Place};
 
 /// How soon a client told "shutting down" should reconnect.
 const RECONNECT_AFTER_SHUTDOWN: Duration = Duration::from_secs(1);
@@ -99,7 +99,7 @@ async fn open(
 
 /// A stream's state between events.
 struct Stream {
-    waiter: Waiter,
+    waiter: Place,
     since: Cursor,
     state: AppState,
     _waiting: Waiting,
@@ -118,12 +118,13 @@ async fn next_event(state: Option<Stream>) -> Option<(Result<Event, Infallible>,
                 state.state.metrics.delivered_after(elapsed);
             }
             let value = Value::of(&latest, state.since);
+            let with_epoch = state.since.epoch.is_some();
             state.since = Cursor {
                 seq: latest.seq,
-                epoch: Some(latest.epoch),
+                epoch: with_epoch.then_some(latest.epoch),
             };
             let event = Event::default()
-                .id(event_id(&latest))
+                .id(event_id(&latest, with_epoch))
                 .json_data(value)
                 .expect("a seq and a string serialise");
             return Some((Ok(event), Some(state)));
@@ -140,10 +141,11 @@ async fn next_event(state: Option<Stream>) -> Option<(Result<Event, Infallible>,
     Some((Ok(event), None))
 }
 
-/// A value's event id: its `seq`, and in cluster mode `seq:epoch`, so that a browser's
-/// `EventSource` reconnecting with `Last-Event-ID` also says which epoch it saw.
-fn event_id(latest: &Latest) -> String {
-    if latest.epoch == 0 {
+/// A value's event id: its `seq`, and in cluster mode to a client that deals in epochs
+/// `seq:epoch`, so that a browser's `EventSource` reconnecting with `Last-Event-ID` also says
+/// which epoch it saw.
+fn event_id(latest: &Latest, with_epoch: bool) -> String {
+    if latest.epoch == 0 || !with_epoch {
         latest.seq.to_string()
     } else {
         format!("{}:{}", latest.seq, latest.epoch)
@@ -173,9 +175,10 @@ mod tests {
             info: None,
             epoch: 0,
         };
-        assert_eq!(event_id(&latest), "7");
+        assert_eq!(event_id(&latest, true), "7");
         latest.epoch = 42;
-        assert_eq!(event_id(&latest), "7:42");
+        assert_eq!(event_id(&latest, true), "7:42");
+        assert_eq!(event_id(&latest, false), "7");
         assert_eq!(
             parse_event_id("7:42"),
             Some(Cursor {

@@ -163,6 +163,9 @@ async fn a_waiting_client_keeps_its_id_until_it_leaves() {
 
 #[tokio::test]
 async fn the_sweep_frees_the_place_and_the_next_snapshot_forgets_the_id() {
+    if !crate::support::engine::memory_engine_feature("snapshots") {
+        return;
+    }
     let dir = temp_dir("expiry");
     let snapshot = dir.join("state");
     let s = server(|c| {

@@ -775,6 +775,14 @@ async fn run_vector(vector: &Vector, way: Way) -> Result<(), String> {
             return Ok(());
         }
         (Way::Nginx, Via::Own(outcome)) => outcome,
+        // hyper answers a half-closed client only when the answer is ready at once, which
+        // with Redis it never is (a round trip first): docs/deploy.md, "Half-closed clients".
+        (Way::Hyper, _)
+            if vector.steps.iter().any(|s| matches!(s, HalfClose))
+                && crate::support::engine::redis_engine() =>
+        {
+            outcome(&[], Closed, Unchanged)
+        }
         (Way::Hyper, _) => vector.hyper.unwrap_or(vector.lean),
         _ => vector.lean,
     };

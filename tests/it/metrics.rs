@@ -137,6 +137,9 @@ fn polls(outcome: &str) -> String {
 // every delivery is counted as one (not as a value found at once).
 #[tokio::test]
 async fn every_counter_moves_by_exactly_what_was_done() {
+    if !crate::support::engine::memory_engine_feature("snapshots") {
+        return;
+    }
     let dir = temp_dir("metrics");
     let s = TestServer::spawn_with(|c| {
         unlimited(c);

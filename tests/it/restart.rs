@@ -93,6 +93,9 @@ impl Api {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_restart_loses_nothing_and_releases_waiting_polls() {
+    if !crate::support::engine::memory_engine_feature("snapshots") {
+        return;
+    }
     let dir = temp_dir("graceful");
     let snapshot = dir.join("state");
     let mut daemon = Daemon::start_on(&shipped_config(), "127.0.0.1:0", Some(&snapshot), &[]);
@@ -162,6 +165,9 @@ async fn a_graceful_restart_loses_nothing_and_releases_waiting_polls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_after_a_snapshot_keeps_the_ids() {
+    if !crate::support::engine::memory_engine_feature("snapshots") {
+        return;
+    }
     let dir = temp_dir("crash");
     let snapshot = dir.join("state");
     let daemon = Daemon::start_on(&shipped_config(), "127.0.0.1:0", Some(&snapshot), &[]);
@@ -193,6 +199,9 @@ async fn a_crash_after_a_snapshot_keeps_the_ids() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_snapshot_stops_start_up_and_is_kept_until_discarded() {
+    if !crate::support::engine::memory_engine_feature("snapshots") {
+        return;
+    }
     let dir = temp_dir("damaged");
     let snapshot = dir.join("state");
     std::fs::write(&snapshot, b"CALLHOME-SNAPSHT\x01\x00\x00\x00garbage").unwrap();
@@ -350,6 +359,9 @@ fn lock_file(snapshot: &Path) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_daemon_on_the_same_snapshot_refuses_to_start() {
+    if !crate::support::engine::memory_engine_feature("snapshots") {
+        return;
+    }
     let dir = temp_dir("locked");
     let snapshot = dir.join("state");
     let mut first = Daemon::start_on(&shipped_config(), "127.0.0.1:0", Some(&snapshot), &[]);
@@ -397,6 +409,9 @@ async fn a_second_daemon_on_the_same_snapshot_refuses_to_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lock_of_a_killed_daemon_does_not_block_the_next() {
+    if !crate::support::engine::memory_engine_feature("snapshots") {
+        return;
+    }
     let dir = temp_dir("stale-lock");
     let snapshot = dir.join("state");
     let daemon = Daemon::start_on(&shipped_config(), "127.0.0.1:0", Some(&snapshot), &[]);
@@ -440,6 +455,9 @@ async fn wait_for_file_with(path: &Path, needle: &[u8]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_snapshot_is_readable_by_its_owner_only() {
     use std::os::unix::fs::PermissionsExt as _;
+    if !crate::support::engine::memory_engine_feature("snapshots") {
+        return;
+    }
     let dir = temp_dir("private");
     // A directory the daemon makes itself is 0700, the snapshot and its lock 0600.
     let snapshot = dir.join("made-by-callhome").join("state");
@@ -492,6 +510,9 @@ async fn the_snapshot_is_readable_by_its_owner_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_drains_like_sigterm_and_a_second_one_does_not_cut_it_short() {
+    if !crate::support::engine::memory_engine_feature("snapshots") {
+        return;
+    }
     let dir = temp_dir("sighup");
     let snapshot = dir.join("state");
     // A grace long enough to send a second SIGHUP while the first is being handled: a
@@ -598,6 +619,9 @@ async fn counter(api: &Api, series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_that_does_not_fit_on_the_disk_leaves_no_partial_file() {
+    if !crate::support::engine::memory_engine_feature("snapshots") {
+        return;
+    }
     let dir = temp_dir("full-disk");
     let disk = dir.join("disk");
     std::fs::create_dir_all(&disk).unwrap();

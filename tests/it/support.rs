@@ -5,6 +5,7 @@
 
 pub mod browser;
 mod daemon;
+pub mod engine;
 pub mod faultproxy;
 pub mod nginx;
 mod page;
@@ -38,6 +39,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
     shutdown: CancellationToken,
+    /// This server's own Redis, in a cluster-mode run.
+    _redis: Option<engine::RedisProcess>,
 }
 
 fn init_logs() {
@@ -108,6 +111,11 @@ impl TestServer {
             ..Config::default()
         };
         config.http.lean_path = lean_path();
+        let redis = engine::redis_engine().then(engine::RedisProcess::start);
+        if let Some(redis) = &redis {
+            config.store.backend = callhome::config::Backend::Redis;
+            config.store.redis_url = Some(callhome::config::RedisUrl::new(redis.url()));
+        }
         adjust(&mut config);
         let settings = config.validate(|_| None).expect("test config is valid");
         let listener = server::bind(settings.listen).expect("bind 127.0.0.1:0");
@@ -118,6 +126,7 @@ impl TestServer {
             addr,
             client: client(),
             shutdown,
+            _redis: redis,
         }
     }
 

@@ -183,6 +183,9 @@ async fn by_default_each_app_gets_an_equal_share_of_max_ids() {
 
 #[tokio::test]
 async fn restored_ids_count_towards_their_apps_quota_and_are_all_kept() {
+    if !crate::support::engine::memory_engine_feature("snapshots") {
+        return;
+    }
     let dir = temp_dir("tenants-restore");
     let snapshot = dir.join("state");
     let s = TestServer::spawn_with(|c| {

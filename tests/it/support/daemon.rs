@@ -17,6 +17,8 @@ pub struct Daemon {
     child: Child,
     /// A snapshot directory this daemon made for itself, removed on drop.
     own_dir: Option<PathBuf>,
+    /// Its own Redis, in a cluster-mode run where the environment names none.
+    _redis: Option<super::engine::RedisProcess>,
 }
 
 impl Daemon {
@@ -64,6 +66,12 @@ impl Daemon {
         if let Some(snapshot) = snapshot {
             command.env("CALLHOME_STORE__SNAPSHOT_PATH", snapshot);
         }
+        let redis = (super::engine::redis_engine()
+            && std::env::var_os("CALLHOME_STORE__REDIS_URL").is_none())
+        .then(super::engine::RedisProcess::start);
+        if let Some(redis) = &redis {
+            command.env("CALLHOME_STORE__REDIS_URL", redis.url());
+        }
         let mut child = command
             .arg("--config")
             .arg(config)
@@ -102,6 +110,7 @@ impl Daemon {
             addr,
             child,
             own_dir: None,
+            _redis: redis,
         }
     }
 
@@ -190,7 +199,14 @@ impl Daemon {
     /// but the config's, keeping every line it writes to standard output. The address is
     /// found in text and JSON log lines alike.
     pub fn start_recorded(config: &Path, args: &[&str]) -> (Self, Output) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_callhome"))
+        let redis = (super::engine::redis_engine()
+            && std::env::var_os("CALLHOME_STORE__REDIS_URL").is_none())
+        .then(super::engine::RedisProcess::start);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_callhome"));
+        if let Some(redis) = &redis {
+            command.env("CALLHOME_STORE__REDIS_URL", redis.url());
+        }
+        let mut child = command
             .arg("--config")
             .arg(config)
             .args(["--listen", "127.0.0.1:0"])
@@ -230,6 +246,7 @@ impl Daemon {
             addr,
             child,
             own_dir: None,
+            _redis: redis,
         };
         (daemon, output)
     }
