@@ -23,3 +23,15 @@ cargo test --locked --workspace --all-targets "$@"
 # served by hyper, and the same tests prove both paths answer the same (docs/performance.md).
 echo "== the integration suite again with [http] lean_path = false"
 CALLHOME_HTTP__LEAN_PATH=false cargo test --locked --test it "$@"
+
+# Cluster mode: every server of the suite on a redis-server of its own (never the machine's
+# shared 6379). Under CI=true a missing redis-server fails the run instead of skipping.
+if command -v redis-server >/dev/null 2>&1; then
+  echo "== the integration suite again with [store] backend = \"redis\""
+  CALLHOME_STORE__BACKEND=redis cargo test --locked --test it "$@"
+elif [ "${CI:-}" = true ]; then
+  echo "scripts/test.sh: redis-server is missing (apt-get install redis-server redis-sentinel)" >&2
+  exit 1
+else
+  echo "== skipped: the suite on the Redis engine (redis-server is not installed)"
+fi
