@@ -164,6 +164,8 @@ def derive(r):
         r["redis_bytes_per_id"] = (r["redis_used_memory_after"]
                                    - r["redis_used_memory_before"]) / n
         r["redis_keys_per_id"] = (r["redis_keys_after"] - r["redis_keys_before"]) / n
+        if not r.get("sample_keys"):
+            r["sample_bytes"] = None  # no key names the id: only used_memory tells
     return r
 
 

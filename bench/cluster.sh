@@ -348,7 +348,7 @@ N=$N ROUNDS=$ROUNDS NOTIFY_SECS=$NOTIFY_SECS IDS=$IDS CONNS=$CONNS AGG_NODES=$AG
 
 # The first lines of log $1 that say something (no backtrace frames), on one line.
 log_gist() {
-    grep -v -E '^[[:space:]]*$|^[[:space:]]+[0-9]+:|^[[:space:]]+at |^stack backtrace' "$1" 2>/dev/null |
+    grep -v -i -E '^[[:space:]]*$|^[[:space:]]+[0-9]+:|^[[:space:]]+at |^stack backtrace' "$1" 2>/dev/null |
         head -n 4 | tr -s ' \n' ' ' || true
 }
 
