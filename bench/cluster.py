@@ -327,8 +327,8 @@ def targets(rows):
     out.append(("Notify throughput ≥ 0.5× the EVALSHA ceiling (redis-benchmark)",
                 show("rate", c), f"ceiling {show('rate', ceil)}", ratio_text(c, ceil),
                 None if r is None else r >= 0.5))
-    ratio_target("Redis CPU per notify ≤ 0.25× Nchan's", "notify", "redis_cpu_per_10k", "cpu",
-                 "<=", 0.25)
+    ratio_target("Redis CPU per 10,000 notifies ≤ 0.25× Nchan's", "notify",
+                 "redis_cpu_per_10k", "cpu", "<=", 0.25)
     ratio_target("Redis memory per id ≤ 0.25× Nchan's (`used_memory`)", "memory",
                  "redis_bytes_per_id", "bytes", "<=", 0.25)
     ratio_target("Redis memory per id ≤ 0.25× Nchan's (`MEMORY USAGE`)", "memory",

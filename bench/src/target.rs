@@ -2,8 +2,8 @@
 //! templates, the requests built from them, and how the server's answers are read.
 //!
 //! The loopback check happens here, when `--base` and `--publish-base` are parsed, so nothing
-//! downstream can aim traffic off this machine. Everything that differs between CallHome and Nchan lives here;
-//! the clients and publishers only move bytes.
+//! downstream can aim traffic off this machine. Everything that differs between CallHome and
+//! Nchan lives here; the clients and publishers only move bytes.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -575,10 +575,11 @@ mod tests {
     #[test]
     fn every_base_and_publish_base_must_be_loopback() {
         let err = targets(&["--publish-base", "http://10.0.0.1:80"]).expect_err("refused");
-        assert!(
-            matches!(&err, TargetError::Flag("--publish-base", e) if matches!(**e, TargetError::NotLoopback(_))),
-            "{err}"
-        );
+        let TargetError::Flag(flag, why) = &err else {
+            panic!("not a flag error: {err}");
+        };
+        assert_eq!(*flag, "--publish-base");
+        assert!(matches!(**why, TargetError::NotLoopback(_)), "{why}");
         assert!(err.to_string().starts_with("--publish-base "), "{err}");
         let err = targets(&[
             "--base",
