@@ -2,8 +2,8 @@
 # CallHome's cluster mode against Nginx + Nchan in Redis mode, side by side on ONE private
 # Redis, loopback only, with callhome-bench (issue 10, "Benchmarks").
 #
-#   bash bench/cluster.sh                                           # the full run (~10 min)
-#   N=500 ROUNDS=1 NOTIFY_SECS=2 IDS=2000 bash bench/cluster.sh     # a smoke run (< 1 min)
+#   bash bench/cluster.sh                                           # the full run (~7 min)
+#   N=500 ROUNDS=1 NOTIFY_SECS=2 IDS=2000 bash bench/cluster.sh     # a smoke run (< 30 s)
 #
 # The script starts its own redis-server on a free port (never the machine's 6379) with
 # `--save "" --appendonly no --maxmemory-policy noeviction`. System A is CallHome, two nodes
@@ -51,7 +51,7 @@
 #   CH_WORKERS=1       each CallHome node's worker threads (each nginx runs one worker)
 #   NOFILE=20000       `ulimit -n` for the servers
 #   REDIS_PORT=16379 CH_PORT=18380 NCHAN_PORT=18390   first ports tried (the next free taken)
-#   COOLDOWN_SECS=2    pause between cases
+#   COOLDOWN_SECS=2    pause between cases (0 when N < 5000)
 #   REQUIRE_CALLHOME=1 fail (exit 2) when CallHome's cluster mode cannot be measured
 #   NO_INSTALL=1       never apt-get (fail instead when nginx, nchan or redis is missing)
 #   NO_BUILD=1         use the binaries already in target/release
@@ -82,7 +82,8 @@ NOFILE=${NOFILE:-20000}
 REDIS_PORT=${REDIS_PORT:-16379}
 CH_PORT=${CH_PORT:-18380}
 NCHAN_PORT=${NCHAN_PORT:-18390}
-COOLDOWN_SECS=${COOLDOWN_SECS:-2}
+# A pause between cases lets sockets in TIME_WAIT and the load settle; small runs need none.
+COOLDOWN_SECS=${COOLDOWN_SECS:-$((N >= 5000 ? 2 : 0))}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=${OUT:-$ROOT/target/bench-results/cluster-$STAMP}
 DOC=${DOC:-$ROOT/docs/benchmarks.md}
