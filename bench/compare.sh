@@ -135,20 +135,6 @@ for tool in python3 timeout cargo; do
 done
 
 step "install nginx and nchan"
-find_nchan_module() {
-    local f
-    for f in /usr/lib/nginx/modules/ngx_nchan_module.so /usr/share/nginx/modules/ngx_nchan_module.so; do
-        [[ -f $f ]] && { echo "$f"; return 0; }
-    done
-    # Debian's snippet: "load_module modules/ngx_nchan_module.so;" (relative to /usr/share/nginx)
-    f=$(sed -n 's/^ *load_module *\([^;]*\);.*/\1/p' /usr/share/nginx/modules-available/mod-nchan.conf 2>/dev/null | head -n1)
-    if [[ -n $f ]]; then
-        [[ $f == /* ]] || f=/usr/share/nginx/$f
-        f=$(readlink -f "$f" 2>/dev/null || true)
-        [[ -n $f && -f $f ]] && { echo "$f"; return 0; }
-    fi
-    return 1
-}
 NGINX=$(command -v nginx || true)
 [[ -z $NGINX && -x /usr/sbin/nginx ]] && NGINX=/usr/sbin/nginx
 MODULE=$(find_nchan_module || true)

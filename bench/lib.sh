@@ -29,6 +29,22 @@ wait_gone() {
     ! alive "$1"
 }
 
+# The path of Nchan's module (Debian's libnginx-mod-nchan), or false when it is missing.
+find_nchan_module() {
+    local f
+    for f in /usr/lib/nginx/modules/ngx_nchan_module.so /usr/share/nginx/modules/ngx_nchan_module.so; do
+        [[ -f $f ]] && { echo "$f"; return 0; }
+    done
+    # Debian's snippet: "load_module modules/ngx_nchan_module.so;" (relative to /usr/share/nginx)
+    f=$(sed -n 's/^ *load_module *\([^;]*\);.*/\1/p' /usr/share/nginx/modules-available/mod-nchan.conf 2>/dev/null | head -n1)
+    if [[ -n $f ]]; then
+        [[ $f == /* ]] || f=/usr/share/nginx/$f
+        f=$(readlink -f "$f" 2>/dev/null || true)
+        [[ -n $f && -f $f ]] && { echo "$f"; return 0; }
+    fi
+    return 1
+}
+
 # A free port on 127.0.0.1, from $1 upwards.
 free_port() {
     timeout 30 python3 - "$1" <<'PY'

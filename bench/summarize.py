@@ -26,6 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import chart  # noqa: E402
 
 SERVERS = ("callhome", "nchan")
+# bench/cluster.sh's section of the doc, which a report here leaves as it is.
+CLUSTER_BEGIN = "<!-- cluster:begin -->"
+CLUSTER_END = "<!-- cluster:end -->"
 NAMES = {"callhome": "CallHome", "nchan": "Nchan"}
 
 # (case, field, label, kind). kind: bytes, pct, rate, secs, ms, count.
@@ -489,6 +492,12 @@ def report(outdir, doc, svg):
       "regenerated from there with `python3 bench/summarize.py report "
       "target/bench-results/<timestamp> docs/benchmarks.md docs/images/benchmarks.svg`.")
     w("")
+    # bench/cluster.sh's section (between its markers) is kept as it was.
+    old = doc.read_text() if doc.exists() else ""
+    begin, end = old.find(CLUSTER_BEGIN), old.find(CLUSTER_END)
+    if begin != -1 and end > begin:
+        L.append(old[begin:end + len(CLUSTER_END)])
+        L.append("")
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n".join(L))
 

@@ -29,8 +29,19 @@ pub struct Common {
     #[arg(long, global = true, value_enum, default_value_t = Kind::Callhome)]
     pub target: Kind,
     /// Base URL of the server: `http://` on 127.0.0.0/8, `[::1]` or localhost, nothing else.
+    /// Repeat it to spread the waiting clients over several servers (nodes of one cluster):
+    /// the worker processes are split evenly over the bases (their number is rounded up to a
+    /// multiple of the bases), so base j holds clients N*j/B .. N*(j+1)/B. The first base is
+    /// the one whose server pid is looked up when --server-pid is not given. Give all of
+    /// them on one side of the subcommand: those after it replace those before (clap's rule
+    /// for global flags), as for --publish-base.
     #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
-    pub base: String,
+    pub base: Vec<String>,
+    /// Where the backend side sends its requests (creates, publishes, deletes), with the
+    /// same loopback rule as --base. Repeat it to go round-robin: job n (for fan-out: the
+    /// notify of id n) goes to the (n mod P)-th one. Default: the --base list.
+    #[arg(long, global = true)]
+    pub publish_base: Vec<String>,
     /// The app key CallHome's backend endpoints need (`Authorization: Bearer <key>`).
     #[arg(long, global = true, default_value = "demo-key-change-me-0123456789")]
     pub key: String,
@@ -293,6 +304,68 @@ mod tests {
         assert_eq!(args.clients, 300);
         assert_eq!(args.ready_file, Some(PathBuf::from("/tmp/ready")));
         assert_eq!((args.settle_secs, args.wait_secs), (1, 120));
+    }
+
+    #[test]
+    fn one_base_and_no_publish_base_by_default() {
+        let cli = Cli::try_parse_from(["callhome-bench", "fanout", "--clients", "10"])
+            .expect("valid flags");
+        assert_eq!(cli.common.base, ["http://127.0.0.1:8080"]);
+        assert!(cli.common.publish_base.is_empty());
+        let cli = Cli::try_parse_from([
+            "callhome-bench",
+            "--base",
+            "http://127.0.0.1:18080",
+            "fanout",
+            "--clients",
+            "10",
+        ])
+        .expect("valid flags");
+        assert_eq!(cli.common.base, ["http://127.0.0.1:18080"]);
+    }
+
+    #[test]
+    fn bases_and_publish_bases_repeat_before_or_after_the_subcommand() {
+        let before = Cli::try_parse_from([
+            "callhome-bench",
+            "--base",
+            "http://127.0.0.1:18081",
+            "--publish-base",
+            "http://127.0.0.1:18080",
+            "--base",
+            "http://127.0.0.1:18082",
+            "--publish-base",
+            "http://127.0.0.1:18083",
+            "fanout",
+            "--clients",
+            "10",
+        ])
+        .expect("valid flags");
+        let after = Cli::try_parse_from([
+            "callhome-bench",
+            "fanout",
+            "--clients",
+            "10",
+            "--base",
+            "http://127.0.0.1:18081",
+            "--base",
+            "http://127.0.0.1:18082",
+            "--publish-base",
+            "http://127.0.0.1:18080",
+            "--publish-base",
+            "http://127.0.0.1:18083",
+        ])
+        .expect("valid flags");
+        for cli in [before, after] {
+            assert_eq!(
+                cli.common.base,
+                ["http://127.0.0.1:18081", "http://127.0.0.1:18082"]
+            );
+            assert_eq!(
+                cli.common.publish_base,
+                ["http://127.0.0.1:18080", "http://127.0.0.1:18083"]
+            );
+        }
     }
 
     #[test]

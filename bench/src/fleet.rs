@@ -1,7 +1,8 @@
 //! The coordinator's side of the worker processes: start them, read them, stop them.
 //!
 //! Each worker is this same binary re-executed as `callhome-bench worker ...`, with a
-//! contiguous share of the clients. One task per worker reads its stdout lines into a
+//! contiguous share of the clients and one `--base` (with several, the workers are split
+//! evenly over them, see [`shares`]). One task per worker reads its stdout lines into a
 //! channel, so the coordinator never blocks on a quiet worker and a chatty one never blocks
 //! on a full pipe. A worker whose stdout ends before it said `done` has died: that fails the
 //! run. Workers are killed if the coordinator drops them (a failed or timed-out run).
@@ -53,6 +54,46 @@ pub fn worker_count(requested: Option<usize>, clients: usize) -> anyhow::Result<
     Ok(workers)
 }
 
+/// Workers for `clients` clients spread over `bases` servers: [`worker_count`], rounded up
+/// to a multiple of `bases` so that every base gets as many workers, and so as many clients
+/// (within one), as the others. With one base it is `worker_count`.
+pub fn worker_count_over(
+    requested: Option<usize>,
+    clients: usize,
+    bases: usize,
+) -> anyhow::Result<usize> {
+    let workers = worker_count(requested, clients)?;
+    let bases = bases.max(1);
+    Ok((workers.div_ceil(bases) * bases).min(clients.max(1)))
+}
+
+/// One worker's part of the clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    /// Global index of its first client.
+    pub first: usize,
+    pub count: usize,
+    /// Index of the `--base` its clients connect to.
+    pub base: usize,
+}
+
+/// How `clients` clients are split over `workers` workers and `bases` bases: worker k holds
+/// the contiguous range `clients*k/workers ..` and connects to base `k*bases/workers`. When
+/// `workers` is a multiple of `bases`, base j so holds clients `clients*j/bases ..
+/// clients*(j+1)/bases`.
+pub fn shares(clients: usize, workers: usize, bases: usize) -> Vec<Share> {
+    (0..workers)
+        .map(|k| {
+            let first = clients * k / workers;
+            Share {
+                first,
+                count: clients * (k + 1) / workers - first,
+                base: k * bases / workers,
+            }
+        })
+        .collect()
+}
+
 /// What came out of a worker's stdout.
 enum Line {
     Event(WorkerEvent),
@@ -87,14 +128,16 @@ impl Fleet {
         let exe = std::env::current_exe().context("cannot find this program to start workers")?;
         let (tx, lines) = mpsc::unbounded_channel();
         let mut started = Vec::with_capacity(workers);
-        for k in 0..workers {
-            let first = plan.clients * k / workers;
-            let count = plan.clients * (k + 1) / workers - first;
+        for (k, share) in shares(plan.clients, workers, common.base.len())
+            .into_iter()
+            .enumerate()
+        {
+            let Share { first, count, base } = share;
             let mut command = Command::new(&exe);
             command
                 .arg("worker")
                 .args(["--target", common.target.as_arg()])
-                .args(["--base", &common.base])
+                .args(["--base", &common.base[base]])
                 .args(["--max-secs", &(secs + WORKER_GRACE_SECS).to_string()])
                 .args(["--source-ips", &common.source_ips.to_string()])
                 .args([
@@ -267,5 +310,64 @@ mod tests {
         assert_eq!(worker_count(Some(2), 19_000).expect("fits"), 2);
         assert!(worker_count(Some(1), 19_000).is_err());
         assert_eq!(worker_count(Some(8), 3).expect("fits"), 3);
+    }
+
+    #[test]
+    fn workers_round_up_to_a_multiple_of_the_bases() {
+        assert_eq!(worker_count_over(None, 500, 1).expect("fits"), 1);
+        assert_eq!(worker_count_over(None, 19_000, 1).expect("fits"), 3);
+        assert_eq!(worker_count_over(None, 500, 2).expect("fits"), 2);
+        // 76,000 clients on four nodes: ceil(76000 / 9000) = 9 workers, rounded up to 12.
+        assert_eq!(worker_count_over(None, 76_000, 4).expect("fits"), 12);
+        assert_eq!(worker_count_over(Some(8), 76_000, 4).expect("fits"), 8);
+        assert_eq!(worker_count_over(Some(3), 19_000, 2).expect("fits"), 4);
+        // Never more workers than clients.
+        assert_eq!(worker_count_over(None, 3, 4).expect("fits"), 3);
+        assert!(worker_count_over(Some(4), 76_000, 4).is_err());
+    }
+
+    #[test]
+    fn shares_cover_every_client_once_and_split_evenly_over_the_bases() {
+        let one = shares(19_000, 3, 1);
+        assert_eq!(one.iter().map(|s| s.count).sum::<usize>(), 19_000);
+        assert!(one.iter().all(|s| s.base == 0));
+        assert_eq!(one[0].first, 0);
+
+        let four = shares(76_000, 12, 4);
+        let mut next = 0;
+        let mut per_base = [0; 4];
+        for share in &four {
+            assert_eq!(share.first, next, "contiguous");
+            next += share.count;
+            per_base[share.base] += share.count;
+        }
+        assert_eq!(next, 76_000);
+        assert_eq!(per_base, [19_000; 4]);
+        // Base j holds clients 19000*j .. 19000*(j+1).
+        assert_eq!(
+            four[3],
+            Share {
+                first: 19_000,
+                count: 6_333,
+                base: 1
+            }
+        );
+
+        let odd = shares(1_001, 2, 2);
+        assert_eq!(
+            odd,
+            vec![
+                Share {
+                    first: 0,
+                    count: 500,
+                    base: 0
+                },
+                Share {
+                    first: 500,
+                    count: 501,
+                    base: 1
+                },
+            ]
+        );
     }
 }

@@ -1,8 +1,10 @@
 //! The backend side of the load: keep-alive connections that create ids, publish and delete,
 //! one request at a time each (no pipelining), as a web app's backend would.
 //!
-//! A pool of `conns` connections takes numbered jobs from a shared counter, either a fixed
-//! number (create, fan-out, delete) or until a deadline (notify rate). For each job it keeps
+//! A pool of `conns` tasks takes numbered jobs from a shared counter, either a fixed number
+//! (create, fan-out, delete) or until a deadline (notify rate). Each job names the server it
+//! goes to, and each task keeps one keep-alive connection per server it has sent to (one,
+//! unless `--publish-base` names several). For each job it keeps
 //! the wall-clock send time (to pair with the workers' receive times) and, when asked, the
 //! request's latency.
 
@@ -143,10 +145,9 @@ pub struct Tally {
     pub elapsed: Duration,
 }
 
-/// Runs `jobs` over `conns` connections: `request(n)` builds job n's request, `classify`
+/// Runs `jobs` over `conns` tasks: `request(n)` gives job n's server and request, `classify`
 /// reads its answer.
 pub async fn run<R, C>(
-    addr: SocketAddr,
     conns: usize,
     jobs: Jobs,
     keep_latencies: bool,
@@ -154,7 +155,7 @@ pub async fn run<R, C>(
     classify: C,
 ) -> Tally
 where
-    R: Fn(usize) -> Vec<u8> + Send + Sync + 'static,
+    R: Fn(usize) -> (SocketAddr, Vec<u8>) + Send + Sync + 'static,
     C: Fn(&Response) -> Answer + Send + Sync + 'static,
 {
     let started = Instant::now();
@@ -167,7 +168,8 @@ where
         let request = Arc::clone(&request);
         let classify = Arc::clone(&classify);
         tasks.push(tokio::spawn(async move {
-            let mut connection = Connection::new(addr);
+            // One per server; a handful at most, so a linear search finds it.
+            let mut connections: Vec<Connection> = Vec::with_capacity(1);
             let mut tally = Tally::default();
             let mut sent = Vec::new();
             let mut in_a_row = 0;
@@ -180,10 +182,16 @@ where
                 if !more || in_a_row >= MAX_FAILURES_IN_A_ROW {
                     break;
                 }
-                let bytes = request(n);
+                let (addr, bytes) = request(n);
+                let at = if let Some(at) = connections.iter().position(|c| c.addr == addr) {
+                    at
+                } else {
+                    connections.push(Connection::new(addr));
+                    connections.len() - 1
+                };
                 let sent_ns = clock::now_ns();
                 let t0 = Instant::now();
-                let result = connection.send(&bytes).await;
+                let result = connections[at].send(&bytes).await;
                 if keep_latencies {
                     let us = u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX);
                     tally.latencies_us.push(us);

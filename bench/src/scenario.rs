@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::cli::{Cli, Command, Common, IdleArgs};
 use crate::fleet::{self, Fleet, Plan, Readiness};
 use crate::publisher::{self, Jobs};
-use crate::target::{self, Target, Transport};
+use crate::target::{self, Target, Targets, Transport};
 use crate::{ids, net};
 
 /// How long the first connection to the server may take.
@@ -30,10 +30,14 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections used to delete the ids at the end.
 const CLEANUP_CONNS: usize = 16;
 
-/// What every scenario gets: the flags, the target, and the clock of the run.
+/// What every scenario gets: the flags, the targets, and the clock of the run.
 pub struct Context {
     pub common: Common,
+    /// The server at the first `--base`: the kind of server, and the one whose pid is read
+    /// when `--server-pid` is not given.
     pub target: Target,
+    /// Every `--base` and `--publish-base`; backend requests go through `targets.backend(n)`.
+    pub targets: Targets,
     started: Instant,
     deadline: Instant,
 }
@@ -52,13 +56,15 @@ impl Context {
 
 /// Runs the scenario `cli` names, within `--max-secs`.
 pub async fn run(cli: &Cli) -> anyhow::Result<()> {
-    let target = Target::new(&cli.common)?;
+    let targets = Targets::new(&cli.common)?;
+    let target = targets.subscribe[0].clone();
     net::raise_nofile().context("cannot raise the open-files limit")?;
     let started = Instant::now();
     let max = Duration::from_secs(cli.common.max_secs);
     let ctx = Context {
         common: cli.common.clone(),
         target,
+        targets,
         started,
         deadline: started + max,
     };
@@ -95,14 +101,17 @@ async fn dispatch(ctx: &Context, command: &Command) -> anyhow::Result<()> {
     }
 }
 
-/// Fails early, with a clear message, when nothing listens at `--base`.
+/// Fails early, with a clear message, when nothing listens at a `--base` or
+/// `--publish-base`.
 async fn preflight(ctx: &Context) -> anyhow::Result<()> {
-    let addr = ctx.target.base.addr;
-    match tokio::time::timeout(PREFLIGHT_TIMEOUT, net::connect(addr, None)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => bail!("cannot connect to {} ({addr}): {e}", ctx.common.base),
-        Err(_) => bail!("cannot connect to {} ({addr}): timed out", ctx.common.base),
+    for (addr, host) in ctx.targets.addrs() {
+        match tokio::time::timeout(PREFLIGHT_TIMEOUT, net::connect(addr, None)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => bail!("cannot connect to http://{host} ({addr}): {e}"),
+            Err(_) => bail!("cannot connect to http://{host} ({addr}): timed out"),
+        }
     }
+    Ok(())
 }
 
 /// The ids of one scenario: `b{run}-{i:08}` for i in 0..count.
@@ -130,13 +139,16 @@ pub async fn create_ids(ctx: &Context, count: usize, conns: usize) -> anyhow::Re
     ctx.progress(format_args!(
         "creating {count} ids (run {run}) over {conns} connections"
     ));
-    let target = ctx.target.clone();
+    let targets = ctx.targets.clone();
     let tally = publisher::run(
-        target.base.addr,
         conns,
         Jobs::Count(count),
         false,
-        move |i| target.create(&ids::id_name(&run, i)).unwrap_or_default(),
+        move |i| {
+            let target = targets.backend(i);
+            let request = target.create(&ids::id_name(&run, i)).unwrap_or_default();
+            (target.base.addr, request)
+        },
         target::classify_create,
     )
     .await;
@@ -167,14 +179,17 @@ pub async fn delete_ids(ctx: &Context, set: &IdSet) {
     if !set.created || ctx.common.keep_ids {
         return;
     }
-    let target = ctx.target.clone();
+    let targets = ctx.targets.clone();
     let run = set.run.clone();
     let tally = publisher::run(
-        target.base.addr,
         CLEANUP_CONNS,
         Jobs::Count(set.count),
         false,
-        move |i| target.delete(&ids::id_name(&run, i)).unwrap_or_default(),
+        move |i| {
+            let target = targets.backend(i);
+            let request = target.delete(&ids::id_name(&run, i)).unwrap_or_default();
+            (target.base.addr, request)
+        },
         target::classify_delete,
     )
     .await;
@@ -198,9 +213,16 @@ pub struct Started {
 
 /// Starts the workers for `plan` and waits until every client is waiting or has given up.
 pub async fn start_fleet(ctx: &Context, plan: &Plan) -> anyhow::Result<Started> {
-    let workers = fleet::worker_count(ctx.common.workers, plan.clients)?;
+    let workers =
+        fleet::worker_count_over(ctx.common.workers, plan.clients, ctx.common.base.len())?;
+    let bases = ctx.common.base.len();
+    let over = if bases > 1 {
+        format!(" to {bases} servers")
+    } else {
+        String::new()
+    };
     ctx.progress(format_args!(
-        "connecting {} {} clients from {workers} worker process(es)",
+        "connecting {} {} clients{over} from {workers} worker process(es)",
         plan.clients,
         plan.transport.as_arg()
     ));

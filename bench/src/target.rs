@@ -1,9 +1,9 @@
 //! Where the load goes and what it says: the loopback-only base URL, the server's URL
 //! templates, the requests built from them, and how the server's answers are read.
 //!
-//! The loopback check happens here, when `--base` is parsed, so nothing downstream can aim
-//! traffic off this machine. Everything that differs between CallHome and Nchan lives here;
-//! the clients and publishers only move bytes.
+//! The loopback check happens here, when `--base` and `--publish-base` are parsed, so nothing
+//! downstream can aim traffic off this machine. Everything that differs between CallHome and
+//! Nchan lives here; the clients and publishers only move bytes.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -49,12 +49,12 @@ impl Transport {
     }
 }
 
-/// Why `--base` or a template was refused.
+/// Why `--base`, `--publish-base` or a template was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
-    #[error("--base {0:?}: only http:// URLs are supported")]
+    #[error("{0:?}: only http:// URLs are supported")]
     Scheme(String),
-    #[error("--base {0:?}: {1}")]
+    #[error("{0:?}: {1}")]
     Malformed(String, &'static str),
     #[error(
         "refusing target host {0:?}: this tool sends load only to loopback \
@@ -63,6 +63,11 @@ pub enum TargetError {
     NotLoopback(String),
     #[error("{0} {1:?} must be a path starting with /")]
     Template(&'static str, String),
+    #[error("no --base given")]
+    NoBase,
+    /// One of the URLs of a flag was refused: which flag, and why.
+    #[error("{0} {1}")]
+    Flag(&'static str, Box<TargetError>),
 }
 
 /// The server's address, as parsed from `--base`.
@@ -162,7 +167,7 @@ pub struct Value {
     pub info: Option<String>,
 }
 
-/// The server under test: its address, kind, URL templates and key.
+/// One server under test: its address, kind, URL templates and key.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub kind: Kind,
@@ -173,22 +178,19 @@ pub struct Target {
 }
 
 impl Target {
+    /// The server at the first `--base`, once every `--base` and `--publish-base` has passed
+    /// the loopback check.
     pub fn new(common: &Common) -> Result<Self, TargetError> {
-        for (flag, template) in [
-            ("--sub-template", &common.sub_template),
-            ("--pub-template", &common.pub_template),
-        ] {
-            if let Some(t) = template.as_deref().filter(|t| !t.starts_with('/')) {
-                return Err(TargetError::Template(flag, t.to_owned()));
-            }
+        let mut targets = Targets::new(common)?;
+        Ok(targets.subscribe.swap_remove(0))
+    }
+
+    /// The same server kind, key and templates at another base.
+    fn at(&self, base: Base) -> Self {
+        Self {
+            base,
+            ..self.clone()
         }
-        Ok(Self {
-            kind: common.target,
-            base: Base::parse(&common.base)?,
-            key: common.key.clone(),
-            sub_template: common.sub_template.clone(),
-            pub_template: common.pub_template.clone(),
-        })
     }
 
     /// CallHome ids must be created before use; Nchan channels spring up on first use.
@@ -298,6 +300,73 @@ impl Target {
                 info: Some(String::from_utf8_lossy(body).into_owned()),
             }),
         }
+    }
+}
+
+/// Every server a run talks to, each one checked to be on loopback.
+#[derive(Debug, Clone)]
+pub struct Targets {
+    /// `--base`, in the order given: where the waiting clients go (split over them by
+    /// worker process, see `fleet::shares`).
+    pub subscribe: Vec<Target>,
+    /// `--publish-base`, or the `--base` list when none is given: where ids are created,
+    /// published to and deleted, job n on the (n mod len)-th.
+    pub backends: Vec<Target>,
+}
+
+impl Targets {
+    pub fn new(common: &Common) -> Result<Self, TargetError> {
+        for (flag, template) in [
+            ("--sub-template", &common.sub_template),
+            ("--pub-template", &common.pub_template),
+        ] {
+            if let Some(t) = template.as_deref().filter(|t| !t.starts_with('/')) {
+                return Err(TargetError::Template(flag, t.to_owned()));
+            }
+        }
+        let parse = |flag: &'static str, urls: &[String]| {
+            urls.iter()
+                .map(|url| Base::parse(url).map_err(|e| TargetError::Flag(flag, Box::new(e))))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let bases = parse("--base", &common.base)?;
+        let publish_bases = parse("--publish-base", &common.publish_base)?;
+        let Some(first) = bases.first() else {
+            return Err(TargetError::NoBase);
+        };
+        let template = Target {
+            kind: common.target,
+            base: first.clone(),
+            key: common.key.clone(),
+            sub_template: common.sub_template.clone(),
+            pub_template: common.pub_template.clone(),
+        };
+        let subscribe: Vec<Target> = bases.into_iter().map(|b| template.at(b)).collect();
+        let backends = if publish_bases.is_empty() {
+            subscribe.clone()
+        } else {
+            publish_bases.into_iter().map(|b| template.at(b)).collect()
+        };
+        Ok(Self {
+            subscribe,
+            backends,
+        })
+    }
+
+    /// The server backend job `n` goes to: round-robin over the backends.
+    pub fn backend(&self, n: usize) -> &Target {
+        &self.backends[n % self.backends.len()]
+    }
+
+    /// Every distinct server address, waiters' first (for the preflight check).
+    pub fn addrs(&self) -> Vec<(SocketAddr, &str)> {
+        let mut seen: Vec<(SocketAddr, &str)> = Vec::new();
+        for t in self.subscribe.iter().chain(&self.backends) {
+            if !seen.iter().any(|(addr, _)| *addr == t.base.addr) {
+                seen.push((t.base.addr, t.base.host.as_str()));
+            }
+        }
+        seen
     }
 }
 
@@ -449,6 +518,79 @@ mod tests {
         assert!(publish.starts_with("POST /pub/bid HTTP/1.1\r\n"));
         assert!(!publish.contains("Authorization"));
         assert_eq!(t.value(b"raw").and_then(|v| v.info).as_deref(), Some("raw"));
+    }
+
+    fn targets(flags: &[&str]) -> Result<Targets, TargetError> {
+        let mut command_line = vec!["callhome-bench"];
+        command_line.extend_from_slice(flags);
+        command_line.extend_from_slice(&["fanout", "--clients", "1"]);
+        Targets::new(
+            &Cli::try_parse_from(command_line)
+                .expect("valid flags")
+                .common,
+        )
+    }
+
+    #[test]
+    fn without_publish_base_the_backend_is_the_base() {
+        let t = targets(&["--base", "http://127.0.0.1:18080"]).expect("valid");
+        assert_eq!(t.subscribe.len(), 1);
+        assert_eq!(t.backends.len(), 1);
+        assert_eq!(t.backend(7).base, t.subscribe[0].base);
+        assert_eq!(t.addrs().len(), 1);
+    }
+
+    #[test]
+    fn publishes_go_round_robin_over_the_publish_bases() {
+        let t = targets(&[
+            "--base",
+            "http://127.0.0.1:18082",
+            "--publish-base",
+            "http://127.0.0.1:18080",
+            "--publish-base",
+            "http://localhost:18081",
+            "--key",
+            "k",
+        ])
+        .expect("valid");
+        let ports = |n: usize| t.backend(n).base.addr.port();
+        assert_eq!(
+            (ports(0), ports(1), ports(2), ports(3)),
+            (18080, 18081, 18080, 18081)
+        );
+        // Each request carries its own server's Host and the shared key.
+        let publish = String::from_utf8(t.backend(1).publish("bid", "i")).expect("utf8");
+        assert!(publish.contains("Host: localhost:18081\r\n"), "{publish}");
+        assert!(publish.contains("Authorization: Bearer k\r\n"));
+        let create =
+            String::from_utf8(t.backend(0).create("bid").expect("callhome")).expect("utf8");
+        assert!(create.contains("Host: 127.0.0.1:18080\r\n"), "{create}");
+        // The waiters' side is only --base; Target::new is its first entry.
+        assert_eq!(t.subscribe.len(), 1);
+        assert_eq!(t.subscribe[0].base.addr.port(), 18082);
+        let ports: Vec<u16> = t.addrs().iter().map(|(addr, _)| addr.port()).collect();
+        assert_eq!(ports, [18082, 18080, 18081]);
+    }
+
+    #[test]
+    fn every_base_and_publish_base_must_be_loopback() {
+        let err = targets(&["--publish-base", "http://10.0.0.1:80"]).expect_err("refused");
+        let TargetError::Flag(flag, why) = &err else {
+            panic!("not a flag error: {err}");
+        };
+        assert_eq!(*flag, "--publish-base");
+        assert!(matches!(**why, TargetError::NotLoopback(_)), "{why}");
+        assert!(err.to_string().starts_with("--publish-base "), "{err}");
+        let err = targets(&[
+            "--base",
+            "http://127.0.0.1:1",
+            "--base",
+            "http://192.168.1.1:2",
+        ])
+        .expect_err("refused");
+        assert!(matches!(err, TargetError::Flag("--base", _)), "{err}");
+        assert!(target(&["--publish-base", "https://127.0.0.1"]).is_err());
+        assert!(target(&["--base", "http://127.0.0.1:1", "--base", "http://8.8.8.8"]).is_err());
     }
 
     #[test]

@@ -208,14 +208,17 @@ async fn publish_round(
         "round {round}: publishing to {clients} ids over {} connections",
         args.conns
     ));
-    let target = ctx.target.clone();
+    let targets = ctx.targets.clone();
     let run = run.to_owned();
     let mut pool = Some(tokio::spawn(publisher::run(
-        ctx.target.base.addr,
         args.conns,
         Jobs::Count(clients),
         false,
-        move |i| target.publish(&ids::id_name(&run, i), &ids::info(i, round)),
+        move |i| {
+            let target = targets.backend(i);
+            let request = target.publish(&ids::id_name(&run, i), &ids::info(i, round));
+            (target.base.addr, request)
+        },
         target::classify_publish,
     )));
     let mut wait_until = None;

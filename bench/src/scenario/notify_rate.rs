@@ -61,17 +61,18 @@ pub async fn run(ctx: &Context, args: &NotifyRateArgs) -> anyhow::Result<()> {
         "publishing for {} s over {} connections to {} ids",
         args.secs, args.conns, args.ids
     ));
-    let target = ctx.target.clone();
+    let targets = ctx.targets.clone();
     let run = ids.run.clone();
     let m = args.ids;
     let tally = publisher::run(
-        ctx.target.base.addr,
         args.conns,
         Jobs::Until(Instant::now() + Duration::from_secs(args.secs)),
         true,
         move |n| {
             let round = u32::try_from(n / m + 1).unwrap_or(u32::MAX);
-            target.publish(&ids::id_name(&run, n % m), &ids::info(n % m, round))
+            let target = targets.backend(n);
+            let request = target.publish(&ids::id_name(&run, n % m), &ids::info(n % m, round));
+            (target.base.addr, request)
         },
         target::classify_publish,
     )

@@ -45,14 +45,17 @@ pub async fn run(ctx: &Context, args: &StoreArgs) -> anyhow::Result<()> {
         "publishing one info to each of {} ids",
         args.ids
     ));
-    let target = ctx.target.clone();
+    let targets = ctx.targets.clone();
     let run = set.run.clone();
     let tally = publisher::run(
-        ctx.target.base.addr,
         args.conns,
         Jobs::Count(args.ids),
         false,
-        move |i| target.publish(&ids::id_name(&run, i), &ids::info(i, 1)),
+        move |i| {
+            let target = targets.backend(i);
+            let request = target.publish(&ids::id_name(&run, i), &ids::info(i, 1));
+            (target.base.addr, request)
+        },
         target::classify_publish,
     )
     .await;
