@@ -54,7 +54,7 @@
 #   COOLDOWN_SECS=2    pause between cases (0 when N < 5000)
 #   REQUIRE_CALLHOME=1 fail (exit 2) when CallHome's cluster mode cannot be measured
 #   NO_INSTALL=1       never apt-get (fail instead when nginx, nchan or redis is missing)
-#   NO_BUILD=1         use the binaries already in target/release
+#   NO_BUILD=1         use the binaries already in target/release (or BIN_DIR)
 #   DOC=docs/benchmarks.md OUT=target/bench-results/cluster-<ts>
 #
 # Only processes this script started are stopped, by their PID. Every step has a timeout.
@@ -89,8 +89,10 @@ OUT=${OUT:-$ROOT/target/bench-results/cluster-$STAMP}
 DOC=${DOC:-$ROOT/docs/benchmarks.md}
 COMMAND_LINE="N=$N ROUNDS=$ROUNDS NOTIFY_SECS=$NOTIFY_SECS IDS=$IDS AGG_NODES=$AGG_NODES bash bench/cluster.sh"
 
-CALLHOME=$ROOT/target/release/callhome
-BENCH=$ROOT/target/release/callhome-bench
+# BIN_DIR=target/debug runs the smoke on the test build (CI), not a second, optimised one.
+BIN_DIR=${BIN_DIR:-$ROOT/target/release}
+CALLHOME=$BIN_DIR/callhome
+BENCH=$BIN_DIR/callhome-bench
 KEY=demo-key-change-me-0123456789   # the key of the shipped config/callhome.toml
 
 STEP=setup

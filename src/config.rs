@@ -1187,6 +1187,48 @@ mod tests {
     }
 
     #[test]
+    fn redis_settings_are_checked_and_the_password_never_shows() {
+        let redis = |adjust: fn(&mut StoreConfig)| {
+            let mut c = config(vec![app("a", "0123456789abcdef", &["http://a.example"])]);
+            c.store.backend = Backend::Redis;
+            adjust(&mut c.store);
+            c
+        };
+        let err = redis(|_| {}).validate(no_env).unwrap_err();
+        assert_eq!(field_of(err), "store.redis_url");
+        let err = redis(|s| s.redis_url = Some(RedisUrl::new("http://x/".into())))
+            .validate(no_env)
+            .unwrap_err();
+        assert_eq!(field_of(err), "store.redis_url");
+        let err = redis(|s| s.redis_sentinels = vec!["127.0.0.1:26379".into()])
+            .validate(no_env)
+            .unwrap_err();
+        assert_eq!(field_of(err), "store.redis_master_name");
+        let err = redis(|s| {
+            s.redis_url = Some(RedisUrl::new("redis://127.0.0.1:1/".into()));
+            s.node_name = Some("a b".into());
+        })
+        .validate(no_env)
+        .unwrap_err();
+        assert_eq!(field_of(err), "store.node_name");
+
+        // From the environment; a snapshot path is ignored with a warning.
+        let s = redis(|s| {
+            s.redis_url_env = Some("CH_TEST_REDIS".into());
+            s.snapshot_path = Some("data/x".into());
+        })
+        .validate(|var| (var == "CH_TEST_REDIS").then(|| "redis://:s3cret@127.0.0.1:1/0".into()))
+        .unwrap();
+        assert_eq!(s.store.snapshot_path, None);
+        assert!(s.warnings.iter().any(|w| w.contains("snapshot_path")));
+        let url = s.store.redis_url.unwrap();
+        assert_eq!(url.expose(), "redis://:s3cret@127.0.0.1:1/0");
+        for shown in [format!("{url}"), format!("{url:?}")] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+        }
+    }
+
+    #[test]
     fn the_body_limit_cannot_wrap() {
         let limits = |info_max_bytes| Limits {
             info_max_bytes,
