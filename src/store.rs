@@ -211,11 +211,12 @@ impl Store {
         }
     }
 
-    /// The longest a lookup may take: zero in memory, the command timeout with Redis.
+    /// The longest a browser's lookup may take: zero in memory, a few command timeouts
+    /// with Redis.
     pub fn lookup_bound(&self) -> Duration {
         match &self.engine {
             Engine::Memory(_) => Duration::ZERO,
-            Engine::Cluster(cluster) => cluster.command_timeout(),
+            Engine::Cluster(cluster) => cluster.lookup_timeout(),
         }
     }
 

@@ -53,6 +53,8 @@ const NODES_KEY: &str = "ch:nodes";
 /// waiters stop counting in `waiting` within [`NODE_TTL`].
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 const NODE_TTL: Duration = Duration::from_secs(6);
+/// How long after a waiter leaves its node writes the counts, gathering other changes.
+const COALESCE_LEAVES: Duration = Duration::from_millis(20);
 /// How often this node writes its waiter counts that changed.
 const WAITERS_EVERY: Duration = Duration::from_millis(250);
 /// Local slots nobody waits on are forgotten after this long.
@@ -201,9 +203,9 @@ impl Cluster {
         self.local.len()
     }
 
-    /// The command timeout.
-    pub fn command_timeout(&self) -> Duration {
-        self.link.timeout()
+    /// The longest a browser's lookup waits for Redis.
+    pub fn lookup_timeout(&self) -> Duration {
+        self.link.patient_timeout()
     }
 
     /// Ids that exist in the whole cluster: every app's unexpired ids.
@@ -462,7 +464,7 @@ impl Cluster {
     async fn touch(&self, id: &str, waiters: Option<u32>) -> Result<Touched, StoreError> {
         let reply: Vec<String> = self
             .link
-            .call(|mut conn| async move {
+            .call_patient(|mut conn| async move {
                 SCRIPTS
                     .touch
                     .key(id_key(id))
@@ -528,7 +530,12 @@ impl Cluster {
                     self.update_up();
                 }
                 _ = waiters.tick() => self.report_waiters(false).await,
-                () = self.counts_changed.notified() => self.report_waiters(false).await,
+                () = self.counts_changed.notified() => {
+                    // Gather what else changes meanwhile (a fan-out ends thousands of waits
+                    // at once): one batch, not one write per waiter.
+                    tokio::time::sleep(COALESCE_LEAVES).await;
+                    self.report_waiters(false).await;
+                }
                 _ = refresh.tick() => {
                     self.report_waiters(true).await;
                     self.forget_idle();
@@ -549,7 +556,32 @@ impl Cluster {
                 changed.push((entry.key().clone(), now));
             }
         }
-        for chunk in changed.chunks(512) {
+        // Ids nobody waits on any more: one pipelined HDEL per batch (on a deleted id it
+        // does nothing; a script would cost more and a HSET could bring the key back).
+        let (gone, held): (Vec<_>, Vec<_>) = changed.into_iter().partition(|(_, n)| *n == 0);
+        let field = format!("w.{}", self.node);
+        for chunk in gone.chunks(512) {
+            let field = &field;
+            let cleared = self
+                .link
+                .call(|mut conn| async move {
+                    let mut pipe = redis::pipe();
+                    for (id, _) in chunk {
+                        pipe.cmd("HDEL")
+                            .arg(id_key(id.as_str()))
+                            .arg(field)
+                            .ignore();
+                    }
+                    pipe.exec_async(&mut conn.redis).await
+                })
+                .await;
+            if cleared.is_ok() {
+                for (id, _) in chunk {
+                    self.reported.remove(id);
+                }
+            }
+        }
+        for chunk in held.chunks(512) {
             let touches = chunk.iter().map(|(id, n)| async move {
                 match self.touch(id.as_str(), Some(*n)).await {
                     Ok(_) => {

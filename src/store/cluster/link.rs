@@ -29,6 +29,8 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// The first wait before connecting again; doubled per failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How many command timeouts a browser's lookup may wait.
+const BROWSER_PATIENCE: u32 = 4;
 
 /// Where the master is.
 #[derive(Debug, Clone)]
@@ -51,6 +53,9 @@ pub enum Target {
 pub struct Conn {
     /// The multiplexed connection (cheap to clone; all clones share one socket).
     pub redis: MultiplexedConnection,
+    /// A second connection for the link's own checks, so that a check is not queued
+    /// behind a burst of requests and a busy Redis is not taken for a dead one.
+    check: MultiplexedConnection,
     /// The master's URL, for the subscriber's own connection.
     pub url: RedisUrl,
     /// The epoch of this Redis's life.
@@ -119,10 +124,36 @@ impl Link {
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
+        self.call_within(self.timeout, request).await
+    }
+
+    /// [`Link::call`] for a browser's lookup, which may wait [`BROWSER_PATIENCE`] times as
+    /// long: a poll waits long anyway, and a burst of thousands of pages arriving at once
+    /// (a node restarted, a network back) should queue in Redis rather than be refused.
+    pub async fn call_patient<T, F>(&self, request: impl FnOnce(Conn) -> F) -> Result<T, String>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        self.call_within(self.patient_timeout(), request).await
+    }
+
+    /// The longest a browser's lookup waits.
+    pub fn patient_timeout(&self) -> Duration {
+        self.timeout * BROWSER_PATIENCE
+    }
+
+    async fn call_within<T, F>(
+        &self,
+        timeout: Duration,
+        request: impl FnOnce(Conn) -> F,
+    ) -> Result<T, String>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
         let Some(conn) = self.get() else {
             return Err("no connection to Redis".into());
         };
-        match tokio::time::timeout(self.timeout, request(conn)).await {
+        match tokio::time::timeout(timeout, request(conn)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
                 self.broken.notify_one();
@@ -130,7 +161,7 @@ impl Link {
             }
             Err(_) => {
                 self.broken.notify_one();
-                Err(format!("Redis did not answer within {:?}", self.timeout))
+                Err(format!("Redis did not answer within {timeout:?}"))
             }
         }
     }
@@ -203,7 +234,7 @@ impl Link {
 
     /// Whether `conn` still reaches a master.
     async fn check(&self, mut conn: Conn) -> Result<(), String> {
-        let role = tokio::time::timeout(self.timeout, role(&mut conn.redis))
+        let role = tokio::time::timeout(self.timeout, role(&mut conn.check))
             .await
             .map_err(|_| format!("no answer to ROLE within {:?}", self.timeout))?
             .map_err(|e| e.to_string())?;
@@ -226,9 +257,11 @@ impl Link {
         };
         let down = |e: &dyn std::fmt::Display| ConnectError::Down(format!("{url}: {e}"));
         let client = Client::open(url.expose()).map_err(|e| down(&e))?;
+        // Each call bounds its own wait (`call`, `call_patient`); the connection's bound is
+        // the longest of them.
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout));
+            .set_response_timeout(Some(self.patient_timeout()));
         let settle = async {
             let mut conn = client
                 .get_multiplexed_async_connection_with_config(&config)
@@ -258,9 +291,12 @@ impl Link {
                 .arg(fresh)
                 .invoke_async(&mut conn)
                 .await?;
-            redis::RedisResult::Ok((conn, role, policy, epoch))
+            let check = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            redis::RedisResult::Ok((conn, check, role, policy, epoch))
         };
-        let (conn, role, policy, epoch) = tokio::time::timeout(self.timeout * 3, settle)
+        let (conn, check, role, policy, epoch) = tokio::time::timeout(self.timeout * 3, settle)
             .await
             .map_err(|_| {
                 ConnectError::Down(format!("{url}: no answer within {:?}", self.timeout * 3))
@@ -284,6 +320,7 @@ impl Link {
             .map_err(|_| ConnectError::Down(format!("{url}: unreadable epoch {epoch:?}")))?;
         Ok(Conn {
             redis: conn,
+            check,
             url,
             epoch,
         })
