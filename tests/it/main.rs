@@ -7,6 +7,7 @@ mod api;
 mod binary;
 mod browser;
 mod browser_side;
+mod cluster;
 mod concurrency;
 mod demo;
 mod differential;

@@ -28,6 +28,11 @@
 //!   client has sent `SUBSCRIBE`, `PSUBSCRIBE` or `SSUBSCRIBE`, found by following the RESP
 //!   commands the client sends (any case, split across packets or not; a value that merely
 //!   contains the word does not count).
+//! - [`FaultProxy::silence_subscribers`]: the live subscriber connections (found as for
+//!   `cut_subscribers`) stay open but drop every byte from then on, both directions, for the
+//!   rest of their lives, as a blackhole does; every other connection, and every connection
+//!   made later, is relayed as before. A subscription that died without a word while commands
+//!   still work.
 //!
 //! When upstream refuses or resets, the client sees the same: a refused upstream connect
 //! resets the client's connection, an upstream reset resets the client, an upstream close
@@ -79,6 +84,8 @@ struct Shared {
 struct Connection {
     reset: CancellationToken,
     subscriber: Arc<AtomicBool>,
+    /// Drops every byte from now on ([`FaultProxy::silence_subscribers`]).
+    silenced: Arc<AtomicBool>,
 }
 
 impl FaultProxy {
@@ -159,6 +166,21 @@ impl FaultProxy {
     /// many. The others (commands) are left alone.
     pub fn cut_subscribers(&self) -> usize {
         self.reset_where(|c| c.subscriber.load(Ordering::SeqCst))
+    }
+
+    /// Silences the live connections whose client has sent a (P|S)SUBSCRIBE: they stay open
+    /// and drop every byte, both directions, from now on; returns how many. Other and later
+    /// connections are relayed as before.
+    pub fn silence_subscribers(&self) -> usize {
+        let connections = self.shared.connections.lock().unwrap();
+        let mut n = 0;
+        for c in connections.values() {
+            if c.subscriber.load(Ordering::SeqCst) {
+                c.silenced.store(true, Ordering::SeqCst);
+                n += 1;
+            }
+        }
+        n
     }
 
     fn reset_where(&self, pick: impl Fn(&Connection) -> bool) -> usize {
@@ -266,11 +288,13 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, shared: Arc<Sh
         let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
         let token = CancellationToken::new();
         let subscriber = Arc::new(AtomicBool::new(false));
+        let silenced = Arc::new(AtomicBool::new(false));
         shared.connections.lock().unwrap().insert(
             id,
             Connection {
                 reset: token.clone(),
                 subscriber: Arc::clone(&subscriber),
+                silenced: Arc::clone(&silenced),
             },
         );
         tokio::spawn(relay(
@@ -279,7 +303,7 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, shared: Arc<Sh
             Arc::clone(&shared),
             id,
             token,
-            subscriber,
+            (subscriber, silenced),
         ));
     }
 }
@@ -322,7 +346,7 @@ async fn relay(
     shared: Arc<Shared>,
     id: u64,
     token: CancellationToken,
-    subscriber: Arc<AtomicBool>,
+    (subscriber, silenced): (Arc<AtomicBool>, Arc<AtomicBool>),
 ) {
     let _registered = Registered {
         shared: Arc::clone(&shared),
@@ -355,8 +379,14 @@ async fn relay(
     let orderly = {
         let (client_read, client_write) = client.split();
         let (server_read, server_write) = server.split();
-        let up = pump(client_read, server_write, &shared, Some(&mut sniff));
-        let down = pump(server_read, client_write, &shared, None);
+        let up = pump(
+            client_read,
+            server_write,
+            &shared,
+            &silenced,
+            Some(&mut sniff),
+        );
+        let down = pump(server_read, client_write, &shared, &silenced, None);
         tokio::select! {
             () = token.cancelled() => false,
             both = async { tokio::try_join!(up, down) } => both.is_ok(),
@@ -398,6 +428,7 @@ async fn pump(
     mut from: ReadHalf<'_>,
     mut to: WriteHalf<'_>,
     shared: &Shared,
+    silenced: &AtomicBool,
     mut sniff: Option<&mut Sniff>,
 ) -> io::Result<()> {
     let (queue, mut queued) = mpsc::channel::<Option<(Instant, Vec<u8>)>>(256);
@@ -413,7 +444,7 @@ async fn pump(
                 sniff.feed(&buf[..n]);
             }
             let faults = *shared.faults.borrow();
-            if faults.blackhole {
+            if faults.blackhole || silenced.load(Ordering::SeqCst) {
                 continue;
             }
             let due = Instant::now() + faults.delay;
@@ -429,7 +460,7 @@ async fn pump(
                 break;
             };
             tokio::time::sleep_until(due).await;
-            if shared.faults.borrow().blackhole {
+            if shared.faults.borrow().blackhole || silenced.load(Ordering::SeqCst) {
                 continue;
             }
             to.write_all(&bytes).await?;
