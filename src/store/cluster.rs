@@ -547,7 +547,7 @@ impl Cluster {
 
     /// Writes the waiter counts that changed since last time (`all`: every id with waiters,
     /// which also keeps them alive).
-    async fn report_waiters(&self, all: bool) {
+    pub(super) async fn report_waiters(&self, all: bool) {
         let mut changed = Vec::new();
         for entry in &self.local {
             let now = entry.value().waiting();

@@ -791,9 +791,8 @@ async fn waiters(
     w
 }
 
-/// KNOWN FAILING on main 81bb49a: `hints::resync` reads its pipeline (one `HGET` of the
-/// epoch, then one `HMGET` per local id) into a 2-tuple, so a node holding two or more ids
-/// fails every resync with "Array response of wrong dimension" and repairs nothing.
+/// Found a bug (fixed): `hints::resync` read its pipeline (the epoch, then one `HMGET` per
+/// local id) into a 2-tuple, so a node holding two or more ids repaired nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::too_many_lines)] // one story, told in order
 async fn waiters_get_the_final_value_once_after_a_redis_restart() {
@@ -886,9 +885,8 @@ async fn waiters_get_the_final_value_once_after_a_redis_restart() {
     eprintln!("a ready {a_back:?} after Redis restarted, b {b_back:?} after it could reach it");
 }
 
-/// KNOWN FAILING on main 81bb49a: `hints::resync` reads its pipeline (one `HGET` of the
-/// epoch, then one `HMGET` per local id) into a 2-tuple, so a node holding two or more ids
-/// fails every resync with "Array response of wrong dimension" and repairs nothing.
+/// Found a bug (fixed): `hints::resync` read its pipeline (the epoch, then one `HMGET` per
+/// local id) into a 2-tuple, so a node holding two or more ids repaired nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_on_ids_a_restart_without_persistence_lost_are_released_as_gone() {
     if !require_redis() {
@@ -932,11 +930,9 @@ async fn waiters_on_ids_a_restart_without_persistence_lost_are_released_as_gone(
     }
 }
 
-/// KNOWN FAILING on main 81bb49a: the `waiting` Lua function deletes the count fields of
-/// nodes whose heartbeat ran out (every node's, after an outage longer than 6 s), and a node
-/// writes again only the counts that changed (all of them only every
-/// `clamp(id_idle_ttl / 4, 1 s, 60 s)`: 60 s by default), so `waiting` under-counts for up to
-/// a minute.
+/// Found a bug (fixed): the `waiting` Lua function deleted the count fields of nodes whose
+/// heartbeat ran out (every node's, after an outage longer than 6 s), and a node wrote again
+/// only the counts that changed, so `waiting` under-counted for up to a minute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_recovers_after_a_redis_outage_longer_than_a_heartbeat() {
     if !require_redis() {
@@ -966,9 +962,8 @@ async fn waiting_recovers_after_a_redis_outage_longer_than_a_heartbeat() {
     assert_settled(settled, 3);
 }
 
-/// KNOWN FAILING on main 81bb49a: `hints::resync` reads its pipeline (one `HGET` of the
-/// epoch, then one `HMGET` per local id) into a 2-tuple, so a node holding two or more ids
-/// fails every resync with "Array response of wrong dimension" and repairs nothing.
+/// Found a bug (fixed): `hints::resync` read its pipeline (the epoch, then one `HMGET` per
+/// local id) into a 2-tuple, so a node holding two or more ids repaired nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifies_made_while_the_subscriber_link_is_cut_still_reach_the_waiters() {
     if !require_redis() {
@@ -1036,9 +1031,8 @@ async fn notifies_made_while_the_subscriber_link_is_cut_still_reach_the_waiters(
     eprintln!("repaired {took:?} after subscribing was possible again");
 }
 
-/// KNOWN FAILING on main 81bb49a: `hints::resync` reads its pipeline (one `HGET` of the
-/// epoch, then one `HMGET` per local id) into a 2-tuple, so a node holding two or more ids
-/// fails every resync with "Array response of wrong dimension" and repairs nothing.
+/// Found a bug (fixed): `hints::resync` read its pipeline (the epoch, then one `HMGET` per
+/// local id) into a 2-tuple, so a node holding two or more ids repaired nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_that_goes_silent_is_found_by_its_probe_and_repaired() {
     if !require_redis() {

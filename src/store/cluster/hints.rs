@@ -226,11 +226,17 @@ pub async fn resync(cluster: Arc<Cluster>, only: Option<u32>) {
                         .arg(id_key(id.as_str()))
                         .arg(&["a", "s", "v"]);
                 }
-                pipe.query_async::<(
-                    Option<String>,
-                    Vec<(Option<String>, Option<u64>, Option<String>)>,
-                )>(&mut conn.redis)
-                    .await
+                // One reply per command: the epoch, then one (app, seq, info) per id.
+                let mut replies = pipe
+                    .query_async::<Vec<redis::Value>>(&mut conn.redis)
+                    .await?
+                    .into_iter();
+                let epoch: Option<String> =
+                    redis::from_redis_value(replies.next().unwrap_or(redis::Value::Nil))?;
+                let values = replies
+                    .map(redis::from_redis_value::<(Option<String>, Option<u64>, Option<String>)>)
+                    .collect::<Result<Vec<_>, _>>()?;
+                redis::RedisResult::Ok((epoch, values))
             })
             .await;
         let (epoch, values) = match read {
@@ -250,5 +256,10 @@ pub async fn resync(cluster: Arc<Cluster>, only: Option<u32>) {
                 slot.apply(seq, info.as_deref(), epoch);
             }
         }
+    }
+    if only.is_none() {
+        // After a reconnect: Redis may have forgotten this node's counts (a restart, or its
+        // heartbeat ran out during the outage); write them all again.
+        cluster.report_waiters(true).await;
     }
 }

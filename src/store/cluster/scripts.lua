@@ -24,19 +24,21 @@ local function gcra(key, now, rate, burst)
   return 0
 end
 
--- The waiters of every live node on the id at `key`; fields of nodes whose heartbeat ran
--- out are deleted on the way.
+-- The waiters of every live node on the id at `key`. A node whose heartbeat ran out is not
+-- counted, but its field is kept: it may only have been cut off for a while, and it does not
+-- write counts that did not change. Fields of nodes gone for an hour (the heartbeat script
+-- forgets them) are deleted on the way.
 local function waiting(key, nodes, now)
   local fields = redis.call('HGETALL', key)
   local sum = 0
   for i = 1, #fields, 2 do
     local f = fields[i]
     if string.sub(f, 1, 2) == 'w.' then
-      local alive = tonumber(redis.call('HGET', nodes, string.sub(f, 3)) or '0')
-      if alive > now then
-        sum = sum + tonumber(fields[i + 1])
-      else
+      local alive = redis.call('HGET', nodes, string.sub(f, 3))
+      if not alive then
         redis.call('HDEL', key, f)
+      elseif tonumber(alive) > now then
+        sum = sum + tonumber(fields[i + 1])
       end
     end
   end
