@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::events::{EventReader, data};
 use crate::support::faultproxy::FaultProxy;
-use crate::support::redis::{Fsync, RedisOptions, RedisServer, require_redis};
+use crate::support::redis::{Fsync, RedisOptions, RedisServer, Sentinel, require_redis};
 use crate::support::{self, KEY, KEY_TWO, TestServer, error_code};
 
 /// How long anything that should happen "within seconds" may take before a test fails.
@@ -1225,5 +1225,86 @@ async fn a_slow_redis_makes_requests_fail_in_time_never_hang() {
         "unready within {unready_after:?} of the delay, ready {back:?} after it ended; \
          {} of {refused} refused notifies ran after all",
         last - 1
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// High availability
+
+/// Redis Sentinel, a master and a replica that lags (paused while the master takes two more
+/// notifies), then the master killed: Sentinel promotes the replica, the nodes follow it
+/// without a restart (they find it through Sentinel), and a page whose cursor is from before
+/// the failover is told `reset` with the value the new master has, then gets the next notify:
+/// never silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_to_a_lagging_replica_resets_pages_and_the_nodes_follow_it() {
+    if !require_redis() {
+        return;
+    }
+    let mut master = RedisServer::start(RedisOptions::default()).await;
+    // Replication goes through a proxy, so that the replica can be made to lag for real (a
+    // paused replica would still find the writes in its socket buffer when resumed).
+    let link = FaultProxy::start(master.addr());
+    let replica = RedisServer::start(RedisOptions::default().replica_of(link.port())).await;
+    replica.wait_synced().await;
+    let sentinel = Sentinel::start(master.port(), "callhome", 1).await;
+    sentinel.wait_for_replicas(1).await;
+    let sentinels = vec![sentinel.addr().to_string()];
+    let [a, b] = nodes("redis://unused/", ["a", "b"], |c| {
+        c.store.redis_url = None;
+        c.store.redis_sentinels.clone_from(&sentinels);
+        c.store.redis_master_name = Some("callhome".into());
+    })
+    .await;
+
+    let id = a.new_id().await;
+    for n in 1..=3 {
+        assert_eq!(a.notify(KEY, &id, &format!("v{n}")).await.status(), 200);
+    }
+    let (_, first) = poll(&b, &id, 0, Some(0)).await;
+    let before = first["epoch"].as_u64().expect("an epoch");
+    // Let the replica have seq 3, then cut it off: seq 4 and 5 reach the master only.
+    within(WAIT, "the replica at seq 3", async || {
+        (replica.cmd(&["HGET", &format!("ch:i:{id}"), "s"]).await == "3").then_some(())
+    })
+    .await;
+    link.blackhole(true);
+    for n in 4..=5 {
+        assert_eq!(a.notify(KEY, &id, &format!("v{n}")).await.status(), 200);
+    }
+    let page = poller(&b, &id, 5, Some(before), "final");
+    until_waiting(&a, &id, 1).await;
+
+    let old = master.addr();
+    master.kill();
+    let (new, took) = sentinel
+        .wait_master_change(old, Duration::from_secs(30))
+        .await;
+    assert_eq!(new.port(), replica.port());
+    eprintln!("sentinel promoted the replica {took:?} after the master was killed");
+    // The nodes find the new master by themselves.
+    until_ready(&a, StatusCode::OK, WAIT).await;
+    until_ready(&b, StatusCode::OK, WAIT).await;
+    let (notified, _) = within(WAIT, "a notify after the failover", async || {
+        let r = a.notify(KEY, &id, "final").await;
+        if r.status() == StatusCode::OK {
+            Some(r.json::<Value>().await.unwrap())
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            None
+        }
+    })
+    .await;
+    // The promoted replica never had seq 4 and 5.
+    assert_eq!(notified["seq"], 4, "{notified}");
+
+    let answers = join(page, WAIT, "the page's polls").await;
+    let last = answers.last().unwrap();
+    assert_eq!((&last["seq"], &last["info"]), (&json!(4), &json!("final")));
+    let after = last["epoch"].as_u64().unwrap();
+    assert_ne!(after, before, "a promoted replica is a new epoch");
+    assert!(
+        answers.iter().any(|v| v["reset"] == true),
+        "the page was told to reset: {answers:?}"
     );
 }
