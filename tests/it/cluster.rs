@@ -1308,3 +1308,215 @@ async fn a_failover_to_a_lagging_replica_resets_pages_and_the_nodes_follow_it() 
         "the page was told to reset: {answers:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Nodes that die
+
+/// The real binary as a cluster node on the Redis at `url`, on the shipped config with every
+/// rate limit off (run through `env`, which `exec`s it, so the PID is the daemon's).
+fn daemon_node(url: &str, name: &str) -> support::Daemon {
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/callhome.toml");
+    let vars = [
+        "CALLHOME_STORE__BACKEND=redis".to_owned(),
+        format!("CALLHOME_STORE__REDIS_URL={url}"),
+        format!("CALLHOME_STORE__NODE_NAME={name}"),
+        "CALLHOME_RATE_LIMITS__BROWSER_PER_IP__PER_SECOND=0".to_owned(),
+        "CALLHOME_RATE_LIMITS__CREATE_PER_APP__PER_SECOND=0".to_owned(),
+        "CALLHOME_RATE_LIMITS__NOTIFY_PER_APP__PER_SECOND=0".to_owned(),
+        "CALLHOME_LIMITS__MAX_WAITERS_PER_ID=2000".to_owned(),
+    ];
+    let mut wrapper: Vec<&std::ffi::OsStr> = vec![std::ffi::OsStr::new("env")];
+    wrapper.extend(vars.iter().map(std::ffi::OsStr::new));
+    support::Daemon::start_wrapped(&wrapper, &config, "127.0.0.1:0", None, &[])
+}
+
+/// A node killed with `kill -9` while 1,000 clients wait on it: they come back through the
+/// other node with their cursors and get the value notified meanwhile, and `waiting` forgets
+/// the dead node's clients within 10 s (its heartbeat runs out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_with_kill_9_loses_its_clients_to_the_other_and_waiting_recovers() {
+    const CLIENTS: usize = 1_000;
+    const KEY_DEMO: &str = "demo-key-change-me-0123456789";
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start(RedisOptions::default()).await;
+    let a = daemon_node(&redis.url(), "a");
+    let mut b = daemon_node(&redis.url(), "b");
+    let client = support::client();
+    let base = |d: &support::Daemon| format!("http://{}", d.addr);
+    let created: Value = client
+        .post(format!("{}/v1/ids", base(&a)))
+        .bearer_auth(KEY_DEMO)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let status = async |node: &support::Daemon| -> Value {
+        client
+            .get(format!("{}/v1/ids/{id}", base(node)))
+            .bearer_auth(KEY_DEMO)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+
+    // 1,000 polls held on B; each, when B dies, polls A from the same cursor.
+    let polls: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (client, on_b, on_a) = (client.clone(), base(&b), base(&a));
+            let path = format!("/v1/poll?id={id}&since=0");
+            tokio::spawn(async move {
+                match client.get(format!("{on_b}{path}")).send().await {
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        ("b", r.json::<Value>().await.unwrap())
+                    }
+                    _ => {
+                        let r = client.get(format!("{on_a}{path}")).send().await.unwrap();
+                        assert_eq!(r.status(), StatusCode::OK);
+                        ("a", r.json::<Value>().await.unwrap())
+                    }
+                }
+            })
+        })
+        .collect();
+    within(WAIT, "1,000 waiting on B", async || {
+        (status(&a).await["waiting"] == CLIENTS).then_some(())
+    })
+    .await;
+
+    b.send_signal("KILL");
+    let killed = Instant::now();
+    assert!(!b.wait_exit(), "killed, not exited");
+    // The clients are back, on A (its own gauge, not the cluster's sum), waiting from seq 0.
+    let metrics = format!("{}/metrics", base(&a));
+    within(WAIT, "the clients back on A", async || {
+        let text = client
+            .get(&metrics)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let line = format!("callhome_waiting{{transport=\"poll\"}} {CLIENTS}");
+        text.lines().any(|l| l == line).then_some(())
+    })
+    .await;
+    let r = client
+        .post(format!("{}/v1/ids/{id}/notify", base(&a)))
+        .bearer_auth(KEY_DEMO)
+        .json(&json!({"info": "after the kill"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut on_a = 0;
+    for poll in polls {
+        let (node, value) = tokio::time::timeout(WAIT, poll).await.unwrap().unwrap();
+        assert_eq!(value, json!({"seq": 1, "info": "after the kill"}));
+        on_a += usize::from(node == "a");
+    }
+    assert_eq!(on_a, CLIENTS, "every client came back through A");
+    // Nobody waits any more, and B's 1,000 are not counted (its heartbeat ran out).
+    within(WAIT, "waiting back to 0", async || {
+        (status(&a).await["waiting"] == 0).then_some(())
+    })
+    .await;
+    let took = killed.elapsed();
+    eprintln!("waiting right again {took:?} after the kill");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+/// Redis killed (`SIGKILL`, AOF with `appendfsync always`) during 10,000 concurrent notifies
+/// over 50 ids: every notify is answered, `200` with its `seq` or `503
+/// backplane_unavailable`, never anything else; no `seq` is acknowledged twice; and after the
+/// restart every id holds at least the newest `seq` acknowledged for it (an acknowledged
+/// notify was really done).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_during_10_000_notifies_leaves_every_answer_true() {
+    const NOTIFIES: usize = 10_000;
+    const IDS: usize = 50;
+    if !require_redis() {
+        return;
+    }
+    let mut redis = RedisServer::start(RedisOptions::default().aof(Fsync::Always)).await;
+    let [a] = nodes(&redis.url(), ["a"], |_| {}).await;
+    let mut ids = Vec::new();
+    for _ in 0..IDS {
+        ids.push(a.new_id().await);
+    }
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(256));
+    let notifies: Vec<_> = (0..NOTIFIES)
+        .map(|n| {
+            let (client, url) = (
+                a.client.clone(),
+                a.url(&format!("/v1/ids/{}/notify", ids[n % IDS])),
+            );
+            let (answered, limit) = (answered.clone(), limit.clone());
+            tokio::spawn(async move {
+                let _permit = limit.acquire().await.unwrap();
+                let r = client
+                    .post(url)
+                    .bearer_auth(KEY)
+                    .json(&json!({"info": format!("n{n}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status();
+                let body: Value = r.json().await.unwrap();
+                answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                (n % IDS, status, body)
+            })
+        })
+        .collect();
+    within(WAIT, "a third of the notifies answered", async || {
+        (answered.load(std::sync::atomic::Ordering::Relaxed) >= NOTIFIES / 3).then_some(())
+    })
+    .await;
+    redis.kill();
+    let mut acknowledged: Vec<Vec<u64>> = vec![Vec::new(); IDS];
+    let (mut ok, mut refused) = (0, 0);
+    for notify in notifies {
+        let (id, status, body) = tokio::time::timeout(WAIT, notify).await.unwrap().unwrap();
+        match status {
+            StatusCode::OK => {
+                ok += 1;
+                acknowledged[id].push(body["seq"].as_u64().unwrap());
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                refused += 1;
+                assert_eq!(body["error"]["code"], "backplane_unavailable", "{body}");
+            }
+            other => panic!("a notify answered {other}: {body}"),
+        }
+    }
+    eprintln!("{ok} acknowledged, {refused} refused");
+    assert!(ok >= NOTIFIES / 3 && refused > 0, "{ok} / {refused}");
+    redis.restart().await;
+    until_ready(&a, StatusCode::OK, WAIT).await;
+    for (n, seqs) in acknowledged.iter_mut().enumerate() {
+        seqs.sort_unstable();
+        let unique = seqs.len();
+        seqs.dedup();
+        assert_eq!(seqs.len(), unique, "a seq acknowledged twice on id {n}");
+        let (held, _) = within(WAIT, "the id's status", async || {
+            let r = status(&a, &ids[n]).await;
+            (r.status() == StatusCode::OK).then(|| async { r.json::<Value>().await.unwrap() })
+        })
+        .await;
+        let held = held.await["seq"].as_u64().unwrap();
+        let newest = seqs.last().copied().unwrap_or(0);
+        assert!(
+            held >= newest,
+            "id {n}: Redis holds seq {held}, {newest} was acknowledged"
+        );
+    }
+}
