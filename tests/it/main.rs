@@ -8,6 +8,7 @@ mod binary;
 mod browser;
 mod browser_side;
 mod cluster;
+mod cluster_front;
 mod concurrency;
 mod demo;
 mod differential;

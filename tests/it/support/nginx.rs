@@ -33,6 +33,13 @@ impl Nginx {
     /// nginx in front of the CallHome at `upstream`, listening once this returns; `None` (with
     /// a note on stderr) when nginx is not installed and this is not CI.
     pub async fn start(upstream: SocketAddr) -> Option<Self> {
+        Self::start_many(&[upstream]).await
+    }
+
+    /// nginx in front of every CallHome in `upstreams` (one `server` line each in the
+    /// `upstream callhome` block, nginx's default round robin, no sticky sessions), as
+    /// [`Nginx::start`].
+    pub async fn start_many(upstreams: &[SocketAddr]) -> Option<Self> {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let path = std::env::var_os("NGINX").map_or_else(|| PathBuf::from(NGINX), PathBuf::from);
         if !path.is_file() {
@@ -53,7 +60,7 @@ impl Nginx {
         // so and exits (its drop removes the directory), and a fresh port is tried.
         for _ in 0..3 {
             let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let site = site_config(addr, upstream);
+            let site = site_config(addr, upstreams);
             let mut nginx = Self::spawn(&path, &dir, addr, &site);
             match nginx.wait_listening().await {
                 Ok(()) => return Some(nginx),
@@ -142,9 +149,21 @@ impl Drop for Nginx {
 /// The shipped site config with its two documented placeholder lines replaced: the upstream
 /// server and the listen port. Fails if either is not in the file exactly once, so the file
 /// cannot drift away from what this test runs.
-pub fn site_config(listen: SocketAddr, upstream: SocketAddr) -> String {
+///
+/// The upstream placeholder becomes one `server` line per address of `upstreams`, in order.
+pub fn site_config(listen: SocketAddr, upstreams: &[SocketAddr]) -> String {
+    assert!(!upstreams.is_empty(), "nginx needs at least one upstream");
+    let indent = SITE
+        .lines()
+        .find(|l| l.trim() == "server 127.0.0.1:8080;")
+        .map_or("", |l| &l[..l.len() - l.trim_start().len()]);
+    let servers = upstreams
+        .iter()
+        .map(|u| format!("server {u};"))
+        .collect::<Vec<_>>()
+        .join(&format!("\n{indent}"));
     let placeholders = [
-        ("server 127.0.0.1:8080;", format!("server {upstream};")),
+        ("server 127.0.0.1:8080;", servers),
         ("listen 80;", format!("listen {listen};")),
     ];
     for (placeholder, _) in &placeholders {
