@@ -163,7 +163,7 @@ struct Left(Option<Arc<Cluster>>);
 impl Drop for Left {
     fn drop(&mut self) {
         if let Some(cluster) = &self.0 {
-            cluster.waiter_left();
+            cluster.waiters_changed();
         }
     }
 }

@@ -224,8 +224,14 @@ impl Cluster {
             .map(|counts| counts.iter().sum())
     }
 
-    /// A client gave up its waiting place: the counts are written soon (coalesced).
-    pub fn waiter_left(&self) {
+    /// Clients waiting on `id` on this node right now.
+    fn local_waiters(&self, id: &str) -> u32 {
+        self.local.get(id).map_or(0, |slot| slot.waiting())
+    }
+
+    /// This node's count of clients on an id changed: the counts are written soon
+    /// (coalesced).
+    pub fn waiters_changed(&self) {
         self.counts_changed.notify_one();
     }
 
@@ -312,6 +318,8 @@ impl Cluster {
                     .arg(self.notify_rate.per_second)
                     .arg(self.notify_rate.burst.max(1))
                     .arg(id)
+                    .arg(&self.node)
+                    .arg(self.local_waiters(id))
                     .invoke_async(&mut conn.redis)
                     .await
             })
@@ -377,6 +385,8 @@ impl Cluster {
                     .key(id_key(id))
                     .key(NODES_KEY)
                     .arg(&**app.name())
+                    .arg(&self.node)
+                    .arg(self.local_waiters(id))
                     .invoke_async(&mut conn.redis)
                     .await
             })
@@ -431,10 +441,15 @@ impl Cluster {
             && let Some(latest) = slot.newer_than(since)
         {
             // The count written above included this client; put it right soon.
-            self.waiter_left();
+            self.waiters_changed();
             return Ok(Watched::Now(latest));
         }
-        Ok(Watched::Waiting(slot.join(max_waiters)))
+        let joined = slot.join(max_waiters);
+        if slot.waiting() != waiters {
+            // Another client joined (or left) between the count written and this join.
+            self.waiters_changed();
+        }
+        Ok(Watched::Waiting(joined))
     }
 
     /// This node's slot for `id`, made when missing (or when the one held was closed).
@@ -556,32 +571,10 @@ impl Cluster {
                 changed.push((entry.key().clone(), now));
             }
         }
-        // Ids nobody waits on any more: one pipelined HDEL per batch (on a deleted id it
-        // does nothing; a script would cost more and a HSET could bring the key back).
-        let (gone, held): (Vec<_>, Vec<_>) = changed.into_iter().partition(|(_, n)| *n == 0);
-        let field = format!("w.{}", self.node);
-        for chunk in gone.chunks(512) {
-            let field = &field;
-            let cleared = self
-                .link
-                .call(|mut conn| async move {
-                    let mut pipe = redis::pipe();
-                    for (id, _) in chunk {
-                        pipe.cmd("HDEL")
-                            .arg(id_key(id.as_str()))
-                            .arg(field)
-                            .ignore();
-                    }
-                    pipe.exec_async(&mut conn.redis).await
-                })
-                .await;
-            if cleared.is_ok() {
-                for (id, _) in chunk {
-                    self.reported.remove(id);
-                }
-            }
-        }
-        for chunk in held.chunks(512) {
+        // A touch each (concurrent, so pipelined on the one connection): the end of a wait is
+        // activity too, as with the memory engine, and the touch keeps the id's TTL and its
+        // place in the app's set together.
+        for chunk in changed.chunks(512) {
             let touches = chunk.iter().map(|(id, n)| async move {
                 match self.touch(id.as_str(), Some(*n)).await {
                     Ok(_) => {

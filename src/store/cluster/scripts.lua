@@ -27,13 +27,15 @@ end
 -- The waiters of every live node on the id at `key`. A node whose heartbeat ran out is not
 -- counted, but its field is kept: it may only have been cut off for a while, and it does not
 -- write counts that did not change. Fields of nodes gone for an hour (the heartbeat script
--- forgets them) are deleted on the way.
-local function waiting(key, nodes, now)
+-- forgets them) are deleted on the way. The calling node's own count is the one it passes
+-- (exact now), not the one it last wrote.
+local function waiting(key, nodes, now, self_node, self_count)
   local fields = redis.call('HGETALL', key)
-  local sum = 0
+  local sum = tonumber(self_count)
+  local own = 'w.' .. self_node
   for i = 1, #fields, 2 do
     local f = fields[i]
-    if string.sub(f, 1, 2) == 'w.' then
+    if f ~= own and string.sub(f, 1, 2) == 'w.' then
       local alive = redis.call('HGET', nodes, string.sub(f, 3))
       if not alive then
         redis.call('HDEL', key, f)
@@ -76,7 +78,7 @@ return {'ok'}
 
 --@ notify
 -- KEYS: id hash, the app's id set, the app's notify bucket, partition counters, epoch, nodes
--- ARGV: app, info, idle ttl ms, partition, channel, rate, burst, id
+-- ARGV: app, info, idle ttl ms, partition, channel, rate, burst, id, node, its waiters
 local now = now_ms()
 local wait = gcra(KEYS[3], now, tonumber(ARGV[6]), tonumber(ARGV[7]))
 if wait > 0 then return {'rate', tostring(wait)} end
@@ -89,7 +91,7 @@ redis.call('ZADD', KEYS[2], 'XX', now + ttl, ARGV[8])
 local hv = redis.call('HINCRBY', KEYS[4], ARGV[4], 1)
 local ep = epoch(KEYS[5])
 redis.call('PUBLISH', ARGV[5], hv .. '|n|' .. seq .. '|' .. ep .. '|' .. now .. '|' .. ARGV[8] .. '|' .. ARGV[2])
-return {'ok', tostring(seq), tostring(waiting(KEYS[1], KEYS[6], now)), ep}
+return {'ok', tostring(seq), tostring(waiting(KEYS[1], KEYS[6], now, ARGV[9], ARGV[10])), ep}
 
 --@ delete
 -- KEYS: id hash, the app's id set, partition counters, epoch
@@ -124,11 +126,11 @@ return {r[1], r[2] or '', r[3], r[4] or '', epoch(KEYS[2])}
 
 --@ status
 -- KEYS: id hash, nodes
--- ARGV: app
+-- ARGV: app, node, its waiters
 local r = redis.call('HMGET', KEYS[1], 'a', 'o', 's', 'c')
 if r[1] ~= ARGV[1] then return {} end
 local now = now_ms()
-return {r[2] or '', r[3], r[4], tostring(redis.call('PTTL', KEYS[1])), tostring(waiting(KEYS[1], KEYS[2], now))}
+return {r[2] or '', r[3], r[4], tostring(redis.call('PTTL', KEYS[1])), tostring(waiting(KEYS[1], KEYS[2], now, ARGV[2], ARGV[3]))}
 
 --@ heartbeat
 -- KEYS: nodes. ARGV: node, how long it counts as alive (ms)
