@@ -449,46 +449,47 @@ impl Metrics {
             ["ok", "error"],
         );
 
-        let backplane = Backplane {
-            up: Gauge::default(),
-            reconnects: Counter::default(),
-            resyncs: Counter::default(),
-            hint_gaps: Counter::default(),
-            probe_timeouts: Counter::default(),
-            // 100 us to ~26 s.
-            hint_lag: Histogram::new(exponential_buckets(0.000_1, 2.0, 19)),
-        };
+        let up = Gauge::default();
         registry.register(
             "backplane_up",
             "1 while the Redis command link and hint subscription both work",
-            backplane.up.clone(),
+            up.clone(),
         );
-        registry.register(
-            "backplane_reconnects",
-            "Redis connections made again after a failure",
-            backplane.reconnects.clone(),
-        );
-        registry.register(
-            "backplane_resyncs",
-            "Times this node read its ids back from Redis (after a reconnect, a gap or a failed probe)",
-            backplane.resyncs.clone(),
-        );
-        registry.register(
-            "backplane_hint_gaps",
-            "Hints found missing by their partition counter",
-            backplane.hint_gaps.clone(),
-        );
-        registry.register(
-            "backplane_probe_timeouts",
-            "Subscriber liveness probes that did not come back in time",
-            backplane.probe_timeouts.clone(),
-        );
-        registry.register_with_unit(
-            "backplane_hint_lag",
-            "Time from a notify in Redis to its hint reaching this node",
-            Unit::Seconds,
-            backplane.hint_lag.clone(),
-        );
+        let backplane = Backplane {
+            up,
+            reconnects: counter(
+                &mut registry,
+                "backplane_reconnects",
+                "Redis connections made again after a failure",
+            ),
+            resyncs: counter(
+                &mut registry,
+                "backplane_resyncs",
+                "Times this node read its ids back from Redis (after a reconnect, a gap or a \
+                 failed probe)",
+            ),
+            hint_gaps: counter(
+                &mut registry,
+                "backplane_hint_gaps",
+                "Hints found missing by their partition counter",
+            ),
+            probe_timeouts: counter(
+                &mut registry,
+                "backplane_probe_timeouts",
+                "Subscriber liveness probes that did not come back in time",
+            ),
+            hint_lag: {
+                // 100 us to ~26 s.
+                let hint_lag = Histogram::new(exponential_buckets(0.000_1, 2.0, 19));
+                registry.register_with_unit(
+                    "backplane_hint_lag",
+                    "Time from a notify in Redis to its hint reaching this node",
+                    Unit::Seconds,
+                    hint_lag.clone(),
+                );
+                hint_lag
+            },
+        };
 
         Self {
             backplane,
