@@ -28,6 +28,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::Router;
@@ -50,7 +51,7 @@ use crate::permit::Permit;
 use crate::request_id::{self, RequestId, X_REQUEST_ID};
 use crate::routes::common_headers;
 use crate::state::AppState;
-use crate::transport::Held;
+use crate::transport::{self, Held};
 use handoff::Mode;
 use head::{BodyLength, Head, MAX_HEAD, Parsed, Refusal, parse, path, query};
 use response::{Answering, BodyFraming};
@@ -437,14 +438,30 @@ impl Connection {
         // The answer first: a client that sent its request and half-closed its side (FIN, as
         // `printf ... | nc` does) still gets an answer that is ready at once, or (with an
         // engine across the network) once the engine has answered.
+        let mut began = false;
         tokio::select! {
             biased;
-            response = &mut respond => return (Some(response), After::KeepAlive),
+            response = std::future::poll_fn(|cx| {
+                transport::poll_noting_wait(respond.as_mut(), cx, &mut began)
+            }) => return (Some(response), After::KeepAlive),
             () = closed(&self.stream, &mut self.buf) => {}
         }
+        // The client has gone, or half-closed its side. A lookup still in flight (Redis) may
+        // finish for it; a wait that has begun is given up at once, so its place is free for
+        // the next client (as with the memory engine, whose lookups never wait).
         let grace = state.store.lookup_bound();
-        match tokio::time::timeout(grace, respond).await {
-            Ok(response) if !grace.is_zero() => (Some(response), After::Close),
+        if began || grace.is_zero() {
+            return (None, After::Gone);
+        }
+        let lookup = std::future::poll_fn(|cx| {
+            match transport::poll_noting_wait(respond.as_mut(), cx, &mut began) {
+                Poll::Ready(response) => Poll::Ready(Some(response)),
+                Poll::Pending if began => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            }
+        });
+        match tokio::time::timeout(grace, lookup).await {
+            Ok(Some(response)) => (Some(response), After::Close),
             _ => (None, After::Gone),
         }
     }

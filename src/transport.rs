@@ -11,7 +11,10 @@ mod iframe;
 mod poll;
 mod script;
 
+use std::cell::Cell;
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -157,6 +160,27 @@ impl<'a> Value<'a> {
     }
 }
 
+thread_local! {
+    /// Set when a browser's wait takes its place on a slot, read by [`poll_noting_wait`].
+    static BEGAN_WAITING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Polls `respond` (a [`Held::respond`]) once; `began` becomes true when it has taken a
+/// waiting place, now or before. So the lean path tells a lookup still in flight (worth
+/// finishing for a client that half-closed its side) from a wait nobody will see the end of,
+/// with nothing stored per request: the flag is set and read within this one poll, on this
+/// thread.
+pub fn poll_noting_wait<F: Future>(
+    respond: Pin<&mut F>,
+    cx: &mut Context<'_>,
+    began: &mut bool,
+) -> Poll<F::Output> {
+    BEGAN_WAITING.set(false);
+    let poll = respond.poll(cx);
+    *began |= BEGAN_WAITING.get();
+    poll
+}
+
 /// Charges one request to the client's rate limit, when the client is known.
 fn admit(state: &AppState, client: Option<IpAddr>) -> Result<(), ApiError> {
     client.map_or(Ok(()), |ip| state.limiters.browser(ip))
@@ -174,6 +198,7 @@ async fn watch(state: &AppState, id: &str, since: Cursor, hold: Hold) -> Result<
         Watch::Now(latest) => Begun::Now(latest),
         Watch::Waiting { held, released } => {
             state.metrics.waiters_released.inc_by(released as u64);
+            BEGAN_WAITING.set(true);
             Begun::Waiting(held)
         }
     })

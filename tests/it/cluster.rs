@@ -41,6 +41,7 @@ fn node(url: &str, name: &str, adjust: impl FnOnce(&mut Config)) -> TestServer {
         c.store.backend = Backend::Redis;
         c.store.redis_url = Some(RedisUrl::new(url.to_owned()));
         c.store.node_name = Some(name.to_owned());
+        c.store.command_timeout = COMMAND_TIMEOUT;
         adjust(c);
     })
 }

@@ -51,7 +51,8 @@ async fn a_thousand_waiting_ids_each_get_exactly_their_own_value() {
         let answer = answer.unwrap();
         assert_eq!(
             (answer["seq"].as_u64(), answer["waiting"].as_u64()),
-            (Some(1), Some(1))
+            (Some(1), Some(1)),
+            "{answer}"
         );
     }
 

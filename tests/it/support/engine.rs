@@ -12,6 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+/// `store.command_timeout` of the suite's servers on the Redis engine.
+pub const SUITE_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// True when this run's servers use the Redis engine.
 pub fn redis_engine() -> bool {
     std::env::var("CALLHOME_STORE__BACKEND").is_ok_and(|v| v == "redis")
