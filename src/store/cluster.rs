@@ -2,9 +2,10 @@
 //! waiting on every other (docs/cluster.md has the picture).
 //!
 //! What lives where:
-//! - **Redis** holds each id (`ch:i:<id>`: app, origin, seq, info, created, and each node's
-//!   count of waiting clients), each app's ids by expiry (`ch:app:<app>`, for exact quotas and
-//!   `max_ids`), the per-app rate buckets, the epoch and the live nodes. Every operation is
+//! - **Redis** holds each id (`ch:i:<id>`: app, origin, seq, info, created, its expiry
+//!   bucket, and each node's count of waiting clients), each app's count of ids per expiry
+//!   bucket (`ch:ab:<app>` and `ch:ae:<app>`, for exact quotas and `max_ids` with nothing per
+//!   id beside the id's own key), the per-app rate buckets, the epoch and the live nodes. Every operation is
 //!   one Lua script ([`scripts`]), so `seq` is assigned in one place and a notify's hint is
 //!   published in the same atomic step as its value: hints leave Redis in `seq` order.
 //! - **This node** holds only its waiting clients, on its own slots (the same [`Slot`] as the
@@ -59,13 +60,28 @@ const COALESCE_LEAVES: Duration = Duration::from_millis(20);
 const WAITERS_EVERY: Duration = Duration::from_millis(250);
 /// Local slots nobody waits on are forgotten after this long.
 const FORGET_AFTER: Duration = Duration::from_secs(30);
+/// Waiter counts written per script call.
+const REPORT_BATCH: usize = 512;
 
 fn id_key(id: &str) -> String {
     format!("ch:i:{id}")
 }
 
-fn app_key(app: &str) -> String {
-    format!("ch:app:{app}")
+/// The app's count of ids per expiry bucket (and `n`, its total).
+fn counts_key(app: &str) -> String {
+    format!("ch:ab:{app}")
+}
+
+/// The ends of the app's expiry buckets (a sorted set).
+fn ends_key(app: &str) -> String {
+    format!("ch:ae:{app}")
+}
+
+/// How finely idle expiry is kept: an id expires between `id_idle_ttl` and `id_idle_ttl`
+/// plus this after its last activity, and an id in steady use rewrites its TTL once per
+/// granule rather than at every notify or poll.
+fn granule(idle_ttl: Duration) -> Duration {
+    (idle_ttl / 64).clamp(Duration::from_millis(10), Duration::from_secs(60))
 }
 
 fn bucket_key(kind: &str, app: &str) -> String {
@@ -77,6 +93,7 @@ fn partition(id: &str) -> u32 {
 }
 
 fn channel(partition: u32) -> String {
+    // The scripts publish to `'ch:n:' .. partition` (scripts.lua).
     format!("ch:n:{partition}")
 }
 
@@ -92,9 +109,11 @@ pub struct Cluster {
     /// Waiter counts last written to Redis, by id.
     reported: DashMap<Id, u32>,
     idle_ttl: Duration,
+    /// [`granule`] of `idle_ttl`, in milliseconds.
+    granule_ms: u64,
     max_ids: usize,
     quotas: HashMap<Arc<str>, usize>,
-    /// Every app's id set, for `max_ids`.
+    /// Every app's counts and bucket ends, in pairs, for `max_ids`.
     app_keys: Vec<String>,
     create_rate: RateLimit,
     notify_rate: RateLimit,
@@ -151,12 +170,16 @@ impl Cluster {
             local: DashMap::with_shard_amount(64),
             reported: DashMap::new(),
             idle_ttl,
+            granule_ms: u64::try_from(granule(idle_ttl).as_millis()).unwrap_or(u64::MAX),
             max_ids,
             quotas: apps
                 .iter()
                 .map(|app| (Arc::clone(app.name()), app.max_ids()))
                 .collect(),
-            app_keys: apps.iter().map(|app| app_key(app.name())).collect(),
+            app_keys: apps
+                .iter()
+                .flat_map(|app| [counts_key(app.name()), ends_key(app.name())])
+                .collect(),
             create_rate: rates.create_per_app,
             notify_rate: rates.notify_per_app,
             subscribed: AtomicBool::new(false),
@@ -210,14 +233,13 @@ impl Cluster {
 
     /// Ids that exist in the whole cluster: every app's unexpired ids.
     pub async fn count(&self) -> Option<usize> {
-        let now = unix_millis();
         self.link
             .call(|mut conn| async move {
-                let mut pipe = redis::pipe();
+                let mut census = SCRIPTS.census.prepare_invoke();
                 for key in &self.app_keys {
-                    pipe.cmd("ZCOUNT").arg(key).arg(now).arg("+inf");
+                    census.key(key);
                 }
-                pipe.query_async::<Vec<usize>>(&mut conn.redis).await
+                census.invoke_async::<Vec<usize>>(&mut conn.redis).await
             })
             .await
             .ok()
@@ -266,7 +288,8 @@ impl Cluster {
                 let mut invocation = SCRIPTS.create.prepare_invoke();
                 invocation
                     .key(id_key(id.as_str()))
-                    .key(app_key(name))
+                    .key(counts_key(name))
+                    .key(ends_key(name))
                     .key(bucket_key("c", name));
                 for key in &self.app_keys {
                     invocation.key(key);
@@ -275,11 +298,11 @@ impl Cluster {
                     .arg(&**name)
                     .arg(origin_arg)
                     .arg(self.ttl_ms())
+                    .arg(self.granule_ms)
                     .arg(quota)
                     .arg(self.max_ids)
                     .arg(self.create_rate.per_second)
-                    .arg(self.create_rate.burst.max(1))
-                    .arg(id.as_str());
+                    .arg(self.create_rate.burst.max(1));
                 invocation.invoke_async(&mut conn.redis).await
             })
             .await
@@ -305,7 +328,8 @@ impl Cluster {
                 SCRIPTS
                     .notify
                     .key(id_key(id))
-                    .key(app_key(app.name()))
+                    .key(counts_key(app.name()))
+                    .key(ends_key(app.name()))
                     .key(bucket_key("n", app.name()))
                     .key(HINT_COUNTERS_KEY)
                     .key(EPOCH_KEY)
@@ -313,8 +337,8 @@ impl Cluster {
                     .arg(&**app.name())
                     .arg(info)
                     .arg(self.ttl_ms())
+                    .arg(self.granule_ms)
                     .arg(p)
-                    .arg(channel(p))
                     .arg(self.notify_rate.per_second)
                     .arg(self.notify_rate.burst.max(1))
                     .arg(id)
@@ -353,12 +377,12 @@ impl Cluster {
                 SCRIPTS
                     .delete
                     .key(id_key(id))
-                    .key(app_key(app.name()))
+                    .key(counts_key(app.name()))
+                    .key(ends_key(app.name()))
                     .key(HINT_COUNTERS_KEY)
                     .key(EPOCH_KEY)
                     .arg(&**app.name())
                     .arg(p)
-                    .arg(channel(p))
                     .arg(id)
                     .invoke_async(&mut conn.redis)
                     .await
@@ -484,11 +508,10 @@ impl Cluster {
                     .touch
                     .key(id_key(id))
                     .key(EPOCH_KEY)
-                    .key(NODES_KEY)
                     .arg(self.ttl_ms())
+                    .arg(self.granule_ms)
                     .arg(&self.node)
                     .arg(waiters.map(|n| n.to_string()).unwrap_or_default())
-                    .arg(id)
                     .invoke_async(&mut conn.redis)
                     .await
             })
@@ -571,24 +594,42 @@ impl Cluster {
                 changed.push((entry.key().clone(), now));
             }
         }
-        // A touch each (concurrent, so pipelined on the one connection): the end of a wait is
-        // activity too, as with the memory engine, and the touch keeps the id's TTL and its
-        // place in the app's set together.
-        for chunk in changed.chunks(512) {
-            let touches = chunk.iter().map(|(id, n)| async move {
-                match self.touch(id.as_str(), Some(*n)).await {
-                    Ok(_) => {
-                        if *n == 0 {
-                            self.reported.remove(id);
-                        } else {
-                            self.reported.insert(id.clone(), *n);
-                        }
+        // One script per batch: the end of a wait is activity too, as with the memory engine,
+        // so each id's TTL is kept with its count.
+        for chunk in changed.chunks(REPORT_BATCH) {
+            let gone = self
+                .link
+                .call(|mut conn| async move {
+                    let mut counts = SCRIPTS.counts.prepare_invoke();
+                    for (id, _) in chunk {
+                        counts.key(id_key(id.as_str()));
                     }
-                    Err(StoreError::UnknownId) => self.gone(id.as_str()),
-                    Err(_) => {}
+                    counts
+                        .arg(self.ttl_ms())
+                        .arg(self.granule_ms)
+                        .arg(&self.node);
+                    for (_, n) in chunk {
+                        counts.arg(*n);
+                    }
+                    counts.invoke_async::<Vec<usize>>(&mut conn.redis).await
+                })
+                .await;
+            let Ok(gone) = gone else {
+                // Written again at the next tick: `reported` still holds the old counts.
+                continue;
+            };
+            for (id, n) in chunk {
+                if *n == 0 {
+                    self.reported.remove(id);
+                } else {
+                    self.reported.insert(id.clone(), *n);
                 }
-            });
-            futures_util::future::join_all(touches).await;
+            }
+            for at in gone {
+                if let Some((id, _)) = at.checked_sub(1).and_then(|i| chunk.get(i)) {
+                    self.gone(id.as_str());
+                }
+            }
         }
     }
 

@@ -534,6 +534,53 @@ async fn an_id_nobody_waits_on_expires_on_every_node_and_one_waited_on_stays() {
     assert_eq!(answers, [json!({"seq": 1, "info": "news"})]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_ids_give_their_places_back_exactly_on_every_node() {
+    if !require_redis() {
+        return;
+    }
+    let ttl = Duration::from_secs(2);
+    let redis = RedisServer::start(RedisOptions::default()).await;
+    let [a, b, c] = nodes(&redis.url(), ["a", "b", "c"], |c| {
+        c.limits.id_idle_ttl = ttl;
+        c.limits.poll_timeout = Duration::from_secs(1);
+        c.limits.max_ids = 50;
+        c.apps[0].max_ids = Some(6);
+    })
+    .await;
+    let all = [&a, &b, &c];
+    let quota = |n| ((429, Some("app_quota_exceeded".to_owned())), n);
+    let created = |n| ((201, None), n);
+    let first = creates_at_once(&all, KEY, 20).await;
+    assert_eq!(first, BTreeMap::from([created(6), quota(14)]));
+    assert_eq!(metric(&b, "callhome_ids").await, 6);
+    let old_buckets = redis.cmd(&["ZRANGE", "ch:ae:one", "0", "-1"]).await;
+    assert!(!old_buckets.is_empty());
+
+    // Once they have expired (their TTL, rounded up to the end of their expiry bucket), the
+    // same places are free again: no more, no fewer.
+    let ((), _) = within(
+        ttl + Duration::from_secs(3),
+        "the ids expiring",
+        async || (redis.cmd(&["KEYS", "ch:i:*"]).await.is_empty()).then_some(()),
+    )
+    .await;
+    assert_eq!(metric(&c, "callhome_ids").await, 0);
+    let again = creates_at_once(&all, KEY, 20).await;
+    assert_eq!(again, BTreeMap::from([created(6), quota(14)]));
+    assert_eq!(redis.cmd(&["HGET", "ch:ab:one", "n"]).await, "6");
+    assert_eq!(metric(&a, "callhome_ids").await, 6);
+    // The buckets that ended are forgotten, with their counts.
+    let buckets = redis.cmd(&["ZRANGE", "ch:ae:one", "0", "-1"]).await;
+    for old in old_buckets.lines() {
+        assert!(
+            !buckets.lines().any(|b| b == old),
+            "bucket {old} outlived its ids"
+        );
+        assert_eq!(redis.cmd(&["HEXISTS", "ch:ab:one", old]).await, "0");
+    }
+}
+
 /// A create for `key` on `node`: its status and error code (`None` when created).
 async fn create(node: &TestServer, key: &str) -> (StatusCode, Option<String>) {
     let r = node.create(key, None).await;
@@ -580,12 +627,24 @@ async fn max_ids_and_the_app_quota_are_exact_under_creates_racing_over_three_nod
     // App two: the 20 left of max_ids.
     let outcomes = creates_at_once(&all, KEY_TWO, 200).await;
     assert_eq!(outcomes, BTreeMap::from([created(20), full(180)]));
-    assert_eq!(redis.cmd(&["ZCARD", "ch:app:one"]).await, "30");
-    assert_eq!(redis.cmd(&["ZCARD", "ch:app:two"]).await, "20");
+    // The apps' totals in Redis, and the ids themselves, agree.
+    assert_eq!(redis.cmd(&["HGET", "ch:ab:one", "n"]).await, "30");
+    assert_eq!(redis.cmd(&["HGET", "ch:ab:two", "n"]).await, "20");
+    let keys = redis.cmd(&["KEYS", "ch:i:*"]).await;
+    let mut owners = BTreeMap::new();
+    for key in keys.lines() {
+        let owner = redis.cmd(&["HGET", key, "a"]).await;
+        owners
+            .entry(owner)
+            .or_insert_with(Vec::new)
+            .push(key.to_owned());
+    }
+    assert_eq!(owners.values().map(Vec::len).collect::<Vec<_>>(), [30, 20]);
 
     // One delete frees exactly one place, wherever it is made and used.
-    let ids = redis.cmd(&["ZRANGE", "ch:app:one", "0", "0"]).await;
-    assert_eq!(delete(&b, KEY, &ids).await.status(), StatusCode::NO_CONTENT);
+    let id = owners["one"][0].strip_prefix("ch:i:").unwrap();
+    assert_eq!(delete(&b, KEY, id).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(redis.cmd(&["HGET", "ch:ab:one", "n"]).await, "29");
     let outcomes = creates_at_once(&all, KEY, 10).await;
     assert_eq!(outcomes, BTreeMap::from([created(1), quota(9)]));
     let outcomes = creates_at_once(&all, KEY_TWO, 10).await;

@@ -291,6 +291,12 @@ impl Link {
                 .arg(fresh)
                 .invoke_async(&mut conn)
                 .await?;
+            // Loaded before the first request: a burst of requests on a Redis that lacks the
+            // scripts (a new one, a restart, a `SCRIPT FLUSH`) would otherwise each get
+            // `NOSCRIPT` and send the script's text again.
+            for script in SCRIPTS.all() {
+                script.load_async(&mut conn).await?;
+            }
             let check = client
                 .get_multiplexed_async_connection_with_config(&config)
                 .await?;

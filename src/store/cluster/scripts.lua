@@ -24,13 +24,62 @@ local function gcra(key, now, rate, burst)
   return 0
 end
 
--- The waiters of every live node on the id at `key`. A node whose heartbeat ran out is not
--- counted, but its field is kept: it may only have been cut off for a while, and it does not
--- write counts that did not change. Fields of nodes gone for an hour (the heartbeat script
--- forgets them) are deleted on the way. The calling node's own count is the one it passes
--- (exact now), not the one it last wrote.
-local function waiting(key, nodes, now, self_node, self_count)
-  local fields = redis.call('HGETALL', key)
+-- Expiry in buckets. An id's key expires at the end of its bucket (field `x`, ms since the
+-- epoch, a multiple of the granule), and each app counts its ids per bucket: `counts` is a
+-- hash of bucket end -> ids, with `n` the app's total, and `ends` a sorted set of the bucket
+-- ends. A bucket is forgotten once it has ended, with the ids that expired in it, so the
+-- totals stay exact with nothing per id beside the id's own key; and an id touched again and
+-- again moves (rewrites its TTL) once per granule, not at every notify.
+local function bucket_end(now, ttl, granule)
+  return math.ceil((now + ttl) / granule) * granule
+end
+
+-- Forgets the buckets of `counts`/`ends` that ended before `now`; returns the live total.
+local function prune(counts, ends, now)
+  local over = redis.call('ZRANGEBYSCORE', ends, '-inf', '(' .. now)
+  if #over > 0 then
+    local lost = 0
+    for _, e in ipairs(over) do
+      lost = lost + (tonumber(redis.call('HGET', counts, e)) or 0)
+      redis.call('HDEL', counts, e)
+    end
+    redis.call('ZREMRANGEBYSCORE', ends, '-inf', '(' .. now)
+    return redis.call('HINCRBY', counts, 'n', -lost)
+  end
+  return tonumber(redis.call('HGET', counts, 'n')) or 0
+end
+
+-- Takes the id out of bucket `x` (false: in none, or in one already forgotten); returns
+-- whether it was counted there.
+local function unbucket(counts, ends, x)
+  if not x or redis.call('HEXISTS', counts, x) == 0 then return false end
+  if redis.call('HINCRBY', counts, x, -1) <= 0 then
+    redis.call('HDEL', counts, x)
+    redis.call('ZREM', ends, x)
+  end
+  return true
+end
+
+-- Activity on the id at `key`, now in bucket `x`: it lives for another `ttl`, rounded up to
+-- its bucket's end. Nothing is written while that is still the same bucket.
+local function keep(key, counts, ends, x, now, ttl, granule)
+  local e = bucket_end(now, ttl, granule)
+  local name = string.format('%.0f', e)
+  if x == name then return end
+  -- An id whose bucket was forgotten (it ended as this script began) is counted anew.
+  if not unbucket(counts, ends, x) then redis.call('HINCRBY', counts, 'n', 1) end
+  redis.call('HINCRBY', counts, name, 1)
+  redis.call('ZADD', ends, e, name)
+  redis.call('HSET', key, 'x', name)
+  redis.call('PEXPIREAT', key, e)
+end
+
+-- The waiters of every live node, from the id's `fields` (HGETALL). A node whose heartbeat
+-- ran out is not counted, but its field is kept: it may only have been cut off for a while,
+-- and it does not write counts that did not change. Fields of nodes gone for an hour (the
+-- heartbeat script forgets them) are deleted on the way. The calling node's own count is the
+-- one it passes (exact now), not the one it last wrote.
+local function waiting(fields, key, nodes, now, self_node, self_count)
   local sum = tonumber(self_count)
   local own = 'w.' .. self_node
   for i = 1, #fields, 2 do
@@ -47,90 +96,124 @@ local function waiting(key, nodes, now, self_node, self_count)
   return sum
 end
 
+-- The value of `name` in `fields` (HGETALL), or false.
+local function field(fields, name)
+  for i = 1, #fields, 2 do
+    if fields[i] == name then return fields[i + 1] end
+  end
+  return false
+end
+
 local function epoch(key)
   return redis.call('HGET', key, 'ep') or '0'
 end
 
+-- A node's count of its clients on the id at `key`.
+local function report(key, node, count)
+  if tonumber(count) > 0 then
+    redis.call('HSET', key, 'w.' .. node, count)
+  else
+    redis.call('HDEL', key, 'w.' .. node)
+  end
+end
+
 --@ create
--- KEYS: id hash, the app's id set, the app's create bucket, then every app's id set.
--- ARGV: app, origin ('' for none), idle ttl ms, app quota, max_ids, rate, burst, id
+-- KEYS: id hash, the app's counts, the app's bucket ends, the app's create bucket, then the
+-- counts and bucket ends of every app (pairs).
+-- ARGV: app, origin ('' for none), idle ttl ms, granule ms, app quota, max_ids, rate, burst
 local now = now_ms()
-local wait = gcra(KEYS[3], now, tonumber(ARGV[6]), tonumber(ARGV[7]))
+local wait = gcra(KEYS[4], now, tonumber(ARGV[7]), tonumber(ARGV[8]))
 if wait > 0 then return {'rate', tostring(wait)} end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'taken'} end
 local total = 0
-for i = 4, #KEYS do
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
-  total = total + redis.call('ZCARD', KEYS[i])
+for i = 5, #KEYS, 2 do
+  total = total + prune(KEYS[i], KEYS[i + 1], now)
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) then return {'quota'} end
-if total >= tonumber(ARGV[5]) then return {'full'} end
-local ttl = tonumber(ARGV[3])
+if prune(KEYS[2], KEYS[3], now) >= tonumber(ARGV[5]) then return {'quota'} end
+if total >= tonumber(ARGV[6]) then return {'full'} end
 if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[1], 'a', ARGV[1], 's', 0, 'c', now, 'o', ARGV[2])
 else
   redis.call('HSET', KEYS[1], 'a', ARGV[1], 's', 0, 'c', now)
 end
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('ZADD', KEYS[2], now + ttl, ARGV[8])
+keep(KEYS[1], KEYS[2], KEYS[3], false, now, tonumber(ARGV[3]), tonumber(ARGV[4]))
 return {'ok'}
 
---@ notify
--- KEYS: id hash, the app's id set, the app's notify bucket, partition counters, epoch, nodes
--- ARGV: app, info, idle ttl ms, partition, channel, rate, burst, id, node, its waiters
+--@ census
+-- KEYS: the counts and bucket ends of every app (pairs). Returns the live ids of each.
 local now = now_ms()
-local wait = gcra(KEYS[3], now, tonumber(ARGV[6]), tonumber(ARGV[7]))
+local totals = {}
+for i = 1, #KEYS, 2 do
+  totals[#totals + 1] = prune(KEYS[i], KEYS[i + 1], now)
+end
+return totals
+
+--@ notify
+-- KEYS: id hash, the app's counts, the app's bucket ends, the app's notify bucket, partition
+-- counters, epoch, nodes
+-- ARGV: app, info, idle ttl ms, granule ms, partition, rate, burst, id, node, its waiters
+local now = now_ms()
+local wait = gcra(KEYS[4], now, tonumber(ARGV[6]), tonumber(ARGV[7]))
 if wait > 0 then return {'rate', tostring(wait)} end
-if redis.call('HGET', KEYS[1], 'a') ~= ARGV[1] then return {'unknown'} end
-local seq = redis.call('HINCRBY', KEYS[1], 's', 1)
-redis.call('HSET', KEYS[1], 'v', ARGV[2])
-local ttl = tonumber(ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('ZADD', KEYS[2], 'XX', now + ttl, ARGV[8])
-local hv = redis.call('HINCRBY', KEYS[4], ARGV[4], 1)
-local ep = epoch(KEYS[5])
-redis.call('PUBLISH', ARGV[5], hv .. '|n|' .. seq .. '|' .. ep .. '|' .. now .. '|' .. ARGV[8] .. '|' .. ARGV[2])
-return {'ok', tostring(seq), tostring(waiting(KEYS[1], KEYS[6], now, ARGV[9], ARGV[10])), ep}
+local fields = redis.call('HGETALL', KEYS[1])
+if field(fields, 'a') ~= ARGV[1] then return {'unknown'} end
+local seq = (tonumber(field(fields, 's')) or 0) + 1
+redis.call('HSET', KEYS[1], 's', seq, 'v', ARGV[2])
+keep(KEYS[1], KEYS[2], KEYS[3], field(fields, 'x'), now, tonumber(ARGV[3]), tonumber(ARGV[4]))
+local hv = redis.call('HINCRBY', KEYS[5], ARGV[5], 1)
+local ep = epoch(KEYS[6])
+redis.call('PUBLISH', 'ch:n:' .. ARGV[5], hv .. '|n|' .. seq .. '|' .. ep .. '|' .. now .. '|' .. ARGV[8] .. '|' .. ARGV[2])
+return {'ok', tostring(seq), tostring(waiting(fields, KEYS[1], KEYS[7], now, ARGV[9], ARGV[10])), ep}
 
 --@ delete
--- KEYS: id hash, the app's id set, partition counters, epoch
--- ARGV: app, partition, channel, id
-if redis.call('HGET', KEYS[1], 'a') ~= ARGV[1] then return {'unknown'} end
+-- KEYS: id hash, the app's counts, the app's bucket ends, partition counters, epoch
+-- ARGV: app, partition, id
+local r = redis.call('HMGET', KEYS[1], 'a', 'x')
+if r[1] ~= ARGV[1] then return {'unknown'} end
 local now = now_ms()
 redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[4])
-local hv = redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
-redis.call('PUBLISH', ARGV[3], hv .. '|d|0|' .. epoch(KEYS[4]) .. '|' .. now .. '|' .. ARGV[4] .. '|')
+if unbucket(KEYS[2], KEYS[3], r[2]) then redis.call('HINCRBY', KEYS[2], 'n', -1) end
+local hv = redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
+redis.call('PUBLISH', 'ch:n:' .. ARGV[2], hv .. '|d|0|' .. epoch(KEYS[5]) .. '|' .. now .. '|' .. ARGV[3] .. '|')
 return {'ok'}
 
 --@ touch
--- A browser's look at an id, counted as activity; with ARGV[3] ~= '' it also records how
+-- A browser's look at an id, counted as activity; with ARGV[4] ~= '' it also records how
 -- many clients this node holds on it.
--- KEYS: id hash, epoch, nodes
--- ARGV: idle ttl ms, node, waiters on this node ('' to leave it), id
-local r = redis.call('HMGET', KEYS[1], 'a', 'o', 's', 'v')
+-- KEYS: id hash, epoch
+-- ARGV: idle ttl ms, granule ms, node, waiters on this node ('' to leave it)
+local r = redis.call('HMGET', KEYS[1], 'a', 'o', 's', 'v', 'x')
 if not r[1] then return {} end
 local now = now_ms()
-local ttl = tonumber(ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('ZADD', 'ch:app:' .. r[1], 'XX', now + ttl, ARGV[4])
-if ARGV[3] ~= '' then
-  if tonumber(ARGV[3]) > 0 then
-    redis.call('HSET', KEYS[1], 'w.' .. ARGV[2], ARGV[3])
+keep(KEYS[1], 'ch:ab:' .. r[1], 'ch:ae:' .. r[1], r[5], now, tonumber(ARGV[1]), tonumber(ARGV[2]))
+if ARGV[4] ~= '' then report(KEYS[1], ARGV[3], ARGV[4]) end
+return {r[1], r[2] or '', r[3], r[4] or '', epoch(KEYS[2])}
+
+--@ counts
+-- This node's counts of its clients on many ids at once (the end of a wait is activity too).
+-- KEYS: the id hashes. ARGV: idle ttl ms, granule ms, node, then one count per key.
+-- Returns the positions (1-based) of the ids that no longer exist.
+local now = now_ms()
+local ttl, granule = tonumber(ARGV[1]), tonumber(ARGV[2])
+local gone = {}
+for i, key in ipairs(KEYS) do
+  local r = redis.call('HMGET', key, 'a', 'x')
+  if r[1] then
+    keep(key, 'ch:ab:' .. r[1], 'ch:ae:' .. r[1], r[2], now, ttl, granule)
+    report(key, ARGV[3], ARGV[3 + i])
   else
-    redis.call('HDEL', KEYS[1], 'w.' .. ARGV[2])
+    gone[#gone + 1] = i
   end
 end
-return {r[1], r[2] or '', r[3], r[4] or '', epoch(KEYS[2])}
+return gone
 
 --@ status
 -- KEYS: id hash, nodes
 -- ARGV: app, node, its waiters
-local r = redis.call('HMGET', KEYS[1], 'a', 'o', 's', 'c')
-if r[1] ~= ARGV[1] then return {} end
+local fields = redis.call('HGETALL', KEYS[1])
+if field(fields, 'a') ~= ARGV[1] then return {} end
 local now = now_ms()
-return {r[2] or '', r[3], r[4], tostring(redis.call('PTTL', KEYS[1])), tostring(waiting(KEYS[1], KEYS[2], now, ARGV[2], ARGV[3]))}
+return {field(fields, 'o') or '', field(fields, 's'), field(fields, 'c'), tostring(redis.call('PTTL', KEYS[1])), tostring(waiting(fields, KEYS[1], KEYS[2], now, ARGV[2], ARGV[3]))}
 
 --@ heartbeat
 -- KEYS: nodes. ARGV: node, how long it counts as alive (ms)

@@ -15,12 +15,16 @@ const SOURCE: &str = include_str!("scripts.lua");
 pub struct Scripts {
     /// Creates an id: rate limit, vacancy, quota and `max_ids`, then the hash and its TTL.
     pub create: Script,
+    /// Every app's live ids, forgetting the expiry buckets that ended.
+    pub census: Script,
     /// Stores a value, bumps `seq` and publishes the hint, in that order, atomically.
     pub notify: Script,
     /// Deletes an id and publishes the hint that releases its waiters everywhere.
     pub delete: Script,
     /// A browser's look at an id: owner, origin, value and epoch; refreshes its TTL.
     pub touch: Script,
+    /// This node's waiter counts on many ids, each counted as activity.
+    pub counts: Script,
     /// What an app may read about its id.
     pub status: Script,
     /// This node is alive for a while longer.
@@ -35,14 +39,33 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
     let script = |name: &str| Script::new(&format!("{common}\n{}", section(name)));
     Scripts {
         create: script("create"),
+        census: script("census"),
         notify: script("notify"),
         delete: script("delete"),
         touch: script("touch"),
+        counts: script("counts"),
         status: script("status"),
         heartbeat: script("heartbeat"),
         ensure_epoch: script("ensure_epoch"),
     }
 });
+
+impl Scripts {
+    /// Every script, for loading them all on a new connection.
+    pub fn all(&self) -> [&Script; 9] {
+        [
+            &self.create,
+            &self.census,
+            &self.notify,
+            &self.delete,
+            &self.touch,
+            &self.counts,
+            &self.status,
+            &self.heartbeat,
+            &self.ensure_epoch,
+        ]
+    }
+}
 
 /// The text of section `name`, up to the next section.
 fn section(name: &str) -> &'static str {
@@ -69,6 +92,8 @@ mod tests {
             "notify",
             "delete",
             "touch",
+            "counts",
+            "census",
             "status",
             "heartbeat",
             "ensure_epoch",
