@@ -144,9 +144,9 @@ pub enum Watch {
 /// engine hears at once when it is given up, so the id's `waiting` is soon right everywhere.
 #[derive(Debug)]
 pub struct Place {
-    // Dropped in this order: the place is given back, then the engine told.
     waiter: Waiter,
-    _left: Left,
+    /// The engine to tell when the place is given up (Redis), if any.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl std::ops::Deref for Place {
@@ -157,13 +157,12 @@ impl std::ops::Deref for Place {
     }
 }
 
-#[derive(Debug)]
-struct Left(Option<Arc<Cluster>>);
-
-impl Drop for Left {
+impl Drop for Place {
     fn drop(&mut self) {
-        if let Some(cluster) = &self.0 {
-            cluster.waiters_changed();
+        // Before the waiter gives its place back (its fields drop after this): the engine
+        // only notes the id now and reads its count when it writes the counts, later.
+        if let Some(cluster) = &self.cluster {
+            cluster.waiters_changed(self.waiter.slot().id());
         }
     }
 }
@@ -173,7 +172,7 @@ impl Place {
         Watch::Waiting {
             held: Self {
                 waiter: joined.waiter,
-                _left: Left(cluster),
+                cluster,
             },
             released: joined.released,
         }

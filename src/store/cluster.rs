@@ -2,10 +2,11 @@
 //! waiting on every other (docs/cluster.md has the picture).
 //!
 //! What lives where:
-//! - **Redis** holds each id (`ch:i:<id>`: app, origin, seq, info, created, its expiry
-//!   bucket, and each node's count of waiting clients), each app's count of ids per expiry
-//!   bucket (`ch:ab:<app>` and `ch:ae:<app>`, for exact quotas and `max_ids` with nothing per
-//!   id beside the id's own key), the per-app rate buckets, the epoch and the live nodes. Every operation is
+//! - **Redis** holds each id (`ch:i:<id>`: app, origin, seq, info, created, and each node's
+//!   count of waiting clients; its TTL's end is its expiry bucket), each app's count of ids
+//!   per expiry bucket (`ch:ab:<app>` and `ch:ae:<app>`, for exact quotas and `max_ids` with
+//!   nothing per id beside the id's own key), the per-app rate buckets, the epoch and the live
+//!   nodes. Every operation is
 //!   one Lua script ([`scripts`]), so `seq` is assigned in one place and a notify's hint is
 //!   published in the same atomic step as its value: hints leave Redis in `seq` order.
 //! - **This node** holds only its waiting clients, on its own slots (the same [`Slot`] as the
@@ -22,11 +23,13 @@ mod link;
 mod scripts;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
+use futures_util::StreamExt as _;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -62,6 +65,12 @@ const WAITERS_EVERY: Duration = Duration::from_millis(250);
 const FORGET_AFTER: Duration = Duration::from_secs(30);
 /// Waiter counts written per script call.
 const REPORT_BATCH: usize = 512;
+/// Notifies sent per script call, at most.
+const NOTIFY_BATCH: usize = 128;
+/// Notify batches in Redis at once, at most; more notifies wait for one of them to come back.
+const NOTIFIES_IN_FLIGHT: usize = 4;
+/// Notifies queued on this node, at most (beyond that they go alone).
+const NOTIFY_QUEUE: usize = 16_384;
 
 fn id_key(id: &str) -> String {
     format!("ch:i:{id}")
@@ -121,6 +130,11 @@ pub struct Cluster {
     subscribed: AtomicBool,
     /// Poked when a waiter leaves, so the counts are written without waiting for the tick.
     counts_changed: tokio::sync::Notify,
+    /// Ids whose count of local clients changed since the counts were last written (with
+    /// repeats): a fan-out's end writes the ids it woke, not a scan of every local slot.
+    changed: Mutex<Vec<Id>>,
+    /// Notifies on their way to [`Cluster::notifier`].
+    notifies: mpsc::Sender<Notify>,
     metrics: Backplane,
 }
 
@@ -164,6 +178,7 @@ impl Cluster {
         link.connect_first(shutdown).await?;
         let suffix: u32 = rand::random();
         let (max_ids, idle_ttl) = (settings.limits.max_ids, settings.limits.id_idle_ttl);
+        let (notifies, queue) = mpsc::channel(NOTIFY_QUEUE);
         let cluster = Arc::new(Self {
             link: Arc::clone(&link),
             node: format!("{node}#{suffix:08x}"),
@@ -184,12 +199,15 @@ impl Cluster {
             notify_rate: rates.notify_per_app,
             subscribed: AtomicBool::new(false),
             counts_changed: tokio::sync::Notify::new(),
+            changed: Mutex::new(Vec::new()),
+            notifies,
             metrics,
         });
         cluster.heartbeat().await;
         tasks.spawn(link.supervise(shutdown.clone()));
         tasks.spawn(hints::subscribe(Arc::clone(&cluster), shutdown.clone()));
         tasks.spawn(Arc::clone(&cluster).chores(shutdown.clone()));
+        tasks.spawn(Arc::clone(&cluster).notifier(queue, shutdown.clone()));
         // Serve once hints arrive, so that /readyz is green from the first request (bounded:
         // a node whose subscription fails still starts, and /readyz says why).
         let until = tokio::time::Instant::now() + config.command_timeout * 3;
@@ -251,10 +269,16 @@ impl Cluster {
         self.local.get(id).map_or(0, |slot| slot.waiting())
     }
 
-    /// This node's count of clients on an id changed: the counts are written soon
-    /// (coalesced).
-    pub fn waiters_changed(&self) {
-        self.counts_changed.notify_one();
+    /// This node's count of clients on `id` changed: the counts are written soon
+    /// (coalesced), for the ids noted since the last write only.
+    pub fn waiters_changed(&self, id: &Id) {
+        let mut changed = self.changed.lock().unwrap_or_else(PoisonError::into_inner);
+        let first = changed.is_empty();
+        changed.push(id.clone());
+        drop(changed);
+        if first {
+            self.counts_changed.notify_one();
+        }
     }
 
     /// True when this node holds no slot.
@@ -320,51 +344,152 @@ impl Cluster {
     }
 
     /// Notifies `app`'s `id`: the value and its `seq` are Redis's, the wake-ups every node's.
+    ///
+    /// Notifies made while this node's earlier ones are in Redis go together in one script
+    /// call ([`Cluster::notifier`]): one round trip and one script run for many, each still
+    /// answered as if alone. A notify alone goes at once.
     pub async fn publish(&self, app: &App, id: &str, info: &str) -> Result<Published, StoreError> {
-        let p = partition(id);
-        let reply: Vec<String> = self
-            .link
-            .call(|mut conn| async move {
-                SCRIPTS
-                    .notify
-                    .key(id_key(id))
-                    .key(counts_key(app.name()))
-                    .key(ends_key(app.name()))
-                    .key(bucket_key("n", app.name()))
-                    .key(HINT_COUNTERS_KEY)
-                    .key(EPOCH_KEY)
-                    .key(NODES_KEY)
-                    .arg(&**app.name())
-                    .arg(info)
-                    .arg(self.ttl_ms())
-                    .arg(self.granule_ms)
-                    .arg(p)
-                    .arg(self.notify_rate.per_second)
-                    .arg(self.notify_rate.burst.max(1))
-                    .arg(id)
-                    .arg(&self.node)
-                    .arg(self.local_waiters(id))
-                    .invoke_async(&mut conn.redis)
-                    .await
-            })
-            .await
-            .map_err(unavailable)?;
-        match reply.as_slice() {
-            [ok, seq, waiting, epoch] if ok == "ok" => {
-                let seq = seq.parse().unwrap_or_default();
-                let epoch: Epoch = epoch.parse().unwrap_or_default();
+        let (reply, answer) = oneshot::channel();
+        let job = Notify {
+            app: Arc::clone(app.name()),
+            id: id.into(),
+            info: info.into(),
+            waiters: self.local_waiters(id),
+            reply,
+        };
+        // The whole wait is bounded: time in the queue counts against the command timeout.
+        let outcome = tokio::time::timeout(self.link.timeout(), async {
+            match self.notifies.try_send(job) {
+                Ok(()) => answer.await.unwrap_or_else(|_| Err("shutting down".into())),
+                // Full (a node far past what one Redis takes) or closed (shutting down): the
+                // notify goes alone.
+                Err(
+                    mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job),
+                ) => {
+                    self.notify_batch(vec![job]).await;
+                    answer.await.unwrap_or_else(|_| Err("shutting down".into()))
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "Redis did not answer within {:?}",
+                self.link.timeout()
+            ))
+        })
+        .map_err(unavailable)?;
+        match outcome {
+            Notified::Done {
+                seq,
+                waiting,
+                epoch,
+            } => {
                 // This node's own waiters need not wait for the hint to come back.
                 if let Some(slot) = self.local.get(id) {
                     slot.apply(seq, Some(info), epoch);
                 }
-                Ok(Published {
-                    seq,
-                    waiting: waiting.parse().unwrap_or_default(),
-                })
+                Ok(Published { seq, waiting })
             }
-            [unknown] if unknown == "unknown" => Err(StoreError::UnknownId),
-            [rate, _] if rate == "rate" => Err(StoreError::RateLimited(wait_of(&reply))),
-            _ => Err(unavailable(format!("unexpected reply {reply:?}"))),
+            Notified::Unknown => Err(StoreError::UnknownId),
+            Notified::RateLimited(wait) => Err(StoreError::RateLimited(wait)),
+        }
+    }
+
+    /// Sends the notifies queued on this node, in batches of up to [`NOTIFY_BATCH`], with up to
+    /// [`NOTIFIES_IN_FLIGHT`] batches in Redis at once: under load they gather while the
+    /// earlier ones are in flight; alone, each goes at once. Ends at shutdown, once the batches
+    /// in flight are answered (later notifies go alone).
+    async fn notifier(
+        self: Arc<Self>,
+        mut queue: mpsc::Receiver<Notify>,
+        shutdown: CancellationToken,
+    ) {
+        let mut in_flight = futures_util::stream::FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                job = queue.recv(), if in_flight.len() < NOTIFIES_IN_FLIGHT => {
+                    let Some(job) = job else { break };
+                    let mut batch = vec![job];
+                    while batch.len() < NOTIFY_BATCH {
+                        let Ok(job) = queue.try_recv() else { break };
+                        batch.push(job);
+                    }
+                    // A publisher that gave up (its timeout ran out) is not notified behind
+                    // its back.
+                    batch.retain(|job| !job.reply.is_closed());
+                    if !batch.is_empty() {
+                        in_flight.push(self.notify_batch(batch));
+                    }
+                }
+                () = shutdown.cancelled() => break,
+            }
+        }
+        queue.close();
+        while in_flight.next().await.is_some() {}
+        while let Ok(job) = queue.try_recv() {
+            self.notify_batch(vec![job]).await;
+        }
+    }
+
+    /// One script call for `batch`; every notify in it gets its own answer.
+    async fn notify_batch(&self, batch: Vec<Notify>) {
+        let jobs = &batch;
+        let reply: Result<Vec<String>, String> = self
+            .link
+            .call(|mut conn| async move {
+                let mut notify = SCRIPTS.notify.prepare_invoke();
+                notify.key(HINT_COUNTERS_KEY).key(EPOCH_KEY).key(NODES_KEY);
+                for job in jobs {
+                    notify.key(id_key(&job.id));
+                }
+                notify
+                    .arg(self.ttl_ms())
+                    .arg(self.granule_ms)
+                    .arg(self.notify_rate.per_second)
+                    .arg(self.notify_rate.burst.max(1))
+                    .arg(&self.node);
+                for job in jobs {
+                    notify
+                        .arg(&*job.app)
+                        .arg(&*job.info)
+                        .arg(partition(&job.id))
+                        .arg(job.waiters);
+                }
+                notify.invoke_async(&mut conn.redis).await
+            })
+            .await;
+        let reply = reply.and_then(|reply| {
+            if reply.len() == 1 + 3 * batch.len() {
+                Ok(reply)
+            } else {
+                Err(format!("unexpected reply {reply:?}"))
+            }
+        });
+        match reply {
+            Ok(reply) => {
+                let epoch: Epoch = reply[0].parse().unwrap_or_default();
+                for (job, answer) in batch.into_iter().zip(reply[1..].chunks_exact(3)) {
+                    let outcome = match answer[0].as_str() {
+                        "ok" => Notified::Done {
+                            seq: answer[1].parse().unwrap_or_default(),
+                            waiting: answer[2].parse().unwrap_or_default(),
+                            epoch,
+                        },
+                        "unknown" => Notified::Unknown,
+                        _ => Notified::RateLimited(Duration::from_millis(
+                            answer[1].parse().unwrap_or(1000),
+                        )),
+                    };
+                    let _ = job.reply.send(Ok(outcome));
+                }
+            }
+            Err(why) => {
+                for job in batch {
+                    let _ = job.reply.send(Err(why.clone()));
+                }
+            }
         }
     }
 
@@ -424,7 +549,7 @@ impl Cluster {
             origin: parse_origin(origin),
             seq: seq.parse().unwrap_or_default(),
             waiting: waiting.parse().unwrap_or_default(),
-            created_at: UNIX_EPOCH + Duration::from_millis(created.parse().unwrap_or(0)),
+            created_at: UNIX_EPOCH + Duration::from_secs(created.parse().unwrap_or(0)),
             idle: self.idle_ttl.saturating_sub(left),
         })
     }
@@ -465,13 +590,13 @@ impl Cluster {
             && let Some(latest) = slot.newer_than(since)
         {
             // The count written above included this client; put it right soon.
-            self.waiters_changed();
+            self.waiters_changed(slot.id());
             return Ok(Watched::Now(latest));
         }
         let joined = slot.join(max_waiters);
         if slot.waiting() != waiters {
             // Another client joined (or left) between the count written and this join.
-            self.waiters_changed();
+            self.waiters_changed(slot.id());
         }
         Ok(Watched::Waiting(joined))
     }
@@ -583,15 +708,29 @@ impl Cluster {
         }
     }
 
-    /// Writes the waiter counts that changed since last time (`all`: every id with waiters,
-    /// which also keeps them alive).
+    /// Writes the waiter counts that changed since last time: of the ids noted by
+    /// [`Cluster::waiters_changed`], or (`all`) of every local id, and every id with waiters
+    /// (which also keeps them alive).
     pub(super) async fn report_waiters(&self, all: bool) {
+        let noted =
+            std::mem::take(&mut *self.changed.lock().unwrap_or_else(PoisonError::into_inner));
         let mut changed = Vec::new();
-        for entry in &self.local {
-            let now = entry.value().waiting();
-            let before = self.reported.get(entry.key()).map_or(0, |n| *n);
+        let mut consider = |id: &Id, now: u32| {
+            let before = self.reported.get(id).map_or(0, |n| *n);
             if now != before || (all && now > 0) {
-                changed.push((entry.key().clone(), now));
+                changed.push((id.clone(), now));
+            }
+        };
+        if all {
+            for entry in &self.local {
+                consider(entry.key(), entry.value().waiting());
+            }
+        } else {
+            let mut noted = noted;
+            noted.sort_unstable();
+            noted.dedup();
+            for id in &noted {
+                consider(id, self.local_waiters(id.as_str()));
             }
         }
         // One script per batch: the end of a wait is activity too, as with the memory engine,
@@ -638,6 +777,29 @@ impl Cluster {
         self.local
             .retain(|_, slot| slot.waiting() > 0 || slot.idle() < FORGET_AFTER);
     }
+}
+
+/// A notify waiting for its batch.
+#[derive(Debug)]
+struct Notify {
+    app: Arc<str>,
+    id: Box<str>,
+    info: Box<str>,
+    /// This node's clients on the id when the notify was made.
+    waiters: u32,
+    reply: oneshot::Sender<Result<Notified, String>>,
+}
+
+/// What Redis made of one notify.
+#[derive(Debug)]
+enum Notified {
+    Done {
+        seq: u64,
+        waiting: u32,
+        epoch: Epoch,
+    },
+    Unknown,
+    RateLimited(Duration),
 }
 
 /// How a watch began on this node.

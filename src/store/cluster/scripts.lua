@@ -24,8 +24,9 @@ local function gcra(key, now, rate, burst)
   return 0
 end
 
--- Expiry in buckets. An id's key expires at the end of its bucket (field `x`, ms since the
--- epoch, a multiple of the granule), and each app counts its ids per bucket: `counts` is a
+-- Expiry in buckets. An id's key expires at the end of its bucket (its PEXPIRETIME, ms since
+-- the epoch, a multiple of the granule: so the bucket costs the id nothing to store), and
+-- each app counts its ids per bucket: `counts` is a
 -- hash of bucket end -> ids, with `n` the app's total, and `ends` a sorted set of the bucket
 -- ends. A bucket is forgotten once it has ended, with the ids that expired in it, so the
 -- totals stay exact with nothing per id beside the id's own key; and an id touched again and
@@ -49,6 +50,13 @@ local function prune(counts, ends, now)
   return tonumber(redis.call('HGET', counts, 'n')) or 0
 end
 
+-- The bucket of the id at `key`: its expiry time as a bucket's name, or false.
+local function bucket_of(key)
+  local at = redis.call('PEXPIRETIME', key)
+  if at < 0 then return false end
+  return string.format('%.0f', at)
+end
+
 -- Takes the id out of bucket `x` (false: in none, or in one already forgotten); returns
 -- whether it was counted there.
 local function unbucket(counts, ends, x)
@@ -60,17 +68,17 @@ local function unbucket(counts, ends, x)
   return true
 end
 
--- Activity on the id at `key`, now in bucket `x`: it lives for another `ttl`, rounded up to
--- its bucket's end. Nothing is written while that is still the same bucket.
-local function keep(key, counts, ends, x, now, ttl, granule)
+-- Activity on the id at `key`: it lives for another `ttl`, rounded up to its bucket's end.
+-- Nothing is written while that is still the bucket it is in.
+local function keep(key, counts, ends, now, ttl, granule)
   local e = bucket_end(now, ttl, granule)
   local name = string.format('%.0f', e)
+  local x = bucket_of(key)
   if x == name then return end
   -- An id whose bucket was forgotten (it ended as this script began) is counted anew.
   if not unbucket(counts, ends, x) then redis.call('HINCRBY', counts, 'n', 1) end
   redis.call('HINCRBY', counts, name, 1)
   redis.call('ZADD', ends, e, name)
-  redis.call('HSET', key, 'x', name)
   redis.call('PEXPIREAT', key, e)
 end
 
@@ -131,12 +139,14 @@ for i = 5, #KEYS, 2 do
 end
 if prune(KEYS[2], KEYS[3], now) >= tonumber(ARGV[5]) then return {'quota'} end
 if total >= tonumber(ARGV[6]) then return {'full'} end
+-- Created in whole seconds, as the API shows it (and 4 bytes in the listpack, not 8).
+local created = math.floor(now / 1000)
 if ARGV[2] ~= '' then
-  redis.call('HSET', KEYS[1], 'a', ARGV[1], 's', 0, 'c', now, 'o', ARGV[2])
+  redis.call('HSET', KEYS[1], 'a', ARGV[1], 's', 0, 'c', created, 'o', ARGV[2])
 else
-  redis.call('HSET', KEYS[1], 'a', ARGV[1], 's', 0, 'c', now)
+  redis.call('HSET', KEYS[1], 'a', ARGV[1], 's', 0, 'c', created)
 end
-keep(KEYS[1], KEYS[2], KEYS[3], false, now, tonumber(ARGV[3]), tonumber(ARGV[4]))
+keep(KEYS[1], KEYS[2], KEYS[3], now, tonumber(ARGV[3]), tonumber(ARGV[4]))
 return {'ok'}
 
 --@ census
@@ -149,30 +159,54 @@ end
 return totals
 
 --@ notify
--- KEYS: id hash, the app's counts, the app's bucket ends, the app's notify bucket, partition
--- counters, epoch, nodes
--- ARGV: app, info, idle ttl ms, granule ms, partition, rate, burst, id, node, its waiters
+-- Notifies in a batch (the ones a node's publishers made while its previous batches were in
+-- Redis): each one as if alone, in order, in one atomic step.
+-- KEYS: partition counters, epoch, nodes, then one id hash per notify.
+-- ARGV: idle ttl ms, granule ms, rate, burst, node, then per notify: app, info, partition,
+-- this node's waiters on the id.
+-- Returns the epoch, then per notify three values: 'ok', seq, waiting; 'unknown', '', '';
+-- or 'rate', the milliseconds to wait, ''.
 local now = now_ms()
-local wait = gcra(KEYS[4], now, tonumber(ARGV[6]), tonumber(ARGV[7]))
-if wait > 0 then return {'rate', tostring(wait)} end
-local fields = redis.call('HGETALL', KEYS[1])
-if field(fields, 'a') ~= ARGV[1] then return {'unknown'} end
-local seq = (tonumber(field(fields, 's')) or 0) + 1
-redis.call('HSET', KEYS[1], 's', seq, 'v', ARGV[2])
-keep(KEYS[1], KEYS[2], KEYS[3], field(fields, 'x'), now, tonumber(ARGV[3]), tonumber(ARGV[4]))
-local hv = redis.call('HINCRBY', KEYS[5], ARGV[5], 1)
-local ep = epoch(KEYS[6])
-redis.call('PUBLISH', 'ch:n:' .. ARGV[5], hv .. '|n|' .. seq .. '|' .. ep .. '|' .. now .. '|' .. ARGV[8] .. '|' .. ARGV[2])
-return {'ok', tostring(seq), tostring(waiting(fields, KEYS[1], KEYS[7], now, ARGV[9], ARGV[10])), ep}
+local ttl, granule = tonumber(ARGV[1]), tonumber(ARGV[2])
+local rate, burst, node = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local ep = epoch(KEYS[2])
+local out = {ep}
+local function answer(a, b, c)
+  local n = #out
+  out[n + 1], out[n + 2], out[n + 3] = a, b, c
+end
+for i = 4, #KEYS do
+  local key = KEYS[i]
+  local at = 6 + (i - 4) * 4
+  local app, info, p = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+  local wait = gcra('ch:rl:n:' .. app, now, rate, burst)
+  local fields = {}
+  if wait == 0 then fields = redis.call('HGETALL', key) end
+  if wait > 0 then
+    answer('rate', tostring(wait), '')
+  elseif field(fields, 'a') ~= app then
+    answer('unknown', '', '')
+  else
+    local seq = (tonumber(field(fields, 's')) or 0) + 1
+    redis.call('HSET', key, 's', seq, 'v', info)
+    keep(key, 'ch:ab:' .. app, 'ch:ae:' .. app, now, ttl, granule)
+    local hv = redis.call('HINCRBY', KEYS[1], p, 1)
+    local id = string.sub(key, 6)
+    redis.call('PUBLISH', 'ch:n:' .. p, hv .. '|n|' .. seq .. '|' .. ep .. '|' .. now .. '|' .. id .. '|' .. info)
+    local sum = waiting(fields, key, KEYS[3], now, node, ARGV[at + 3])
+    answer('ok', tostring(seq), tostring(sum))
+  end
+end
+return out
 
 --@ delete
 -- KEYS: id hash, the app's counts, the app's bucket ends, partition counters, epoch
 -- ARGV: app, partition, id
-local r = redis.call('HMGET', KEYS[1], 'a', 'x')
-if r[1] ~= ARGV[1] then return {'unknown'} end
+if redis.call('HGET', KEYS[1], 'a') ~= ARGV[1] then return {'unknown'} end
 local now = now_ms()
+local x = bucket_of(KEYS[1])
 redis.call('DEL', KEYS[1])
-if unbucket(KEYS[2], KEYS[3], r[2]) then redis.call('HINCRBY', KEYS[2], 'n', -1) end
+if unbucket(KEYS[2], KEYS[3], x) then redis.call('HINCRBY', KEYS[2], 'n', -1) end
 local hv = redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
 redis.call('PUBLISH', 'ch:n:' .. ARGV[2], hv .. '|d|0|' .. epoch(KEYS[5]) .. '|' .. now .. '|' .. ARGV[3] .. '|')
 return {'ok'}
@@ -182,10 +216,10 @@ return {'ok'}
 -- many clients this node holds on it.
 -- KEYS: id hash, epoch
 -- ARGV: idle ttl ms, granule ms, node, waiters on this node ('' to leave it)
-local r = redis.call('HMGET', KEYS[1], 'a', 'o', 's', 'v', 'x')
+local r = redis.call('HMGET', KEYS[1], 'a', 'o', 's', 'v')
 if not r[1] then return {} end
 local now = now_ms()
-keep(KEYS[1], 'ch:ab:' .. r[1], 'ch:ae:' .. r[1], r[5], now, tonumber(ARGV[1]), tonumber(ARGV[2]))
+keep(KEYS[1], 'ch:ab:' .. r[1], 'ch:ae:' .. r[1], now, tonumber(ARGV[1]), tonumber(ARGV[2]))
 if ARGV[4] ~= '' then report(KEYS[1], ARGV[3], ARGV[4]) end
 return {r[1], r[2] or '', r[3], r[4] or '', epoch(KEYS[2])}
 
@@ -197,9 +231,9 @@ local now = now_ms()
 local ttl, granule = tonumber(ARGV[1]), tonumber(ARGV[2])
 local gone = {}
 for i, key in ipairs(KEYS) do
-  local r = redis.call('HMGET', key, 'a', 'x')
-  if r[1] then
-    keep(key, 'ch:ab:' .. r[1], 'ch:ae:' .. r[1], r[2], now, ttl, granule)
+  local app = redis.call('HGET', key, 'a')
+  if app then
+    keep(key, 'ch:ab:' .. app, 'ch:ae:' .. app, now, ttl, granule)
     report(key, ARGV[3], ARGV[3 + i])
   else
     gone[#gone + 1] = i
