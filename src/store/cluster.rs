@@ -68,7 +68,7 @@ const REPORT_BATCH: usize = 512;
 /// Notifies sent per script call, at most.
 const NOTIFY_BATCH: usize = 128;
 /// Notify batches in Redis at once, at most; more notifies wait for one of them to come back.
-const NOTIFIES_IN_FLIGHT: usize = 4;
+const NOTIFIES_IN_FLIGHT: usize = 1;
 /// Notifies queued on this node, at most (beyond that they go alone).
 const NOTIFY_QUEUE: usize = 16_384;
 
