@@ -12,8 +12,9 @@
 # Every case starts its nodes fresh on a flushed Redis (FLUSHALL, SCRIPT FLUSH, FUNCTION
 # FLUSH while no node runs) and stops them afterwards. For each of ROUNDS rounds:
 #
-#   ceiling   redis-benchmark, unpipelined, of EVALSHA bench/cluster-ceiling.lua (HINCRBY,
-#             HSET, PEXPIRE, PUBLISH) and of a plain PUBLISH, with CEILING_SUBSCRIBERS
+#   ceiling   redis-benchmark, unpipelined, of EVALSHA bench/cluster-ceiling.lua (the
+#             commands of one CallHome notify: TIME, HGET, HGETALL, HSET, PEXPIRETIME, HINCRBY,
+#             PUBLISH) and of a plain PUBLISH, with CEILING_SUBSCRIBERS
 #             pattern subscribers standing in for the nodes' hint links
 #   fanout    N long polls held on node B, one notify per id sent to node A: all-answered
 #             time, p50/p99 notify-to-answer, missing (callhome-bench fanout --base B
@@ -52,6 +53,8 @@
 #   NOFILE=20000       `ulimit -n` for the servers
 #   REDIS_PORT=16379 CH_PORT=18380 NCHAN_PORT=18390   first ports tried (the next free taken)
 #   COOLDOWN_SECS=2    pause between cases (0 when N < 5000)
+#   CASES="ceiling fanout notify memory aggregate"   the cases run (a subset for a quick look;
+#                      the doc then says "not measured" for the others)
 #   REQUIRE_CALLHOME=1 fail (exit 2) when CallHome's cluster mode cannot be measured
 #   NO_INSTALL=1       never apt-get (fail instead when nginx, nchan or redis is missing)
 #   NO_BUILD=1         use the binaries already in target/release (or BIN_DIR)
@@ -78,6 +81,7 @@ CEILING_CLIENTS=${CEILING_CLIENTS:-50}
 CEILING_SUBSCRIBERS=${CEILING_SUBSCRIBERS:-2}
 CEILING_LUA=${CEILING_LUA:-$HERE/cluster-ceiling.lua}
 CH_WORKERS=${CH_WORKERS:-1}
+CASES=${CASES:-ceiling fanout notify memory aggregate}
 NOFILE=${NOFILE:-20000}
 REDIS_PORT=${REDIS_PORT:-16379}
 CH_PORT=${CH_PORT:-18380}
@@ -120,6 +124,11 @@ done
 ((N <= 19000)) || die "N=$N: one node holds at most 19000 waiters here (20000 open files per process)"
 ((AGG_NODES <= 8)) || die "AGG_NODES=$AGG_NODES: at most 8"
 [[ -f $CEILING_LUA ]] || die "CEILING_LUA=$CEILING_LUA: no such file"
+
+# True when case $1 is in CASES.
+wanted() {
+    [[ " $CASES " == *" $1 "* ]]
+}
 
 # ---------------------------------------------------------------------------------------
 # Processes
@@ -674,11 +683,11 @@ if ((AGG_NODES > 0)); then
 fi
 
 for ((round = 1; round <= ROUNDS; round++)); do
-    case_ceiling "$round"
-    for server in "${SERVERS[@]}"; do case_fanout "$server" "$round"; done
-    for server in "${SERVERS[@]}"; do case_notify "$server" "$round"; done
-    for server in "${SERVERS[@]}"; do case_memory "$server" "$round"; done
-    for server in "${AGG_SERVERS[@]}"; do case_aggregate "$server" "$round"; done
+    wanted ceiling && case_ceiling "$round"
+    if wanted fanout; then for server in "${SERVERS[@]}"; do case_fanout "$server" "$round"; done; fi
+    if wanted notify; then for server in "${SERVERS[@]}"; do case_notify "$server" "$round"; done; fi
+    if wanted memory; then for server in "${SERVERS[@]}"; do case_memory "$server" "$round"; done; fi
+    if wanted aggregate; then for server in "${AGG_SERVERS[@]}"; do case_aggregate "$server" "$round"; done; fi
 done
 
 step "write $DOC"

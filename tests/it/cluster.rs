@@ -871,10 +871,11 @@ async fn waiters_get_the_final_value_once_after_a_redis_restart() {
     let fresh = a.new_id().await;
     assert_eq!(a.notify(KEY, &seen, "v1").await.status(), StatusCode::OK);
     let before = redis_epoch(&redis).await;
-    let on_seen = waiters(&b, &seen, (1, before), 100, 10).await;
-    let on_fresh = waiters(&b, &fresh, (0, 0), 100, 10).await;
-    until_waiting(&a, &seen, 110).await;
-    until_waiting(&a, &fresh, 110).await;
+    // 1,000 polls and 100 streams in all, half on each id.
+    let on_seen = waiters(&b, &seen, (1, before), 500, 50).await;
+    let on_fresh = waiters(&b, &fresh, (0, 0), 500, 50).await;
+    until_waiting(&a, &seen, 550).await;
+    until_waiting(&a, &fresh, 550).await;
     let resyncs = metric(&b, "callhome_backplane_resyncs_total").await;
 
     redis.stop().await;
@@ -940,7 +941,10 @@ async fn waiters_get_the_final_value_once_after_a_redis_restart() {
             finals += 1;
         }
     }
-    assert_eq!(finals, 220, "every waiter got the final value exactly once");
+    assert_eq!(
+        finals, 1100,
+        "every waiter got the final value exactly once"
+    );
     assert!(metric(&b, "callhome_backplane_resyncs_total").await > resyncs);
     eprintln!("a ready {a_back:?} after Redis restarted, b {b_back:?} after it could reach it");
 }
@@ -957,12 +961,13 @@ async fn waiters_on_ids_a_restart_without_persistence_lost_are_released_as_gone(
     let ids = [a.new_id().await, a.new_id().await];
     let mut polls = Vec::new();
     let mut streams = Vec::new();
+    // 1,000 polls and 100 streams in all, half on each id.
     for id in &ids {
-        polls.extend((0..5).map(|_| held_poll(&b, id, 0)));
-        for _ in 0..2 {
+        polls.extend((0..500).map(|_| held_poll(&b, id, 0)));
+        for _ in 0..50 {
             streams.push(stream(&b, &format!("id={id}"), None).await);
         }
-        until_waiting(&a, id, 7).await;
+        until_waiting(&a, id, 550).await;
     }
     redis.restart().await;
     assert_eq!(redis.cmd(&["DBSIZE"]).await, "0", "Redis lost everything");
@@ -1144,6 +1149,62 @@ async fn a_subscription_that_goes_silent_is_found_by_its_probe_and_repaired() {
     assert!(metric(&b, "callhome_backplane_resyncs_total").await > resyncs);
     until_ready(&b, StatusCode::OK, Duration::from_secs(5)).await;
     eprintln!("a silent subscription repaired within {took:?}");
+}
+
+/// The hint partition of `id` (as src/store/cluster.rs computes it).
+fn partition_of(id: &str) -> u32 {
+    crc32fast::hash(id.as_bytes()) % 16
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_lost_hint_is_found_by_the_gap_it_leaves_and_repaired() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start(RedisOptions::default()).await;
+    let [a, b] = nodes(&redis.url(), ["a", "b"], |_| {}).await;
+    // Two ids on one hint partition.
+    let quiet = a.new_id().await;
+    let p = partition_of(&quiet);
+    let mut loud = a.new_id().await;
+    while partition_of(&loud) != p {
+        loud = a.new_id().await;
+    }
+    let held = held_poll(&b, &quiet, 0);
+    until_waiting(&a, &quiet, 1).await;
+    // Numbers the partition's counter, so that b knows where it stands.
+    assert_eq!(a.notify(KEY, &loud, "first").await.status(), StatusCode::OK);
+    let gaps = metric(&b, "callhome_backplane_hint_gaps_total").await;
+    let resyncs = metric(&b, "callhome_backplane_resyncs_total").await;
+
+    // A notify of `quiet` whose hint never reached b: its value and the partition's counter
+    // moved in Redis, and nothing was published.
+    let key = format!("ch:i:{quiet}");
+    redis.cmd(&["HSET", &key, "s", "1", "v", "lost"]).await;
+    redis.cmd(&["HINCRBY", "ch:hv", &p.to_string(), "1"]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held.is_finished(), "b cannot know yet");
+
+    // The next hint of that partition skips a number: b reads its ids of the partition again.
+    assert_eq!(
+        a.notify(KEY, &loud, "second").await.status(),
+        StatusCode::OK
+    );
+    let r = join(held, WAIT, "the poll on the id whose hint was lost").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"seq": 1, "info": "lost"})
+    );
+    assert_eq!(
+        metric(&b, "callhome_backplane_hint_gaps_total").await,
+        gaps + 1,
+        "exactly one hint was lost"
+    );
+    assert_eq!(
+        metric(&b, "callhome_backplane_resyncs_total").await,
+        resyncs + 1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,6 +31,11 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How many command timeouts a browser's lookup may wait.
 const BROWSER_PATIENCE: u32 = 4;
+/// How many command timeouts the link's `ROLE` check may wait before the link is given up.
+/// More than one: replacing the link fails every command in flight on it, so a Redis (or a
+/// node) that is only slow for a moment under a burst must not be taken for gone; a Redis
+/// that is gone is still found within `CHECK_EVERY` plus this.
+const CHECK_PATIENCE: u32 = 2;
 
 /// Where the master is.
 #[derive(Debug, Clone)]
@@ -234,9 +239,10 @@ impl Link {
 
     /// Whether `conn` still reaches a master.
     async fn check(&self, mut conn: Conn) -> Result<(), String> {
-        let role = tokio::time::timeout(self.timeout, role(&mut conn.check))
+        let patience = self.timeout * CHECK_PATIENCE;
+        let role = tokio::time::timeout(patience, role(&mut conn.check))
             .await
-            .map_err(|_| format!("no answer to ROLE within {:?}", self.timeout))?
+            .map_err(|_| format!("no answer to ROLE within {patience:?}"))?
             .map_err(|e| e.to_string())?;
         if role == "master" {
             Ok(())
