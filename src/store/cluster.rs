@@ -18,6 +18,7 @@
 //! that died silently. A Redis that may have lost writes gets a new epoch ([`Epoch`]), and a
 //! client whose cursor is from another epoch is told to `reset`.
 
+mod batch;
 mod hints;
 mod link;
 mod scripts;
@@ -28,7 +29,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
-use futures_util::StreamExt as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -69,8 +69,12 @@ const REPORT_BATCH: usize = 512;
 const NOTIFY_BATCH: usize = 128;
 /// Notify batches in Redis at once, at most; more notifies wait for one of them to come back.
 const NOTIFIES_IN_FLIGHT: usize = 1;
-/// Notifies queued on this node, at most (beyond that they go alone).
+/// Notifies (and, apart, looks) queued on this node, at most (beyond that they go alone).
 const NOTIFY_QUEUE: usize = 16_384;
+/// Browsers' looks sent per script call, at most.
+const TOUCH_BATCH: usize = 256;
+/// Batches of looks in Redis at once, at most.
+const TOUCHES_IN_FLIGHT: usize = 1;
 
 fn id_key(id: &str) -> String {
     format!("ch:i:{id}")
@@ -133,8 +137,10 @@ pub struct Cluster {
     /// Ids whose count of local clients changed since the counts were last written (with
     /// repeats): a fan-out's end writes the ids it woke, not a scan of every local slot.
     changed: Mutex<Vec<Id>>,
-    /// Notifies on their way to [`Cluster::notifier`].
+    /// Notifies on their way to their batch.
     notifies: mpsc::Sender<Notify>,
+    /// Browsers' looks on their way to their batch.
+    touches: mpsc::Sender<Touch>,
     metrics: Backplane,
 }
 
@@ -179,6 +185,7 @@ impl Cluster {
         let suffix: u32 = rand::random();
         let (max_ids, idle_ttl) = (settings.limits.max_ids, settings.limits.id_idle_ttl);
         let (notifies, queue) = mpsc::channel(NOTIFY_QUEUE);
+        let (touches, looks) = mpsc::channel(NOTIFY_QUEUE);
         let cluster = Arc::new(Self {
             link: Arc::clone(&link),
             node: format!("{node}#{suffix:08x}"),
@@ -201,13 +208,35 @@ impl Cluster {
             counts_changed: tokio::sync::Notify::new(),
             changed: Mutex::new(Vec::new()),
             notifies,
+            touches,
             metrics,
         });
         cluster.heartbeat().await;
         tasks.spawn(link.supervise(shutdown.clone()));
         tasks.spawn(hints::subscribe(Arc::clone(&cluster), shutdown.clone()));
         tasks.spawn(Arc::clone(&cluster).chores(shutdown.clone()));
-        tasks.spawn(Arc::clone(&cluster).notifier(queue, shutdown.clone()));
+        let for_notifies = Arc::clone(&cluster);
+        tasks.spawn(batch::run(
+            queue,
+            shutdown.clone(),
+            NOTIFY_BATCH,
+            NOTIFIES_IN_FLIGHT,
+            move |jobs| {
+                let cluster = Arc::clone(&for_notifies);
+                async move { cluster.notify_batch(jobs).await }
+            },
+        ));
+        let for_looks = Arc::clone(&cluster);
+        tasks.spawn(batch::run(
+            looks,
+            shutdown.clone(),
+            TOUCH_BATCH,
+            TOUCHES_IN_FLIGHT,
+            move |jobs| {
+                let cluster = Arc::clone(&for_looks);
+                async move { cluster.touch_batch(jobs).await }
+            },
+        ));
         // Serve once hints arrive, so that /readyz is green from the first request (bounded:
         // a node whose subscription fails still starts, and /readyz says why).
         let until = tokio::time::Instant::now() + config.command_timeout * 3;
@@ -346,8 +375,8 @@ impl Cluster {
     /// Notifies `app`'s `id`: the value and its `seq` are Redis's, the wake-ups every node's.
     ///
     /// Notifies made while this node's earlier ones are in Redis go together in one script
-    /// call ([`Cluster::notifier`]): one round trip and one script run for many, each still
-    /// answered as if alone. A notify alone goes at once.
+    /// call ([`batch`]): one round trip and one script run for many, each still answered as
+    /// if alone. A notify alone goes at once.
     pub async fn publish(&self, app: &App, id: &str, info: &str) -> Result<Published, StoreError> {
         let (reply, answer) = oneshot::channel();
         let job = Notify {
@@ -393,43 +422,6 @@ impl Cluster {
             }
             Notified::Unknown => Err(StoreError::UnknownId),
             Notified::RateLimited(wait) => Err(StoreError::RateLimited(wait)),
-        }
-    }
-
-    /// Sends the notifies queued on this node, in batches of up to [`NOTIFY_BATCH`], with up to
-    /// [`NOTIFIES_IN_FLIGHT`] batches in Redis at once: under load they gather while the
-    /// earlier ones are in flight; alone, each goes at once. Ends at shutdown, once the batches
-    /// in flight are answered (later notifies go alone).
-    async fn notifier(
-        self: Arc<Self>,
-        mut queue: mpsc::Receiver<Notify>,
-        shutdown: CancellationToken,
-    ) {
-        let mut in_flight = futures_util::stream::FuturesUnordered::new();
-        loop {
-            tokio::select! {
-                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-                job = queue.recv(), if in_flight.len() < NOTIFIES_IN_FLIGHT => {
-                    let Some(job) = job else { break };
-                    let mut batch = vec![job];
-                    while batch.len() < NOTIFY_BATCH {
-                        let Ok(job) = queue.try_recv() else { break };
-                        batch.push(job);
-                    }
-                    // A publisher that gave up (its timeout ran out) is not notified behind
-                    // its back.
-                    batch.retain(|job| !job.reply.is_closed());
-                    if !batch.is_empty() {
-                        in_flight.push(self.notify_batch(batch));
-                    }
-                }
-                () = shutdown.cancelled() => break,
-            }
-        }
-        queue.close();
-        while in_flight.next().await.is_some() {}
-        while let Ok(job) = queue.try_recv() {
-            self.notify_batch(vec![job]).await;
         }
     }
 
@@ -625,37 +617,90 @@ impl Cluster {
         self.reported.remove(id);
     }
 
+    /// A browser's look at `id` (with this node's count of clients on it, when given), in
+    /// a batch with the others made meanwhile.
     async fn touch(&self, id: &str, waiters: Option<u32>) -> Result<Touched, StoreError> {
-        let reply: Vec<String> = self
+        let (reply, answer) = oneshot::channel();
+        let job = Touch {
+            id: id.into(),
+            waiters,
+            reply,
+        };
+        let patience = self.link.patient_timeout();
+        let outcome = tokio::time::timeout(patience, async {
+            match self.touches.try_send(job) {
+                Ok(()) => {}
+                Err(
+                    mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job),
+                ) => {
+                    self.touch_batch(vec![job]).await;
+                }
+            }
+            answer.await.unwrap_or_else(|_| Err("shutting down".into()))
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("Redis did not answer within {patience:?}")))
+        .map_err(unavailable)?;
+        outcome.ok_or(StoreError::UnknownId)
+    }
+
+    /// One script call for a batch of looks; each gets its own answer.
+    async fn touch_batch(&self, batch: Vec<Touch>) {
+        let jobs = &batch;
+        let reply: Result<Vec<String>, String> = self
             .link
             .call_patient(|mut conn| async move {
-                SCRIPTS
-                    .touch
-                    .key(id_key(id))
-                    .key(EPOCH_KEY)
+                let mut touch = SCRIPTS.touch.prepare_invoke();
+                touch.key(EPOCH_KEY);
+                for job in jobs {
+                    touch.key(id_key(&job.id));
+                }
+                touch
                     .arg(self.ttl_ms())
                     .arg(self.granule_ms)
-                    .arg(&self.node)
-                    .arg(waiters.map(|n| n.to_string()).unwrap_or_default())
-                    .invoke_async(&mut conn.redis)
-                    .await
+                    .arg(&self.node);
+                for job in jobs {
+                    touch.arg(job.waiters.map(|n| n.to_string()).unwrap_or_default());
+                }
+                touch.invoke_async(&mut conn.redis).await
             })
             .await
-            .map_err(unavailable)?;
-        let [app, origin, seq, info, epoch] = reply.as_slice() else {
-            return Err(StoreError::UnknownId);
+            .and_then(|reply: Vec<String>| {
+                if reply.len() == 1 + 4 * jobs.len() {
+                    Ok(reply)
+                } else {
+                    Err(format!("unexpected reply {reply:?}"))
+                }
+            });
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(why) => {
+                for job in batch {
+                    let _ = job.reply.send(Err(why.clone()));
+                }
+                return;
+            }
         };
-        let seq = seq.parse().unwrap_or_default();
-        Ok(Touched {
-            found: Found {
-                app: Arc::from(app.as_str()),
-                origin: parse_origin(origin),
-            },
-            seq,
-            // Before the first notify there is no value (an empty info is a value).
-            info: (seq > 0).then(|| info.clone()),
-            epoch: epoch.parse().unwrap_or_default(),
-        })
+        let epoch: Epoch = reply[0].parse().unwrap_or_default();
+        for (job, found) in batch.into_iter().zip(reply[1..].chunks_exact(4)) {
+            let [app, origin, seq, info] = found else {
+                continue;
+            };
+            let touched = (!app.is_empty()).then(|| {
+                let seq = seq.parse().unwrap_or_default();
+                Touched {
+                    found: Found {
+                        app: Arc::from(app.as_str()),
+                        origin: parse_origin(origin),
+                    },
+                    seq,
+                    // Before the first notify there is no value (an empty info is a value).
+                    info: (seq > 0).then(|| info.clone()),
+                    epoch,
+                }
+            });
+            let _ = job.reply.send(Ok(touched));
+        }
     }
 
     async fn heartbeat(&self) {
@@ -787,7 +832,28 @@ struct Notify {
     info: Box<str>,
     /// This node's clients on the id when the notify was made.
     waiters: u32,
-    reply: oneshot::Sender<Result<Notified, String>>,
+    reply: batch::Answer<Notified>,
+}
+
+impl batch::Job for Notify {
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+/// A browser's look waiting for its batch.
+#[derive(Debug)]
+struct Touch {
+    id: Box<str>,
+    /// This node's clients on the id, to be written with the look.
+    waiters: Option<u32>,
+    reply: batch::Answer<Option<Touched>>,
+}
+
+impl batch::Job for Touch {
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
 }
 
 /// What Redis made of one notify.
@@ -812,6 +878,7 @@ pub enum Watched {
 }
 
 /// What a browser's look at an id found.
+#[derive(Debug)]
 struct Touched {
     found: Found,
     seq: u64,

@@ -212,16 +212,28 @@ redis.call('PUBLISH', 'ch:n:' .. ARGV[2], hv .. '|d|0|' .. epoch(KEYS[5]) .. '|'
 return {'ok'}
 
 --@ touch
--- A browser's look at an id, counted as activity; with ARGV[4] ~= '' it also records how
--- many clients this node holds on it.
--- KEYS: id hash, epoch
--- ARGV: idle ttl ms, granule ms, node, waiters on this node ('' to leave it)
-local r = redis.call('HMGET', KEYS[1], 'a', 'o', 's', 'v')
-if not r[1] then return {} end
+-- Browsers' looks at ids (polls, streams, iframe pages), in a batch, each counted as activity;
+-- with a count it also records how many clients this node holds on the id.
+-- KEYS: epoch, then one id hash per look.
+-- ARGV: idle ttl ms, granule ms, node, then per look this node's waiters ('' to leave it).
+-- Returns the epoch, then per look its app, origin, seq and info ('', '', '', '' when the id
+-- does not exist).
 local now = now_ms()
-keep(KEYS[1], 'ch:ab:' .. r[1], 'ch:ae:' .. r[1], now, tonumber(ARGV[1]), tonumber(ARGV[2]))
-if ARGV[4] ~= '' then report(KEYS[1], ARGV[3], ARGV[4]) end
-return {r[1], r[2] or '', r[3], r[4] or '', epoch(KEYS[2])}
+local ttl, granule, node = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local out = {epoch(KEYS[1])}
+for i = 2, #KEYS do
+  local key = KEYS[i]
+  local r = redis.call('HMGET', key, 'a', 'o', 's', 'v')
+  local n = #out
+  if r[1] then
+    keep(key, 'ch:ab:' .. r[1], 'ch:ae:' .. r[1], now, ttl, granule)
+    if ARGV[2 + i] ~= '' then report(key, node, ARGV[2 + i]) end
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4] = r[1], r[2] or '', r[3], r[4] or ''
+  else
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4] = '', '', '', ''
+  end
+end
+return out
 
 --@ counts
 -- This node's counts of its clients on many ids at once (the end of a wait is activity too).

@@ -1,0 +1,60 @@
+//! Requests that go to Redis in batches: the ones a node makes while its previous batch is
+//! in Redis go together in the next, one script call and one round trip for all (a burst of
+//! thousands of notifies, or of pages arriving at once, costs Redis a fraction of one call
+//! each); a request made while none is in flight goes at once, alone.
+
+use std::future::Future;
+
+use futures_util::StreamExt as _;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// A request waiting for its batch.
+pub trait Job {
+    /// Whether its caller gave up (its timeout ran out): it is then not sent.
+    fn abandoned(&self) -> bool;
+}
+
+/// A batched request's answer channel: `Err` is why Redis could not answer.
+pub type Answer<T> = oneshot::Sender<Result<T, String>>;
+
+/// Sends what arrives on `queue` through `send`, in batches of up to `max_batch`, with up to
+/// `max_in_flight` batches in Redis at once. Ends at shutdown once the batches in flight are
+/// answered; what is queued then goes alone, and later requests find the queue closed (their
+/// callers send them alone too).
+pub async fn run<J, F, Fut>(
+    mut queue: mpsc::Receiver<J>,
+    shutdown: CancellationToken,
+    max_batch: usize,
+    max_in_flight: usize,
+    send: F,
+) where
+    J: Job,
+    F: Fn(Vec<J>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut in_flight = futures_util::stream::FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            job = queue.recv(), if in_flight.len() < max_in_flight => {
+                let Some(job) = job else { break };
+                let mut batch = vec![job];
+                while batch.len() < max_batch {
+                    let Ok(job) = queue.try_recv() else { break };
+                    batch.push(job);
+                }
+                batch.retain(|job| !job.abandoned());
+                if !batch.is_empty() {
+                    in_flight.push(send(batch));
+                }
+            }
+            () = shutdown.cancelled() => break,
+        }
+    }
+    queue.close();
+    while in_flight.next().await.is_some() {}
+    while let Ok(job) = queue.try_recv() {
+        send(vec![job]).await;
+    }
+}
