@@ -386,27 +386,10 @@ impl Cluster {
             waiters: self.local_waiters(id),
             reply,
         };
-        // The whole wait is bounded: time in the queue counts against the command timeout.
-        let outcome = tokio::time::timeout(self.link.timeout(), async {
-            match self.notifies.try_send(job) {
-                Ok(()) => answer.await.unwrap_or_else(|_| Err("shutting down".into())),
-                // Full (a node far past what one Redis takes) or closed (shutting down): the
-                // notify goes alone.
-                Err(
-                    mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job),
-                ) => {
-                    self.notify_batch(vec![job]).await;
-                    answer.await.unwrap_or_else(|_| Err("shutting down".into()))
-                }
-            }
+        let outcome = batch::submit(&self.notifies, job, answer, self.link.timeout(), |jobs| {
+            self.notify_batch(jobs)
         })
         .await
-        .unwrap_or_else(|_| {
-            Err(format!(
-                "Redis did not answer within {:?}",
-                self.link.timeout()
-            ))
-        })
         .map_err(unavailable)?;
         match outcome {
             Notified::Done {
@@ -627,19 +610,10 @@ impl Cluster {
             reply,
         };
         let patience = self.link.patient_timeout();
-        let outcome = tokio::time::timeout(patience, async {
-            match self.touches.try_send(job) {
-                Ok(()) => {}
-                Err(
-                    mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job),
-                ) => {
-                    self.touch_batch(vec![job]).await;
-                }
-            }
-            answer.await.unwrap_or_else(|_| Err("shutting down".into()))
+        let outcome = batch::submit(&self.touches, job, answer, patience, |jobs| {
+            self.touch_batch(jobs)
         })
         .await
-        .unwrap_or_else(|_| Err(format!("Redis did not answer within {patience:?}")))
         .map_err(unavailable)?;
         outcome.ok_or(StoreError::UnknownId)
     }

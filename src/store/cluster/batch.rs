@@ -4,8 +4,10 @@
 //! each); a request made while none is in flight goes at once, alone.
 
 use std::future::Future;
+use std::time::Duration;
 
 use futures_util::StreamExt as _;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -57,4 +59,27 @@ pub async fn run<J, F, Fut>(
     while let Ok(job) = queue.try_recv() {
         send(vec![job]).await;
     }
+}
+
+/// Queues `job` for its batch and waits for `answer`, at most `patience` with the time in the
+/// queue counted. When the queue is full (a node far past what one Redis takes) or closed
+/// (shutting down), the job goes alone through `alone`.
+pub async fn submit<J, T, Fut>(
+    queue: &mpsc::Sender<J>,
+    job: J,
+    answer: oneshot::Receiver<Result<T, String>>,
+    patience: Duration,
+    alone: impl FnOnce(Vec<J>) -> Fut,
+) -> Result<T, String>
+where
+    Fut: Future<Output = ()>,
+{
+    tokio::time::timeout(patience, async {
+        if let Err(TrySendError::Full(job) | TrySendError::Closed(job)) = queue.try_send(job) {
+            alone(vec![job]).await;
+        }
+        answer.await.unwrap_or_else(|_| Err("shutting down".into()))
+    })
+    .await
+    .unwrap_or_else(|_| Err(format!("Redis did not answer within {patience:?}")))
 }
