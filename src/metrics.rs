@@ -73,7 +73,7 @@ pub struct Backplane {
     pub reconnects: Counter,
     /// Resyncs: local ids read back from Redis after a reconnect, a gap or a failed probe.
     pub resyncs: Counter,
-    /// Hints found missing by their partition counter.
+    /// Hint messages found missing by their number.
     pub hint_gaps: Counter,
     /// Liveness probes of the subscriber that did not come back in time.
     pub probe_timeouts: Counter,
@@ -471,7 +471,7 @@ impl Metrics {
             hint_gaps: counter(
                 &mut registry,
                 "backplane_hint_gaps",
-                "Hints found missing by their partition counter",
+                "Hint messages found missing by their number",
             ),
             probe_timeouts: counter(
                 &mut registry,

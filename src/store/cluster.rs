@@ -10,10 +10,11 @@
 //!   one Lua script ([`scripts`]), so `seq` is assigned in one place and a notify's hint is
 //!   published in the same atomic step as its value: hints leave Redis in `seq` order.
 //! - **This node** holds only its waiting clients, on its own slots (the same [`Slot`] as the
-//!   memory engine, so a waiting client costs the same), and learns of notifies from a fixed
-//!   set of [`PARTITIONS`] channels ([`hints`]), never one subscription per id.
+//!   memory engine, so a waiting client costs the same), and learns of notifies from one
+//!   channel ([`hints`]), never one subscription per id: each script publishes one message
+//!   there with every change it made.
 //!
-//! Lost hints are found and repaired: each partition's hints are numbered, a gap or a
+//! Lost hints are found and repaired: the hint messages are numbered, a gap or a
 //! reconnect re-reads every local id from Redis, and a liveness probe catches a subscription
 //! that died silently. A Redis that may have lost writes gets a new epoch ([`Epoch`]), and a
 //! client whose cursor is from another epoch is told to `reset`.
@@ -45,12 +46,12 @@ use scripts::SCRIPTS;
 
 pub use link::ConnectError;
 
-/// Hint channels. Every node subscribes to all of them once; a notify publishes to the one
-/// its id hashes to. Sixteen keep a resubscribe cheap and spread resyncs after a gap.
-pub const PARTITIONS: u32 = 16;
-
+/// The hint channel: every node subscribes to it, and every script that changes ids publishes
+/// one message to it (scripts.lua, `publish`).
+const HINT_CHANNEL: &str = "ch:h";
+/// The number of the last hint message (`INCR`), so that a node sees one it missed.
+const HINT_COUNTER_KEY: &str = "ch:hc";
 const EPOCH_KEY: &str = "ch:ep";
-const HINT_COUNTERS_KEY: &str = "ch:hv";
 const NODES_KEY: &str = "ch:nodes";
 
 /// How often this node says it is alive, and how long one heartbeat counts: a killed node's
@@ -99,15 +100,6 @@ fn granule(idle_ttl: Duration) -> Duration {
 
 fn bucket_key(kind: &str, app: &str) -> String {
     format!("ch:rl:{kind}:{app}")
-}
-
-fn partition(id: &str) -> u32 {
-    crc32fast::hash(id.as_bytes()) % PARTITIONS
-}
-
-fn channel(partition: u32) -> String {
-    // The scripts publish to `'ch:n:' .. partition` (scripts.lua).
-    format!("ch:n:{partition}")
 }
 
 /// The Redis engine of one node.
@@ -415,7 +407,7 @@ impl Cluster {
             .link
             .call(|mut conn| async move {
                 let mut notify = SCRIPTS.notify.prepare_invoke();
-                notify.key(HINT_COUNTERS_KEY).key(EPOCH_KEY).key(NODES_KEY);
+                notify.key(HINT_COUNTER_KEY).key(EPOCH_KEY).key(NODES_KEY);
                 for job in jobs {
                     notify.key(id_key(&job.id));
                 }
@@ -426,11 +418,7 @@ impl Cluster {
                     .arg(self.notify_rate.burst.max(1))
                     .arg(&self.node);
                 for job in jobs {
-                    notify
-                        .arg(&*job.app)
-                        .arg(&*job.info)
-                        .arg(partition(&job.id))
-                        .arg(job.waiters);
+                    notify.arg(&*job.app).arg(&*job.info).arg(job.waiters);
                 }
                 notify.invoke_async(&mut conn.redis).await
             })
@@ -470,7 +458,6 @@ impl Cluster {
 
     /// Deletes `app`'s `id`; every node's waiters on it are released as gone.
     pub async fn remove(&self, app: &App, id: &str) -> Result<(), StoreError> {
-        let p = partition(id);
         let reply: Vec<String> = self
             .link
             .call(|mut conn| async move {
@@ -479,10 +466,9 @@ impl Cluster {
                     .key(id_key(id))
                     .key(counts_key(app.name()))
                     .key(ends_key(app.name()))
-                    .key(HINT_COUNTERS_KEY)
+                    .key(HINT_COUNTER_KEY)
                     .key(EPOCH_KEY)
                     .arg(&**app.name())
-                    .arg(p)
                     .arg(id)
                     .invoke_async(&mut conn.redis)
                     .await

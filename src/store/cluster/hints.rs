@@ -1,11 +1,13 @@
-//! How this node hears of notifies made on any node: one subscription to the
-//! [`PARTITIONS`](super::PARTITIONS) hint channels, and the repairs that make lost hints
-//! harmless.
+//! How this node hears of notifies made on any node: one subscription, to the hint channel,
+//! and the repairs that make lost hints harmless.
 //!
-//! A hint is `hv|kind|seq|epoch|time|id|info`: `hv` numbers the hints of its partition, so a
-//! gap (or a counter that went backwards: Redis lost its state) shows that some were lost,
-//! and that partition's local ids are read again. After every (re)subscribe every local id is
-//! read again, since hints published while there was no subscription are gone. A probe
+//! A hint message is what one script changed: `number|epoch|time`, then per change a
+//! newline and `kind|seq|id|bytes of info|info` (scripts.lua, `publish`). A batch of notifies
+//! is one message, so Redis publishes (and every node reads) one message per batch rather
+//! than one per notify. `number` counts the messages, so a gap (or a counter that went
+//! backwards: Redis lost its state) shows that some were lost, and every local id is read
+//! again; so it is after every (re)subscribe, since hints published while there was no
+//! subscription are gone. A probe
 //! published to this node's own channel whenever nothing arrived for [`PROBE_IDLE`] must
 //! come back within [`PROBE_TIMEOUT`]; otherwise the subscription is taken for dead and made
 //! again: a connection that stays open but delivers nothing is caught within seconds.
@@ -15,11 +17,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use redis::Msg;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Cluster, EPOCH_KEY, PARTITIONS, channel, id_key, partition, unix_millis};
+use super::{Cluster, EPOCH_KEY, HINT_CHANNEL, id_key, unix_millis};
 use crate::id::Id;
 use crate::slot::Epoch;
 
@@ -79,9 +80,7 @@ async fn listen(
     let probe = probe_channel(&cluster.node);
     let setup = async {
         let mut pubsub = client.get_async_pubsub().await?;
-        for p in 0..PARTITIONS {
-            pubsub.subscribe(channel(p)).await?;
-        }
+        pubsub.subscribe(HINT_CHANNEL).await?;
         pubsub.subscribe(&probe).await?;
         redis::RedisResult::Ok(pubsub)
     };
@@ -95,9 +94,9 @@ async fn listen(
         tracing::info!("hint subscription back");
     }
     // Whatever was published while nobody listened is read back.
-    tokio::spawn(resync(Arc::clone(cluster), None));
+    tokio::spawn(resync(Arc::clone(cluster), Resync::Resubscribed));
     let mut stream = pubsub.into_on_message();
-    let mut counters: Vec<Option<u64>> = vec![None; PARTITIONS as usize];
+    let mut counter: Option<u64> = None;
     let mut last_seen = Instant::now();
     let mut probe_sent: Option<Instant> = None;
     loop {
@@ -113,7 +112,7 @@ async fn listen(
                 last_seen = Instant::now();
                 probe_sent = None;
                 if message.get_channel_name() != probe {
-                    handle(cluster, &message, &mut counters);
+                    handle(cluster, message.get_payload_bytes(), &mut counter);
                 }
             }
             () = tokio::time::sleep_until(deadline) => {
@@ -148,72 +147,111 @@ async fn listen(
     }
 }
 
-/// One hint: applied to the local slot if there is one; a gap in its partition's numbers
-/// starts a resync of that partition.
-fn handle(cluster: &Arc<Cluster>, message: &Msg, counters: &mut [Option<u64>]) {
-    let Some(p) = message
-        .get_channel_name()
-        .strip_prefix("ch:n:")
-        .and_then(|p| p.parse::<u32>().ok())
-        .filter(|p| *p < PARTITIONS)
-    else {
-        return;
-    };
-    let payload = String::from_utf8_lossy(message.get_payload_bytes());
-    let mut fields = payload.splitn(7, '|');
-    let (Some(hv), Some(kind), Some(seq), Some(epoch), Some(time), Some(id), Some(info)) = (
-        fields.next().and_then(|v| v.parse::<u64>().ok()),
-        fields.next(),
-        fields.next().and_then(|v| v.parse::<u64>().ok()),
-        fields.next().and_then(|v| v.parse::<Epoch>().ok()),
-        fields.next().and_then(|v| v.parse::<u64>().ok()),
-        fields.next(),
-        fields.next(),
-    ) else {
+/// One hint message: each change is applied to its local slot if there is one; a gap in the
+/// messages' numbers starts a resync.
+fn handle(cluster: &Arc<Cluster>, message: &[u8], counter: &mut Option<u64>) {
+    let Some((number, epoch, time, mut changes)) = read_header(message) else {
         tracing::warn!("unreadable hint ignored");
         return;
     };
-    let counter = &mut counters[p as usize];
     match *counter {
-        Some(last) if hv == last + 1 => {}
+        Some(last) if number == last + 1 => {}
         None => {}
         Some(last) => {
-            if hv > last {
-                cluster.metrics.hint_gaps.inc_by(hv - last - 1);
+            if number > last {
+                cluster.metrics.hint_gaps.inc_by(number - last - 1);
             }
-            tracing::debug!(
-                partition = p,
-                last,
-                hv,
-                "hints lost; resyncing the partition"
-            );
-            tokio::spawn(resync(Arc::clone(cluster), Some(p)));
+            tracing::debug!(last, number, "hints lost; resyncing");
+            tokio::spawn(resync(Arc::clone(cluster), Resync::Gap));
         }
     }
-    *counter = Some(hv);
+    *counter = Some(number);
     #[allow(clippy::cast_precision_loss)]
     let lag = unix_millis().saturating_sub(time) as f64 / 1000.0;
     cluster.metrics.hint_lag.observe(lag);
-    match kind {
-        "n" => {
-            if let Some(slot) = cluster.local.get(id) {
-                slot.apply(seq, Some(info), epoch);
+    while !changes.is_empty() {
+        let Some((change, rest)) = read_change(changes) else {
+            tracing::warn!("unreadable hint ignored");
+            return;
+        };
+        changes = rest;
+        match change.kind {
+            b"n" => {
+                if let Some(slot) = cluster.local.get(change.id) {
+                    slot.apply(change.seq, Some(change.info), epoch);
+                }
             }
+            b"d" => cluster.gone(change.id),
+            _ => {}
         }
-        "d" => cluster.gone(id),
-        _ => {}
     }
 }
 
-/// Reads every local id (of `partition` only, when given) back from Redis and applies what
-/// changed: a newer value wakes its waiters, a missing id releases them as gone.
-pub async fn resync(cluster: Arc<Cluster>, only: Option<u32>) {
+/// One change in a hint message.
+#[derive(Debug, PartialEq, Eq)]
+struct Change<'a> {
+    kind: &'a [u8],
+    seq: u64,
+    id: &'a str,
+    info: &'a str,
+}
+
+/// `number|epoch|time`, and the changes after it (each starting with a newline).
+fn read_header(message: &[u8]) -> Option<(u64, Epoch, u64, &[u8])> {
+    let end = message
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(message.len());
+    let mut fields = std::str::from_utf8(&message[..end]).ok()?.split('|');
+    let number = fields.next()?.parse().ok()?;
+    let epoch = fields.next()?.parse().ok()?;
+    let time = fields.next()?.parse().ok()?;
+    fields
+        .next()
+        .is_none()
+        .then_some((number, epoch, time, &message[end..]))
+}
+
+/// The first change of `changes` (`\nkind|seq|id|bytes|info`) and what follows it.
+fn read_change(changes: &[u8]) -> Option<(Change<'_>, &[u8])> {
+    let rest = changes.strip_prefix(b"\n")?;
+    let mut parts = rest.splitn(5, |&b| b == b'|');
+    let kind = parts.next()?;
+    let seq = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let id = std::str::from_utf8(parts.next()?).ok()?;
+    let bytes: usize = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let tail = parts.next()?;
+    let info = std::str::from_utf8(tail.get(..bytes)?).ok()?;
+    let rest = &tail[bytes..];
+    (rest.is_empty() || rest[0] == b'\n').then_some((
+        Change {
+            kind,
+            seq,
+            id,
+            info,
+        },
+        rest,
+    ))
+}
+
+/// Why local ids are read back from Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resync {
+    /// The subscription is new: hints published while there was none are gone, and Redis may
+    /// have forgotten this node's waiter counts.
+    Resubscribed,
+    /// A hint message was lost.
+    Gap,
+}
+
+/// Reads every local id back from Redis and applies what changed: a newer value wakes its
+/// waiters, a missing id releases them as gone.
+pub async fn resync(cluster: Arc<Cluster>, why: Resync) {
     cluster.metrics.resyncs.inc();
     let ids: Vec<Id> = cluster
         .local
         .iter()
         .map(|entry| entry.key().clone())
-        .filter(|id| only.is_none_or(|p| partition(id.as_str()) == p))
         .collect();
     for chunk in ids.chunks(RESYNC_BATCH) {
         let read = cluster
@@ -257,9 +295,83 @@ pub async fn resync(cluster: Arc<Cluster>, only: Option<u32>) {
             }
         }
     }
-    if only.is_none() {
+    if why == Resync::Resubscribed {
         // After a reconnect: Redis may have forgotten this node's counts (a restart, or its
         // heartbeat ran out during the outage); write them all again.
         cluster.report_waiters(true).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn changes(mut rest: &[u8]) -> Vec<Change<'_>> {
+        let mut out = Vec::new();
+        while !rest.is_empty() {
+            let (change, next) = read_change(rest).expect("readable");
+            out.push(change);
+            rest = next;
+        }
+        out
+    }
+
+    #[test]
+    fn a_message_with_many_changes_is_read_whatever_their_infos_hold() {
+        let message = "7|3|1796238107620\nn|12|a-1|5|x|y\nz\nd|0|b-2|0|\nn|1|c-3|0|".as_bytes();
+        let (number, epoch, time, rest) = read_header(message).unwrap();
+        assert_eq!((number, epoch, time), (7, 3, 1_796_238_107_620));
+        assert_eq!(
+            changes(rest),
+            [
+                Change {
+                    kind: b"n",
+                    seq: 12,
+                    id: "a-1",
+                    info: "x|y\nz"
+                },
+                Change {
+                    kind: b"d",
+                    seq: 0,
+                    id: "b-2",
+                    info: ""
+                },
+                Change {
+                    kind: b"n",
+                    seq: 1,
+                    id: "c-3",
+                    info: ""
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn infos_are_counted_in_bytes_not_characters() {
+        let info = "é✓";
+        let message = format!("1|0|5\nn|2|id|{}|{info}", info.len());
+        let (.., rest) = read_header(message.as_bytes()).unwrap();
+        assert_eq!(changes(rest)[0].info, info);
+    }
+
+    #[test]
+    fn a_torn_or_malformed_message_is_refused_not_misread() {
+        assert!(read_header(b"1|0").is_none());
+        assert!(read_header(b"1|0|5|9").is_none());
+        assert!(read_header(b"x|0|5").is_none());
+        for bad in [
+            &b"n|1|id|5|abc"[..],
+            b"\nn|1|id|5|abc",
+            b"\nn|1|id|2|abc",
+            b"\nn|x|id|1|a",
+            b"\nn|1|id|-1|a",
+            b"\nn|1|id",
+        ] {
+            assert!(
+                read_change(bad).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

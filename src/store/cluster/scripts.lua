@@ -4,24 +4,51 @@
 -- KEYS is derived from them with the same prefixes (standalone Redis only: see docs/cluster.md).
 
 --@ common
+-- Numbers become strings only through `int` ('%d'): Lua's own tostring, `..` and Redis's
+-- conversion of number arguments all print '%.14g' or '%.17g' floats, which was the
+-- biggest single cost of a notify in Redis (callgrind: a fifth of its instructions).
+local function int(n)
+  if n == 0 then return '0' end
+  return string.format('%d', n)
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
 -- A token bucket as GCRA, in microseconds: `burst` at once, refilled at `rate` per second.
--- Returns 0 when the request passes, else the milliseconds until one would.
-local function gcra(key, now, rate, burst)
-  if rate <= 0 then return 0 end
+-- A bucket is read once (`gcra_load`), taken from any number of times, and written once
+-- (`gcra_save`): a batch of notifies of one app costs it one GET and one SET.
+local function gcra_load(key)
+  return {key = key, tat = tonumber(redis.call('GET', key)) or 0, dirty = false}
+end
+
+-- Takes one request from `bucket`: 0 when it passes, else the milliseconds until one would.
+local function gcra_take(bucket, now, rate, burst)
   local now_us = now * 1000
   local interval = math.floor(1000000 / rate)
-  local tat = tonumber(redis.call('GET', key)) or now_us
-  if tat < now_us then tat = now_us end
+  local tat = math.max(bucket.tat, now_us)
   local new_tat = tat + interval
   local allow_at = new_tat - interval * burst
   if allow_at > now_us then return math.ceil((allow_at - now_us) / 1000) end
-  redis.call('SET', key, string.format('%.0f', new_tat), 'PX', math.ceil(interval * burst / 1000) + 1000)
+  bucket.tat, bucket.dirty = new_tat, true
   return 0
+end
+
+local function gcra_save(bucket, rate, burst)
+  if not bucket.dirty then return end
+  local interval = math.floor(1000000 / rate)
+  redis.call('SET', bucket.key, int(bucket.tat), 'PX', int(math.ceil(interval * burst / 1000) + 1000))
+end
+
+-- One request through the bucket at `key` (a rate of 0 or less: no limit).
+local function gcra(key, now, rate, burst)
+  if rate <= 0 then return 0 end
+  local bucket = gcra_load(key)
+  local wait = gcra_take(bucket, now, rate, burst)
+  gcra_save(bucket, rate, burst)
+  return wait
 end
 
 -- Expiry in buckets. An id's key expires at the end of its bucket (its PEXPIRETIME, ms since
@@ -37,15 +64,15 @@ end
 
 -- Forgets the buckets of `counts`/`ends` that ended before `now`; returns the live total.
 local function prune(counts, ends, now)
-  local over = redis.call('ZRANGEBYSCORE', ends, '-inf', '(' .. now)
+  local over = redis.call('ZRANGEBYSCORE', ends, '-inf', '(' .. int(now))
   if #over > 0 then
     local lost = 0
     for _, e in ipairs(over) do
       lost = lost + (tonumber(redis.call('HGET', counts, e)) or 0)
       redis.call('HDEL', counts, e)
     end
-    redis.call('ZREMRANGEBYSCORE', ends, '-inf', '(' .. now)
-    return redis.call('HINCRBY', counts, 'n', -lost)
+    redis.call('ZREMRANGEBYSCORE', ends, '-inf', '(' .. int(now))
+    return redis.call('HINCRBY', counts, 'n', int(-lost))
   end
   return tonumber(redis.call('HGET', counts, 'n')) or 0
 end
@@ -54,14 +81,14 @@ end
 local function bucket_of(key)
   local at = redis.call('PEXPIRETIME', key)
   if at < 0 then return false end
-  return string.format('%.0f', at)
+  return int(at)
 end
 
 -- Takes the id out of bucket `x` (false: in none, or in one already forgotten); returns
 -- whether it was counted there.
 local function unbucket(counts, ends, x)
   if not x or redis.call('HEXISTS', counts, x) == 0 then return false end
-  if redis.call('HINCRBY', counts, x, -1) <= 0 then
+  if redis.call('HINCRBY', counts, x, '-1') <= 0 then
     redis.call('HDEL', counts, x)
     redis.call('ZREM', ends, x)
   end
@@ -72,36 +99,57 @@ end
 -- Nothing is written while that is still the bucket it is in.
 local function keep(key, counts, ends, now, ttl, granule)
   local e = bucket_end(now, ttl, granule)
-  local name = string.format('%.0f', e)
-  local x = bucket_of(key)
-  if x == name then return end
+  local at = redis.call('PEXPIRETIME', key)
+  if at == e then return end
+  local name = int(e)
   -- An id whose bucket was forgotten (it ended as this script began) is counted anew.
-  if not unbucket(counts, ends, x) then redis.call('HINCRBY', counts, 'n', 1) end
-  redis.call('HINCRBY', counts, name, 1)
-  redis.call('ZADD', ends, e, name)
-  redis.call('PEXPIREAT', key, e)
+  if not unbucket(counts, ends, at >= 0 and int(at)) then
+    redis.call('HINCRBY', counts, 'n', '1')
+  end
+  redis.call('HINCRBY', counts, name, '1')
+  redis.call('ZADD', ends, name, name)
+  redis.call('PEXPIREAT', key, name)
 end
 
 -- The waiters of every live node, from the id's `fields` (HGETALL). A node whose heartbeat
 -- ran out is not counted, but its field is kept: it may only have been cut off for a while,
 -- and it does not write counts that did not change. Fields of nodes gone for an hour (the
 -- heartbeat script forgets them) are deleted on the way. The calling node's own count is the
--- one it passes (exact now), not the one it last wrote.
-local function waiting(fields, key, nodes, now, self_node, self_count)
+-- one it passes (exact now), not the one it last wrote; `own` is its field ('w.' .. node).
+-- `alive` remembers, for one script, what `nodes` said of each node's field (its
+-- heartbeat's end, or false). The other fields of an id are one letter long.
+local function waiting(fields, key, nodes, now, own, self_count, alive)
   local sum = tonumber(self_count)
-  local own = 'w.' .. self_node
   for i = 1, #fields, 2 do
     local f = fields[i]
-    if f ~= own and string.sub(f, 1, 2) == 'w.' then
-      local alive = redis.call('HGET', nodes, string.sub(f, 3))
-      if not alive then
+    if #f > 2 and f ~= own then
+      local until_ms = alive[f]
+      if until_ms == nil then
+        until_ms = tonumber(redis.call('HGET', nodes, string.sub(f, 3))) or false
+        alive[f] = until_ms
+      end
+      if not until_ms then
         redis.call('HDEL', key, f)
-      elseif tonumber(alive) > now then
+      elseif until_ms > now then
         sum = sum + tonumber(fields[i + 1])
       end
     end
   end
   return sum
+end
+
+-- Hints: what one script changed, in ONE message on the hint channel `ch:h` (the nodes'
+-- only subscription), numbered by the counter at `counter` so that a node sees a lost one.
+-- The message is `number|epoch|time` and then, per change, a newline and
+-- `kind|seq|id|bytes of info|info` (info may hold any character). `seq` is a string.
+local function hint(kind, seq, id, info)
+  return '\n' .. kind .. '|' .. seq .. '|' .. id .. '|' .. int(#info) .. '|' .. info
+end
+
+local function publish(counter, ep, now, hints)
+  if #hints == 0 then return end
+  local number = redis.call('INCR', counter)
+  redis.call('PUBLISH', 'ch:h', int(number) .. '|' .. ep .. '|' .. int(now) .. table.concat(hints))
 end
 
 -- The value of `name` in `fields` (HGETALL), or false.
@@ -131,7 +179,7 @@ end
 -- ARGV: app, origin ('' for none), idle ttl ms, granule ms, app quota, max_ids, rate, burst
 local now = now_ms()
 local wait = gcra(KEYS[4], now, tonumber(ARGV[7]), tonumber(ARGV[8]))
-if wait > 0 then return {'rate', tostring(wait)} end
+if wait > 0 then return {'rate', int(wait)} end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'taken'} end
 local total = 0
 for i = 5, #KEYS, 2 do
@@ -142,9 +190,9 @@ if total >= tonumber(ARGV[6]) then return {'full'} end
 -- Created in whole seconds, as the API shows it (and 4 bytes in the listpack, not 8).
 local created = math.floor(now / 1000)
 if ARGV[2] ~= '' then
-  redis.call('HSET', KEYS[1], 'a', ARGV[1], 's', 0, 'c', created, 'o', ARGV[2])
+  redis.call('HSET', KEYS[1], 'a', ARGV[1], 's', '0', 'c', int(created), 'o', ARGV[2])
 else
-  redis.call('HSET', KEYS[1], 'a', ARGV[1], 's', 0, 'c', created)
+  redis.call('HSET', KEYS[1], 'a', ARGV[1], 's', '0', 'c', int(created))
 end
 keep(KEYS[1], KEYS[2], KEYS[3], now, tonumber(ARGV[3]), tonumber(ARGV[4]))
 return {'ok'}
@@ -160,55 +208,63 @@ return totals
 
 --@ notify
 -- Notifies in a batch (the ones a node's publishers made while its previous batches were in
--- Redis): each one as if alone, in order, in one atomic step.
--- KEYS: partition counters, epoch, nodes, then one id hash per notify.
--- ARGV: idle ttl ms, granule ms, rate, burst, node, then per notify: app, info, partition,
--- this node's waiters on the id.
+-- Redis): each one as if alone, in order, in one atomic step, with one hint message for all.
+-- KEYS: hint counter, epoch, nodes, then one id hash per notify.
+-- ARGV: idle ttl ms, granule ms, rate, burst, node, then per notify: app, info, this node's
+-- waiters on the id.
 -- Returns the epoch, then per notify three values: 'ok', seq, waiting; 'unknown', '', '';
 -- or 'rate', the milliseconds to wait, ''.
 local now = now_ms()
 local ttl, granule = tonumber(ARGV[1]), tonumber(ARGV[2])
-local rate, burst, node = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local rate, burst, own = tonumber(ARGV[3]), tonumber(ARGV[4]), 'w.' .. ARGV[5]
 local ep = epoch(KEYS[2])
 local out = {ep}
+local hints, buckets, alive = {}, {}, {}
 local function answer(a, b, c)
   local n = #out
   out[n + 1], out[n + 2], out[n + 3] = a, b, c
 end
 for i = 4, #KEYS do
   local key = KEYS[i]
-  local at = 6 + (i - 4) * 4
-  local app, info, p = ARGV[at], ARGV[at + 1], ARGV[at + 2]
-  local wait = gcra('ch:rl:n:' .. app, now, rate, burst)
+  local at = 6 + (i - 4) * 3
+  local app, info = ARGV[at], ARGV[at + 1]
+  local wait = 0
+  if rate > 0 then
+    local bucket = buckets[app]
+    if not bucket then
+      bucket = gcra_load('ch:rl:n:' .. app)
+      buckets[app] = bucket
+    end
+    wait = gcra_take(bucket, now, rate, burst)
+  end
   local fields = {}
   if wait == 0 then fields = redis.call('HGETALL', key) end
   if wait > 0 then
-    answer('rate', tostring(wait), '')
+    answer('rate', int(wait), '')
   elseif field(fields, 'a') ~= app then
     answer('unknown', '', '')
   else
-    local seq = (tonumber(field(fields, 's')) or 0) + 1
+    local seq = int((tonumber(field(fields, 's')) or 0) + 1)
     redis.call('HSET', key, 's', seq, 'v', info)
     keep(key, 'ch:ab:' .. app, 'ch:ae:' .. app, now, ttl, granule)
-    local hv = redis.call('HINCRBY', KEYS[1], p, 1)
-    local id = string.sub(key, 6)
-    redis.call('PUBLISH', 'ch:n:' .. p, hv .. '|n|' .. seq .. '|' .. ep .. '|' .. now .. '|' .. id .. '|' .. info)
-    local sum = waiting(fields, key, KEYS[3], now, node, ARGV[at + 3])
-    answer('ok', tostring(seq), tostring(sum))
+    hints[#hints + 1] = hint('n', seq, string.sub(key, 6), info)
+    local sum = waiting(fields, key, KEYS[3], now, own, ARGV[at + 2], alive)
+    answer('ok', seq, int(sum))
   end
 end
+for _, bucket in pairs(buckets) do gcra_save(bucket, rate, burst) end
+publish(KEYS[1], ep, now, hints)
 return out
 
 --@ delete
--- KEYS: id hash, the app's counts, the app's bucket ends, partition counters, epoch
--- ARGV: app, partition, id
+-- KEYS: id hash, the app's counts, the app's bucket ends, hint counter, epoch
+-- ARGV: app, id
 if redis.call('HGET', KEYS[1], 'a') ~= ARGV[1] then return {'unknown'} end
 local now = now_ms()
 local x = bucket_of(KEYS[1])
 redis.call('DEL', KEYS[1])
 if unbucket(KEYS[2], KEYS[3], x) then redis.call('HINCRBY', KEYS[2], 'n', -1) end
-local hv = redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
-redis.call('PUBLISH', 'ch:n:' .. ARGV[2], hv .. '|d|0|' .. epoch(KEYS[5]) .. '|' .. now .. '|' .. ARGV[3] .. '|')
+publish(KEYS[4], epoch(KEYS[5]), now, {hint('d', '0', ARGV[2], '')})
 return {'ok'}
 
 --@ touch
@@ -259,12 +315,12 @@ return gone
 local fields = redis.call('HGETALL', KEYS[1])
 if field(fields, 'a') ~= ARGV[1] then return {} end
 local now = now_ms()
-return {field(fields, 'o') or '', field(fields, 's'), field(fields, 'c'), tostring(redis.call('PTTL', KEYS[1])), tostring(waiting(fields, KEYS[1], KEYS[2], now, ARGV[2], ARGV[3]))}
+return {field(fields, 'o') or '', field(fields, 's'), field(fields, 'c'), int(redis.call('PTTL', KEYS[1])), int(waiting(fields, KEYS[1], KEYS[2], now, 'w.' .. ARGV[2], ARGV[3], {}))}
 
 --@ heartbeat
 -- KEYS: nodes. ARGV: node, how long it counts as alive (ms)
 local now = now_ms()
-redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[2]))
+redis.call('HSET', KEYS[1], ARGV[1], int(now + tonumber(ARGV[2])))
 -- Forget nodes dead for an hour (their waiter fields are pruned lazily by `waiting`).
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do

@@ -102,7 +102,8 @@ mod tests {
             assert!(!text.trim().is_empty(), "{name}");
             assert!(!text.contains("--@"), "{name}");
         }
-        assert!(section("notify").contains("PUBLISH"));
+        assert!(section("notify").contains("publish(KEYS[1]"));
+        assert!(section("common").contains("PUBLISH"));
         LazyLock::force(&SCRIPTS);
     }
 }
