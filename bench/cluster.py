@@ -5,6 +5,7 @@
     cluster.py check A_URL B_URL KEY         is CallHome in cluster mode? (exit 0: yes)
     cluster.py ceiling CSV NAME ROUND C N S RC   redis-benchmark's --csv -> one JSON line
     cluster.py brief RAW.jsonl               one line about the last result, for the log
+    cluster.py script SCRIPTS.lua NAME       the script NAME as a node loads it
     cluster.py report DIR DOC.md             medians -> the cluster section of DOC.md
 
 DIR holds raw.jsonl (one line per measurement: the tool's JSON result plus `case`, `server`,
@@ -59,7 +60,6 @@ def meta(out):
         "redis_package": run(["dpkg-query", "-W", "-f", "${Package} ${Version}",
                               "redis-server"]),
         "command_line": env.get("COMMAND_LINE", ""),
-        "ceiling_lua": Path(env.get("CEILING_LUA", "")).name,
         "knobs": {k: env.get(k, "") for k in
                   ("N", "ROUNDS", "NOTIFY_SECS", "IDS", "CONNS", "WAIT_SECS", "AGG_NODES",
                    "AGG_NCHAN", "CEILING_REQS", "CEILING_CLIENTS", "CEILING_SUBSCRIBERS",
@@ -424,9 +424,8 @@ def section(outdir):
         w("")
         w("| Command | ops/s | p50 | p99 |")
         w("|---|---:|---:|---:|")
-        for name, label in (("evalsha", f"`EVALSHA` of {m.get('ceiling_lua')} (one "
-                                        "notify's commands: TIME, HGET, HGETALL, HSET, "
-                                        "PEXPIRETIME, HINCRBY, PUBLISH)"),
+        for name, label in (("evalsha", "`EVALSHA` of CallHome's notify script (a batch of "
+                                        "one notify, rate limits off)"),
                             ("publish", "`PUBLISH` alone")):
             ops = values(rows, "ceiling", "redis", "ops_per_sec", name)
             p50 = values(rows, "ceiling", "redis", "p50_latency_ms", name)
@@ -512,6 +511,20 @@ def report(outdir, doc):
     print(block)
 
 
+def script(path, name):
+    """Script `name` of scripts.lua as a node loads it: the `common` section, then its own
+    (src/store/cluster/scripts.rs cuts the file the same way)."""
+    text = Path(path).read_text()
+
+    def section(n):
+        marker = f"--@ {n}\n"
+        start = text.index(marker) + len(marker)
+        end = text.find("--@ ", start)
+        return text[start:] if end < 0 else text[start:end]
+
+    return section("common") + "\n" + section(name)
+
+
 def main(argv):
     if len(argv) >= 3 and argv[1] == "meta":
         meta(argv[2])
@@ -519,6 +532,8 @@ def main(argv):
         check(argv[2].rstrip("/"), argv[3].rstrip("/"), argv[4])
     elif len(argv) >= 9 and argv[1] == "ceiling":
         ceiling(*argv[2:9])
+    elif len(argv) >= 4 and argv[1] == "script":
+        print(script(argv[2], argv[3]), end="")
     elif len(argv) >= 3 and argv[1] == "brief":
         brief(argv[2])
     elif len(argv) >= 4 and argv[1] == "report":

@@ -12,10 +12,11 @@
 # Every case starts its nodes fresh on a flushed Redis (FLUSHALL, SCRIPT FLUSH, FUNCTION
 # FLUSH while no node runs) and stops them afterwards. For each of ROUNDS rounds:
 #
-#   ceiling   redis-benchmark, unpipelined, of EVALSHA bench/cluster-ceiling.lua (the
-#             commands of one CallHome notify: TIME, HGET, HGETALL, HSET, PEXPIRETIME, HINCRBY,
-#             PUBLISH) and of a plain PUBLISH, with CEILING_SUBSCRIBERS
-#             pattern subscribers standing in for the nodes' hint links
+#   ceiling   redis-benchmark, unpipelined, of EVALSHA of CallHome's own notify script (the
+#             `notify` section of src/store/cluster/scripts.lua, as a node sends it: one
+#             notify, rate limits off, on one of 100,000 ids made beforehand) and of a plain
+#             PUBLISH, with CEILING_SUBSCRIBERS pattern subscribers standing in for the nodes'
+#             hint links
 #   fanout    N long polls held on node B, one notify per id sent to node A: all-answered
 #             time, p50/p99 notify-to-answer, missing (callhome-bench fanout --base B
 #             --publish-base A)
@@ -48,7 +49,6 @@
 #   WAIT_SECS=10       fan-out: how long after the last notify a delivery may still come
 #   AGG_NODES=4        nodes in the aggregate run (0 skips it); AGG_NCHAN=1 (0: CallHome only)
 #   CEILING_REQS=200000 CEILING_CLIENTS=50 CEILING_SUBSCRIBERS=2   redis-benchmark
-#   CEILING_LUA=bench/cluster-ceiling.lua    the script benchmarked (KEYS[1] an id, ARGV[1] info)
 #   CH_WORKERS=1       each CallHome node's worker threads (each nginx runs one worker)
 #   NOFILE=20000       `ulimit -n` for the servers
 #   REDIS_PORT=16379 CH_PORT=18380 NCHAN_PORT=18390   first ports tried (the next free taken)
@@ -79,7 +79,6 @@ AGG_NCHAN=${AGG_NCHAN:-1}
 CEILING_REQS=${CEILING_REQS:-200000}
 CEILING_CLIENTS=${CEILING_CLIENTS:-50}
 CEILING_SUBSCRIBERS=${CEILING_SUBSCRIBERS:-2}
-CEILING_LUA=${CEILING_LUA:-$HERE/cluster-ceiling.lua}
 CH_WORKERS=${CH_WORKERS:-1}
 CASES=${CASES:-ceiling fanout notify memory aggregate}
 NOFILE=${NOFILE:-20000}
@@ -123,7 +122,6 @@ done
     die "N, ROUNDS, NOTIFY_SECS, IDS, CONNS, CEILING_REQS and CEILING_CLIENTS must be positive"
 ((N <= 19000)) || die "N=$N: one node holds at most 19000 waiters here (20000 open files per process)"
 ((AGG_NODES <= 8)) || die "AGG_NODES=$AGG_NODES: at most 8"
-[[ -f $CEILING_LUA ]] || die "CEILING_LUA=$CEILING_LUA: no such file"
 
 # True when case $1 is in CASES.
 wanted() {
@@ -352,7 +350,7 @@ N=$N ROUNDS=$ROUNDS NOTIFY_SECS=$NOTIFY_SECS IDS=$IDS CONNS=$CONNS AGG_NODES=$AG
     AGG_NCHAN=$AGG_NCHAN CEILING_REQS=$CEILING_REQS CEILING_CLIENTS=$CEILING_CLIENTS \
     CEILING_SUBSCRIBERS=$CEILING_SUBSCRIBERS CH_WORKERS=$CH_WORKERS WAIT_SECS=$WAIT_SECS \
     NGINX=$NGINX MODULE=$MODULE STAMP=$STAMP CALLHOME=$CALLHOME REDIS_VERSION=$REDIS_VERSION \
-    COMMAND_LINE=$COMMAND_LINE CEILING_LUA=$CEILING_LUA \
+    COMMAND_LINE=$COMMAND_LINE \
     timeout 60 python3 "$HERE/cluster.py" meta "$OUT/meta.json" || die "collecting machine facts failed"
 
 # ---------------------------------------------------------------------------------------
@@ -554,6 +552,7 @@ case_notify() {
     begin_case notify "$server" 2 "$round" || return 0
     mapfile -t urls < <(node_urls "$server" 2)
     pid_a=$(node_pid 0)
+    rcli CONFIG RESETSTAT >/dev/null
     r0=$(cpu_ticks "$REDIS_PID")
     a0=$(cpu_ticks "$pid_a")
     c0=$(redis_info stats total_commands_processed)
@@ -562,6 +561,7 @@ case_notify() {
     r1=$(cpu_ticks "$REDIS_PID")
     a1=$(cpu_ticks "$pid_a")
     c1=$(redis_info stats total_commands_processed)
+    rcli INFO commandstats | tr -d '\r' >"$OUT/commandstats-notify-$server-$round.txt"
     record notify "$server" "$round" \
         "\"clk_tck\":$CLK_TCK,\"redis_cpu_ticks\":$((r1 - r0)),\"node_a_cpu_ticks\":$((a1 - a0)),\"redis_commands\":$((c1 - c0)),"
     end_case
@@ -616,8 +616,11 @@ case_ceiling() {
     local round=$1 sha i csv name rc
     step "round $round/$ROUNDS: redis ceiling (redis-benchmark)"
     flush_redis
-    sha=$(rcli SCRIPT LOAD "$(cat "$CEILING_LUA")")
-    [[ $sha =~ ^[0-9a-f]{40}$ ]] || die "SCRIPT LOAD of $CEILING_LUA failed: $sha"
+    sha=$(rcli SCRIPT LOAD "$(python3 "$HERE/cluster.py" script "$ROOT/src/store/cluster/scripts.lua" notify)")
+    [[ $sha =~ ^[0-9a-f]{40}$ ]] || die "SCRIPT LOAD of the notify script failed: $sha"
+    # The ids redis-benchmark's -r 100000 names (__rand_int__ is 12 digits), as a create
+    # leaves them, of app `cb`.
+    rcli EVAL "for i = 0, 99999 do redis.call('HSET', string.format('ch:i:%012d', i), 'a', 'cb', 's', 0, 'c', 1) end" 0 >/dev/null
     for ((i = 0; i < CEILING_SUBSCRIBERS; i++)); do
         (exec redis-cli -h 127.0.0.1 -p "$REDIS_PORT" PSUBSCRIBE '*' >/dev/null 2>&1) &
         SUB_PIDS+=("$!")
@@ -625,7 +628,10 @@ case_ceiling() {
     sleep 0.3
     for name in evalsha publish; do
         csv=$TMP/ceiling-$name.csv
-        local cmd=(EVALSHA "$sha" 1 "cb:id:__rand_int__" "0123456789abcdef")
+        # KEYS: hint counter, epoch, nodes, the id. ARGV: idle ttl, granule, rate (0: off),
+        # burst, node, then the notify: app, info, this node's waiters.
+        local cmd=(EVALSHA "$sha" 4 ch:hc ch:ep ch:nodes "ch:i:__rand_int__"
+            86400000 60000 0 1 cb cb "0123456789abcdef" 0)
         [[ $name == publish ]] && cmd=(PUBLISH cb:hints "cb:id:__rand_int__ 1")
         rc=0
         echo "### round $round ceiling $name: redis-benchmark -c $CEILING_CLIENTS -n $CEILING_REQS -r 100000 --csv ${cmd[*]}" >>"$OUT/bench.log"
