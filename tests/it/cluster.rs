@@ -731,6 +731,53 @@ async fn waiting_counts_the_waiters_of_every_node() {
     eprintln!("5 waiters counted within {took:?}, back to 0 within {back:?}");
 }
 
+/// A notify reads the waiter fields of the live nodes one by one while there are at most 8
+/// others, and the whole id beyond that (src/store/cluster/scripts.lua, `read_plan`): both
+/// count the same nodes, and only the second prunes the fields of nodes long gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_counts_the_same_waiters_with_few_nodes_and_with_many() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start(RedisOptions::default()).await;
+    let [a, _b] = nodes(&redis.url(), ["a", "b"], |_| {}).await;
+    let id = a.new_id().await;
+    let key = format!("ch:i:{id}");
+    let later = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 600_000)
+        .to_string();
+    // `x` holds 2 clients and its heartbeat runs; `late`'s heartbeat ran out (its 7 do not
+    // count); `gone` was forgotten by the heartbeat script (its 4 neither).
+    redis
+        .cmd(&["HSET", "ch:nodes", "x", &later, "late", "1"])
+        .await;
+    redis
+        .cmd(&["HSET", &key, "w.x", "2", "w.late", "7", "w.gone", "4"])
+        .await;
+    let notify = async |info: &str| {
+        let r = a.notify(KEY, &id, info).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json::<Value>().await.unwrap()
+    };
+    assert_eq!(notify("few").await, json!({"seq": 1, "waiting": 2}));
+    assert_eq!(redis.cmd(&["HEXISTS", &key, "w.gone"]).await, "1");
+
+    let many: Vec<String> = (0..9).map(|i| format!("n{i}")).collect();
+    for name in &many {
+        redis.cmd(&["HSET", "ch:nodes", name, &later]).await;
+    }
+    assert_eq!(notify("many").await, json!({"seq": 2, "waiting": 2}));
+    assert_eq!(
+        redis.cmd(&["HEXISTS", &key, "w.gone"]).await,
+        "0",
+        "pruned by the whole read"
+    );
+    assert_eq!(redis.cmd(&["HEXISTS", &key, "w.late"]).await, "1");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_forgets_the_waiters_of_a_node_that_is_gone() {
     if !require_redis() {

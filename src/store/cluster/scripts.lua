@@ -224,6 +224,22 @@ local function answer(a, b, c)
   local n = #out
   out[n + 1], out[n + 2], out[n + 3] = a, b, c
 end
+-- What to read of each id: 'a', 's' and the waiter fields of the other live nodes, with one
+-- HMGET (a fraction of an HGETALL of the whole hash, info and origin included); false when
+-- there are more than READ_NODES of them, then the whole hash is read (and the fields of
+-- nodes long gone are pruned on the way, which the HMGET leaves to reads by `status`).
+local READ_NODES = 8
+local plan = nil
+local function read_plan()
+  local nodes = redis.call('HGETALL', KEYS[3])
+  local fields = {'a', 's'}
+  for j = 1, #nodes, 2 do
+    local f = 'w.' .. nodes[j]
+    if f ~= own and tonumber(nodes[j + 1]) > now then fields[#fields + 1] = f end
+  end
+  if #fields > 2 + READ_NODES then return false end
+  return fields
+end
 for i = 4, #KEYS do
   local key = KEYS[i]
   local at = 6 + (i - 4) * 3
@@ -237,19 +253,30 @@ for i = 4, #KEYS do
     end
     wait = gcra_take(bucket, now, rate, burst)
   end
-  local fields = {}
-  if wait == 0 then fields = redis.call('HGETALL', key) end
   if wait > 0 then
     answer('rate', int(wait), '')
-  elseif field(fields, 'a') ~= app then
-    answer('unknown', '', '')
   else
-    local seq = int((tonumber(field(fields, 's')) or 0) + 1)
-    redis.call('HSET', key, 's', seq, 'v', info)
-    keep(key, 'ch:ab:' .. app, 'ch:ae:' .. app, now, ttl, granule)
-    hints[#hints + 1] = hint('n', seq, string.sub(key, 6), info)
-    local sum = waiting(fields, key, KEYS[3], now, own, ARGV[at + 2], alive)
-    answer('ok', seq, int(sum))
+    if plan == nil then plan = read_plan() end
+    local owner, seq, sum
+    local fields
+    if plan then
+      local r = redis.call('HMGET', key, unpack(plan))
+      owner, seq, sum = r[1], r[2], tonumber(ARGV[at + 2])
+      for j = 3, #plan do sum = sum + (tonumber(r[j]) or 0) end
+    else
+      fields = redis.call('HGETALL', key)
+      owner, seq = field(fields, 'a'), field(fields, 's')
+    end
+    if owner ~= app then
+      answer('unknown', '', '')
+    else
+      seq = int((tonumber(seq) or 0) + 1)
+      redis.call('HSET', key, 's', seq, 'v', info)
+      keep(key, 'ch:ab:' .. app, 'ch:ae:' .. app, now, ttl, granule)
+      hints[#hints + 1] = hint('n', seq, string.sub(key, 6), info)
+      if fields then sum = waiting(fields, key, KEYS[3], now, own, ARGV[at + 2], alive) end
+      answer('ok', seq, int(sum))
+    end
   end
 end
 for _, bucket in pairs(buckets) do gcra_save(bucket, rate, burst) end
