@@ -32,6 +32,9 @@ pub const MAX_INFO_BYTES: usize = 1 << 20;
 /// `limits.max_waiters_per_id` at most: far more tabs than one user opens; an id is one
 /// page's, not a broadcast channel.
 pub const MAX_WAITERS_PER_ID: u32 = 10_000;
+/// `limits.max_ids_per_stream` at most: every value event of a stream of many ids carries
+/// every cursor in its `id:` line (docs/api.md), about 30 bytes an id.
+pub const MAX_IDS_PER_STREAM: usize = 256;
 /// `limits.max_connections` at most: 10 million connections need about 26 GB at 2.6 KiB
 /// each, and as many file descriptors.
 pub const MAX_CONNECTIONS: usize = 10_000_000;
@@ -300,6 +303,9 @@ pub struct Limits {
     /// Clients that may wait on one id at once (a page open in several tabs); one more
     /// releases the one that has waited longest (`slot`: the newest waiter wins).
     pub max_waiters_per_id: u32,
+    /// Ids one event stream or long poll may wait on at once (`watch=`): a browser's tabs
+    /// share one connection for all their subscriptions.
+    pub max_ids_per_stream: usize,
     /// Ids neither polled nor notified for this long are deleted. At least 1s, and longer
     /// than `poll_timeout`.
     #[serde(with = "humantime_serde")]
@@ -378,6 +384,7 @@ impl Default for Limits {
             poll_timeout: Duration::from_secs(25),
             sse_keepalive: Duration::from_secs(15),
             max_waiters_per_id: 8,
+            max_ids_per_stream: 32,
             id_idle_ttl: Duration::from_secs(24 * 3600),
             max_connections: 0,
             header_timeout: Duration::from_secs(10),
@@ -844,6 +851,11 @@ fn validate_limits(limits: &Limits) -> Result<(), ConfigError> {
         limits.max_waiters_per_id,
         MAX_WAITERS_PER_ID,
     )?;
+    check_count(
+        "limits.max_ids_per_stream",
+        limits.max_ids_per_stream,
+        MAX_IDS_PER_STREAM,
+    )?;
     if limits.max_connections > MAX_CONNECTIONS {
         return Err(invalid(
             "limits.max_connections",
@@ -1095,7 +1107,7 @@ mod tests {
         // or one past it (`over` true), which is refused naming the field.
         type Set = fn(&mut Config, bool);
         // The documented values (config/callhome.toml, docs/operations.md), written out.
-        let cases: [(&str, Set); 17] = [
+        let cases: [(&str, Set); 18] = [
             ("limits.max_ids", |c, over| {
                 c.limits.max_ids = 100_000_000 + usize::from(over);
             }),
@@ -1104,6 +1116,9 @@ mod tests {
             }),
             ("limits.max_waiters_per_id", |c, over| {
                 c.limits.max_waiters_per_id = 10_000 + u32::from(over);
+            }),
+            ("limits.max_ids_per_stream", |c, over| {
+                c.limits.max_ids_per_stream = 256 + usize::from(over);
             }),
             ("limits.max_connections", |c, over| {
                 c.limits.max_connections = 10_000_000 + usize::from(over);

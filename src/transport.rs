@@ -8,6 +8,7 @@
 
 mod events;
 mod iframe;
+mod many;
 mod poll;
 mod script;
 

@@ -17,6 +17,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt as _;
 use futures_util::stream;
+use serde::Deserialize;
 
 use super::{Value, WaitParams};
 use crate::error::ApiError;
@@ -58,6 +59,25 @@ async fn open(
     client: Option<IpAddr>,
 ) -> Result<Response, ApiError> {
     super::admit(state, client)?;
+    let which: Which = parse_query(query)?;
+    match (which.watch, which.id) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::InvalidParameters(
+                "give id (one id) or watch (many), not both".into(),
+            ));
+        }
+        (Some(watch), None) => {
+            let watched = super::many::parse_watch(&watch, state.limits.max_ids_per_stream)?;
+            let watched = super::many::resume(watched, last_event_id);
+            let many = super::many::open(state, watched).await?;
+            return Ok(sse(
+                state,
+                stream::once(async { Ok(ready()) })
+                    .chain(stream::unfold(Some(many), super::many::next_event)),
+            ));
+        }
+        (None, _) => {}
+    }
     let params: WaitParams = parse_query(query)?;
     let since = match last_event_id {
         Some(value) => value
@@ -74,10 +94,7 @@ async fn open(
     else {
         unreachable!("a watch that always holds takes a waiting place");
     };
-    // "ready" first: proof for the client that bytes reach it as they are sent (a buffering
-    // proxy would hold it back), and the moment it may count the stream as working.
-    let ready = Event::default().event("ready").data("{}");
-    let stream = stream::once(async { Ok(ready) }).chain(stream::unfold(
+    let stream = stream::once(async { Ok(ready()) }).chain(stream::unfold(
         Some(Stream {
             waiter,
             since,
@@ -86,15 +103,37 @@ async fn open(
         }),
         next_event,
     ));
+    Ok(sse(state, stream))
+}
+
+/// Which ids a stream is for: `id` (with `since` and `epoch`, [`WaitParams`]) or `watch`
+/// (many ids, [`super::many`]).
+#[derive(Debug, Deserialize)]
+struct Which {
+    id: Option<String>,
+    watch: Option<String>,
+}
+
+/// "ready" first: proof for the client that bytes reach it as they are sent (a buffering
+/// proxy would hold it back), and the moment it may count the stream as working.
+fn ready() -> Event {
+    Event::default().event("ready").data("{}")
+}
+
+/// The response that carries `events`, with keep-alive comments.
+fn sse(
+    state: &AppState,
+    events: impl futures_util::Stream<Item = Result<Event, Infallible>> + Send + 'static,
+) -> Response {
     let keep_alive = KeepAlive::new()
         .interval(state.limits.sse_keepalive)
         .text("keep-alive");
-    let mut response = Sse::new(stream).keep_alive(keep_alive).into_response();
+    let mut response = Sse::new(events).keep_alive(keep_alive).into_response();
     response.headers_mut().insert(
         HeaderName::from_static("x-accel-buffering"),
         HeaderValue::from_static("no"),
     );
-    Ok(response)
+    response
 }
 
 /// A stream's state between events.

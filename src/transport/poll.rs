@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use prometheus_client::metrics::counter::Counter;
+use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::{Begun, Value, WaitParams};
@@ -41,6 +42,9 @@ async fn answer<'s>(
 ) -> Result<(&'s Counter, Response), ApiError> {
     let outcomes = &state.metrics.polls;
     super::admit(state, client)?;
+    if let Some(watch) = parse_query::<Which>(query)?.watch_only()? {
+        return many(state, &watch).await;
+    }
     let params: WaitParams = parse_query(query)?;
     let since = params.cursor();
     let waiter = match super::watch(state, &params.id, since, Hold::IfNothingNew).await? {
@@ -81,6 +85,47 @@ async fn answer<'s>(
         Ok(WaitOutcome::ShuttingDown) => {
             Ok((&outcomes.shutdown, StatusCode::NO_CONTENT.into_response()))
         }
+        Err(_) => Ok((&outcomes.timeout, StatusCode::NO_CONTENT.into_response())),
+    }
+}
+
+/// Which ids a poll is for: `id` (with `since` and `epoch`, [`WaitParams`]) or `watch`
+/// (many ids).
+#[derive(Debug, Deserialize)]
+struct Which {
+    id: Option<String>,
+    watch: Option<String>,
+}
+
+impl Which {
+    /// The `watch` list when the poll is for many ids.
+    fn watch_only(self) -> Result<Option<String>, ApiError> {
+        match (self.watch, self.id) {
+            (Some(_), Some(_)) => Err(ApiError::InvalidParameters(
+                "give id (one id) or watch (many), not both".into(),
+            )),
+            (watch, _) => Ok(watch),
+        }
+    }
+}
+
+/// A long poll of many ids (`watch=ID.SEQ,...`): at once when any id has a value the client
+/// has not seen or has ended, otherwise when the first does; 204 at `poll_timeout`.
+async fn many<'s>(state: &'s AppState, watch: &str) -> Result<(&'s Counter, Response), ApiError> {
+    let outcomes = &state.metrics.polls;
+    let watched = super::many::parse_watch(watch, state.limits.max_ids_per_stream)?;
+    let mut answer = super::many::Answer::default();
+    let places = super::many::begin_poll(state, watched, &mut answer).await?;
+    if !answer.is_empty() || places.is_empty() {
+        return Ok((&outcomes.immediate, answer.into_response()));
+    }
+    let _waiting = Waiting::start(&state.metrics.waiting.poll);
+    let deadline = Instant::now() + state.limits.poll_timeout;
+    match tokio::time::timeout_at(deadline, super::many::wait_any(state, &places, &mut answer))
+        .await
+    {
+        Ok(true) => Ok((&outcomes.delivered, answer.into_response())),
+        Ok(false) => Ok((&outcomes.shutdown, StatusCode::NO_CONTENT.into_response())),
         Err(_) => Ok((&outcomes.timeout, StatusCode::NO_CONTENT.into_response())),
     }
 }

@@ -19,6 +19,7 @@ mod http;
 mod http2;
 mod limits;
 mod logs;
+mod many;
 mod metrics;
 mod parser;
 mod proxy;
