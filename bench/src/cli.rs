@@ -135,6 +135,10 @@ pub struct IdleArgs {
     /// Waiting clients, one per id.
     #[arg(long, value_parser = positive)]
     pub clients: usize,
+    /// CallHome: ids each client waits on, all on its one connection (`watch=`), 1 to 256.
+    /// The report's per-client figures are then per connection.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub ids_per_client: u64,
     #[arg(long, value_enum, default_value_t = Transport::Poll)]
     pub transport: Transport,
     #[command(flatten)]
@@ -226,6 +230,10 @@ pub struct WorkerArgs {
     /// Client k waits on id k mod this (default: id k).
     #[arg(long, value_parser = positive)]
     pub id_modulo: Option<usize>,
+    /// Ids each client waits on, on one connection (CallHome's `watch=`): client k waits on
+    /// ids k*N .. k*N+N-1.
+    #[arg(long, default_value_t = 1, value_parser = positive)]
+    pub ids_per_client: usize,
     #[arg(long, value_enum)]
     pub record: Record,
     /// Each client polls once and stops at its first answer or break (drain).

@@ -145,6 +145,9 @@ pub struct Client {
     /// The index of the id it waits on (the number in the id's name and its infos).
     pub id_index: usize,
     pub id: String,
+    /// CallHome: a `watch` list of several ids (`ID.0,...`) to wait on instead of `id` alone
+    /// (`idle --ids-per-client`; their cursors are not moved, so for idle clients only).
+    pub watch: Option<String>,
     /// Loopback source address to bind to.
     pub source: Option<IpAddr>,
 }
@@ -229,10 +232,12 @@ impl Waiter {
     async fn poll_on(&mut self, stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), Failure> {
         let mut fresh = true;
         loop {
-            let request =
-                self.shared
-                    .target
-                    .subscribe(Transport::Poll, &self.client.id, &self.cursor);
+            let request = self.shared.target.subscribe(
+                Transport::Poll,
+                &self.client.id,
+                self.client.watch.as_deref(),
+                &self.cursor,
+            );
             if let Err(e) = stream.write_all(&request).await {
                 return if fresh { Err(Failure::Io(e)) } else { Ok(()) };
             }
@@ -299,10 +304,12 @@ impl Waiter {
             Ok(stream) => stream,
             Err(failure) => return failure,
         };
-        let request = self
-            .shared
-            .target
-            .subscribe(Transport::Sse, &self.client.id, &self.cursor);
+        let request = self.shared.target.subscribe(
+            Transport::Sse,
+            &self.client.id,
+            self.client.watch.as_deref(),
+            &self.cursor,
+        );
         if let Err(e) = stream.write_all(&request).await {
             return Failure::Io(e);
         }
@@ -532,6 +539,7 @@ mod tests {
         let client = Client {
             id_index: 0,
             id: "btest00-00000000".into(),
+            watch: None,
             source: None,
         };
         tokio::time::timeout(

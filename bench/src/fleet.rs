@@ -34,6 +34,8 @@ pub struct Plan {
     pub run: String,
     /// Client k waits on id k mod this (default: id k).
     pub id_modulo: Option<usize>,
+    /// Ids per client, on its one connection (CallHome `watch=`); 1: one id per client.
+    pub ids_per_client: usize,
     pub record: Record,
     /// Each client polls once and stops at its first answer or break.
     pub single_poll: bool,
@@ -157,6 +159,9 @@ impl Fleet {
             }
             if plan.single_poll {
                 command.arg("--single-poll");
+            }
+            if plan.ids_per_client > 1 {
+                command.args(["--ids-per-client", &plan.ids_per_client.to_string()]);
             }
             let mut child = command
                 .stdin(Stdio::piped())

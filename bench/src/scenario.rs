@@ -91,6 +91,7 @@ async fn dispatch(ctx: &Context, command: &Command) -> anyhow::Result<()> {
         Command::Sse(args) => {
             let idle = IdleArgs {
                 clients: args.clients,
+                ids_per_client: 1,
                 transport: Transport::Sse,
                 measure: args.measure.clone(),
             };

@@ -205,17 +205,32 @@ impl Target {
         format!("{}{path}", self.base.prefix)
     }
 
-    /// A subscriber's request: a long poll or the opening of an event stream.
-    pub fn subscribe(&self, transport: Transport, id: &str, cursor: &Cursor) -> Vec<u8> {
-        let template = self
-            .sub_template
-            .as_deref()
-            .unwrap_or(match (self.kind, transport) {
-                (Kind::Callhome, Transport::Poll) => "/v1/poll?id={id}&since={since}",
-                (Kind::Callhome, Transport::Sse) => "/v1/events?id={id}&since={since}",
-                (Kind::Nchan, _) => "/sub/{id}",
-            });
-        let path = self.path(template, id, cursor.since);
+    /// A subscriber's request: a long poll or the opening of an event stream, on `id`, or
+    /// on every id of a CallHome `watch` list (`ID.SEQ,...`) when there is one.
+    pub fn subscribe(
+        &self,
+        transport: Transport,
+        id: &str,
+        watch: Option<&str>,
+        cursor: &Cursor,
+    ) -> Vec<u8> {
+        let path = if let Some(watch) = watch.filter(|_| self.kind == Kind::Callhome) {
+            let endpoint = match transport {
+                Transport::Poll => "/v1/poll",
+                Transport::Sse => "/v1/events",
+            };
+            format!("{}{endpoint}?watch={watch}", self.base.prefix)
+        } else {
+            let template = self
+                .sub_template
+                .as_deref()
+                .unwrap_or(match (self.kind, transport) {
+                    (Kind::Callhome, Transport::Poll) => "/v1/poll?id={id}&since={since}",
+                    (Kind::Callhome, Transport::Sse) => "/v1/events?id={id}&since={since}",
+                    (Kind::Nchan, _) => "/sub/{id}",
+                });
+            self.path(template, id, cursor.since)
+        };
         let mut headers = Vec::with_capacity(2);
         match transport {
             Transport::Poll => {
@@ -480,17 +495,27 @@ mod tests {
             since: 3,
             ..Cursor::default()
         };
-        let poll = String::from_utf8(t.subscribe(Transport::Poll, "bid", &cursor)).expect("utf8");
+        let poll =
+            String::from_utf8(t.subscribe(Transport::Poll, "bid", None, &cursor)).expect("utf8");
         assert!(
             poll.starts_with("GET /v1/poll?id=bid&since=3 HTTP/1.1\r\n"),
             "{poll}"
         );
-        let sse = String::from_utf8(t.subscribe(Transport::Sse, "bid", &cursor)).expect("utf8");
+        let sse =
+            String::from_utf8(t.subscribe(Transport::Sse, "bid", None, &cursor)).expect("utf8");
         assert!(
             sse.starts_with("GET /v1/events?id=bid&since=3 HTTP/1.1\r\n"),
             "{sse}"
         );
         assert!(sse.contains("Accept: text/event-stream\r\n"));
+        for (transport, endpoint) in [(Transport::Poll, "poll"), (Transport::Sse, "events")] {
+            let many = t.subscribe(transport, "bid", Some("b1.0,b2.0"), &cursor);
+            let many = String::from_utf8(many).expect("utf8");
+            assert!(
+                many.starts_with(&format!("GET /v1/{endpoint}?watch=b1.0,b2.0 HTTP/1.1\r\n")),
+                "{many}"
+            );
+        }
         let publish = String::from_utf8(t.publish("bid", "i")).expect("utf8");
         assert!(publish.starts_with("POST /v1/ids/bid/notify HTTP/1.1\r\n"));
         assert!(publish.contains("Authorization: Bearer k\r\n"));
@@ -510,7 +535,8 @@ mod tests {
             last_modified: Some("Fri, 28 Nov 2025 07:00:00 GMT".into()),
             ..Cursor::default()
         };
-        let poll = String::from_utf8(t.subscribe(Transport::Poll, "bid", &cursor)).expect("utf8");
+        let poll =
+            String::from_utf8(t.subscribe(Transport::Poll, "bid", None, &cursor)).expect("utf8");
         assert!(poll.starts_with("GET /sub/bid HTTP/1.1\r\n"));
         assert!(poll.contains("If-None-Match: 0\r\n"));
         assert!(poll.contains("If-Modified-Since: Fri, 28 Nov 2025 07:00:00 GMT\r\n"));
@@ -598,7 +624,7 @@ mod tests {
         assert!(target(&["--sub-template", "http://elsewhere/{id}"]).is_err());
         let t = target(&["--sub-template", "/s/{id}/{since}"]).expect("valid");
         let cursor = Cursor::default();
-        let r = String::from_utf8(t.subscribe(Transport::Poll, "x", &cursor)).expect("utf8");
+        let r = String::from_utf8(t.subscribe(Transport::Poll, "x", None, &cursor)).expect("utf8");
         assert!(r.starts_with("GET /s/x/0 HTTP/1.1"));
     }
 }

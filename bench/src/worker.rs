@@ -116,10 +116,18 @@ async fn open_clients(
         let Ok(permit) = Arc::clone(&connecting).acquire_owned().await else {
             return;
         };
-        let id_index = args.id_modulo.map_or(global, |m| global % m);
+        let per = args.ids_per_client;
+        let id_index = args.id_modulo.map_or(global * per, |m| global % m);
+        let watch = (per > 1).then(|| {
+            (id_index..id_index + per)
+                .map(|i| format!("{}.0", ids::id_name(&args.run, i)))
+                .collect::<Vec<_>>()
+                .join(",")
+        });
         let client = Client {
             id_index,
             id: ids::id_name(&args.run, id_index),
+            watch,
             source: (!sources.is_empty()).then(|| sources[global % sources.len()]),
         };
         tokio::spawn(client::run(client, Arc::clone(&shared), permit));

@@ -92,6 +92,7 @@ pub async fn run(ctx: &Context, args: &DrainArgs) -> anyhow::Result<()> {
         transport: Transport::Poll,
         run: ids.run.clone(),
         id_modulo: None,
+        ids_per_client: 1,
         record: Record::Counts,
         single_poll: true,
     };

@@ -115,6 +115,7 @@ pub async fn run(
         transport,
         run: ids.run.clone(),
         id_modulo: None,
+        ids_per_client: 1,
         record: Record::Deliveries,
         single_poll: false,
     };

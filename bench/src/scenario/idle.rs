@@ -23,6 +23,9 @@ struct IdleReport {
     scenario: &'static str,
     target: Kind,
     transport: Transport,
+    /// Ids each client waits on, on its one connection; the per-client figures are per
+    /// connection.
+    ids_per_client: usize,
     clients: usize,
     workers: usize,
     run: String,
@@ -62,7 +65,11 @@ pub async fn run(ctx: &Context, args: &IdleArgs) -> anyhow::Result<()> {
         proc::rss_bytes(pid).with_context(|| format!("reading the server's memory {when}"))
     };
     let rss_before_ids = rss("before the ids")?;
-    let ids = super::create_ids(ctx, args.clients, 16).await?;
+    let per = usize::try_from(args.ids_per_client)?;
+    if per > 1 && !ctx.target.needs_ids() {
+        anyhow::bail!("--ids-per-client is CallHome's watch=; Nchan has no such request");
+    }
+    let ids = super::create_ids(ctx, args.clients * per, 16).await?;
     let rss_after_ids = if ctx.target.needs_ids() {
         Some(rss("after the ids")?)
     } else {
@@ -74,6 +81,7 @@ pub async fn run(ctx: &Context, args: &IdleArgs) -> anyhow::Result<()> {
         transport: args.transport,
         run: ids.run.clone(),
         id_modulo: None,
+        ids_per_client: per,
         record: Record::Counts,
         single_poll: false,
     };
@@ -101,6 +109,7 @@ pub async fn run(ctx: &Context, args: &IdleArgs) -> anyhow::Result<()> {
         scenario: "idle",
         target: ctx.target.kind,
         transport: args.transport,
+        ids_per_client: per,
         clients: args.clients,
         workers: started.workers,
         run: ids.run.clone(),

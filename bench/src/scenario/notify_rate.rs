@@ -51,6 +51,7 @@ pub async fn run(ctx: &Context, args: &NotifyRateArgs) -> anyhow::Result<()> {
             transport: args.transport,
             run: ids.run.clone(),
             id_modulo: Some(args.ids),
+            ids_per_client: 1,
             record: Record::Counts,
             single_poll: false,
         };
