@@ -118,6 +118,8 @@ pub struct Many {
     entries: Vec<Entry>,
     /// Events owed before waiting again: the ids that could not be watched at the start.
     owed: Vec<Event>,
+    /// Where the next wait starts polling the entries (round robin).
+    next: usize,
     state: AppState,
     _waiting: Waiting,
 }
@@ -163,6 +165,7 @@ pub async fn open(state: &AppState, watched: Watched) -> Result<Many, ApiError> 
     Ok(Many {
         entries,
         owed,
+        next: 0,
         _waiting: Waiting::start(&state.metrics.waiting.events),
         state: state.clone(),
     })
@@ -178,14 +181,19 @@ pub async fn next_event(many: Option<Many>) -> Option<(Result<Event, Infallible>
         return None;
     }
     let (outcome, at) = {
+        // The ids are polled from the one after the last served: an id notified without
+        // pause cannot keep the others' values waiting.
+        let count = many.entries.len();
+        let first = many.next % count;
         let shutdown = &many.state.shutdown;
-        let waits = many
-            .entries
-            .iter()
-            .map(|entry| Box::pin(entry.place.wait_after(entry.since, shutdown)));
-        let (outcome, at, _) = select_all(waits).await;
-        (outcome, at)
+        let waits = (0..count).map(|k| {
+            let entry = &many.entries[(first + k) % count];
+            Box::pin(entry.place.wait_after(entry.since, shutdown))
+        });
+        let (outcome, k, _) = select_all(waits).await;
+        (outcome, (first + k) % count)
     };
+    many.next = at + 1;
     let entry = &mut many.entries[at];
     let event = match outcome {
         WaitOutcome::Value { latest, woken } => {
