@@ -804,6 +804,52 @@ async fn waiting_forgets_the_waiters_of_a_node_that_is_gone() {
     assert_eq!(join(on_a, WAIT, "a's poll").await.status(), StatusCode::OK);
 }
 
+/// Redis forgets its scripts (SCRIPT FLUSH, or a restart a node has not noticed yet): every
+/// call that meets NOSCRIPT loads its script again and runs, no request fails for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_flushed_under_traffic_are_loaded_again_and_no_request_fails() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start(RedisOptions::default()).await;
+    let [a, b] = nodes(&redis.url(), ["a", "b"], |_| {}).await;
+    let id = a.new_id().await;
+    let mut events = stream(&b, &format!("id={id}"), None).await;
+    until_waiting(&a, &id, 1).await;
+    for round in 0..3_u64 {
+        redis.cmd(&["SCRIPT", "FLUSH"]).await;
+        // Notifies (batched), creates, looks and status reads, all after the flush.
+        let notifies = (0..50).map(|i| {
+            let (a, id) = (&a, id.as_str());
+            async move {
+                let r = a.notify(KEY, id, &format!("{round}-{i}")).await;
+                assert_eq!(r.status(), StatusCode::OK, "notify {round}-{i}");
+            }
+        });
+        join_all(notifies).await;
+        let fresh = b.new_id().await;
+        // A cursor ahead of the id's seq is answered at once (a look, the touch script).
+        assert_eq!(b.poll(&fresh, 5).await.status(), StatusCode::OK);
+        assert_eq!(status_json(&b, &fresh).await["seq"], 0);
+        let seq = status_json(&a, &id).await["seq"].as_u64().unwrap();
+        assert_eq!(seq, 50 * (round + 1), "every notify counted once");
+    }
+    // The stream on b saw seq reach the last one.
+    loop {
+        let value = data(&events.next_event().await.expect("the stream goes on"));
+        if value["seq"] == 150 {
+            break;
+        }
+    }
+    // The flushes were met, not dodged: Redis answered NOSCRIPT after each.
+    let errors = redis.cmd(&["INFO", "errorstats"]).await;
+    let noscript: u64 = errors
+        .lines()
+        .find_map(|l| l.strip_prefix("errorstat_NOSCRIPT:count="))
+        .map_or(0, |n| n.trim().parse().unwrap());
+    assert!(noscript >= 3, "{errors}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifies_racing_on_two_nodes_get_every_seq_once_and_every_node_sees_them_in_order() {
     if !require_redis() {
