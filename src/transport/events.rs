@@ -17,7 +17,6 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt as _;
 use futures_util::stream;
-use serde::Deserialize;
 
 use super::{Value, WaitParams};
 use crate::error::ApiError;
@@ -29,6 +28,13 @@ use crate::store::{Hold, Place};
 
 /// How soon a client told "shutting down" should reconnect.
 const RECONNECT_AFTER_SHUTDOWN: Duration = Duration::from_secs(1);
+
+/// A stream's last block at shutdown: come back in a second (elsewhere, or here later).
+pub(super) fn shutting_down() -> Event {
+    Event::default()
+        .retry(RECONNECT_AFTER_SHUTDOWN)
+        .comment("shutting down")
+}
 
 /// Answers an event-stream request whose query string is `query`, from `client` (charged to
 /// its rate limit when known). The response body is the stream, which lasts until the id is
@@ -59,24 +65,15 @@ async fn open(
     client: Option<IpAddr>,
 ) -> Result<Response, ApiError> {
     super::admit(state, client)?;
-    let which: Which = parse_query(query)?;
-    match (which.watch, which.id) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::InvalidParameters(
-                "give id (one id) or watch (many), not both".into(),
-            ));
-        }
-        (Some(watch), None) => {
-            let watched = super::many::parse_watch(&watch, state.limits.max_ids_per_stream)?;
-            let watched = super::many::resume(watched, last_event_id);
-            let many = super::many::open(state, watched).await?;
-            return Ok(sse(
-                state,
-                stream::once(async { Ok(ready()) })
-                    .chain(stream::unfold(Some(many), super::many::next_event)),
-            ));
-        }
-        (None, _) => {}
+    if let Some(watch) = super::many::watch_param(query)? {
+        let watched = super::many::parse_watch(&watch, state.limits.max_ids_per_stream)?;
+        let watched = super::many::resume(watched, last_event_id);
+        let many = super::many::open(state, watched).await?;
+        return Ok(sse(
+            state,
+            stream::once(async { Ok(ready()) })
+                .chain(stream::unfold(Some(many), super::many::next_event)),
+        ));
     }
     let params: WaitParams = parse_query(query)?;
     let since = match last_event_id {
@@ -104,14 +101,6 @@ async fn open(
         next_event,
     ));
     Ok(sse(state, stream))
-}
-
-/// Which ids a stream is for: `id` (with `since` and `epoch`, [`WaitParams`]) or `watch`
-/// (many ids, [`super::many`]).
-#[derive(Debug, Deserialize)]
-struct Which {
-    id: Option<String>,
-    watch: Option<String>,
 }
 
 /// "ready" first: proof for the client that bytes reach it as they are sent (a buffering
@@ -173,9 +162,7 @@ async fn next_event(state: Option<Stream>) -> Option<(Result<Event, Infallible>,
             .retry(super::RELEASED_RETRY)
             .event("released")
             .data("{}"),
-        WaitOutcome::ShuttingDown => Event::default()
-            .retry(RECONNECT_AFTER_SHUTDOWN)
-            .comment("shutting down"),
+        WaitOutcome::ShuttingDown => shutting_down(),
     };
     Some((Ok(event), None))
 }

@@ -18,21 +18,39 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::http::HeaderValue;
 use axum::response::sse::Event;
 use futures_util::future::{join_all, select_all};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{Begun, Value};
 use crate::error::ApiError;
+use crate::extract::parse_query;
 use crate::id::Id;
 use crate::metrics::Waiting;
 use crate::slot::{Cursor, Epoch, Seq, WaitOutcome};
 use crate::state::AppState;
 use crate::store::{Hold, Place};
+
+/// Which ids a stream or poll is for: `id` (one, with `since` and `epoch`) or `watch`.
+#[derive(Debug, Deserialize)]
+struct Which {
+    id: Option<String>,
+    watch: Option<String>,
+}
+
+/// The `watch` parameter of `query`, when the request is for many ids; `id` with it is a 400.
+pub fn watch_param(query: Option<&str>) -> Result<Option<String>, ApiError> {
+    let which: Which = parse_query(query)?;
+    if which.watch.is_some() && which.id.is_some() {
+        return Err(ApiError::InvalidParameters(
+            "give id (one id) or watch (many), not both".into(),
+        ));
+    }
+    Ok(which.watch)
+}
 
 /// The ids and cursors of a `watch` list, in its order.
 pub type Watched = Vec<(Id, Cursor)>;
@@ -132,9 +150,6 @@ struct IdValue<'a> {
     value: Value<'a>,
 }
 
-/// How soon a client told "shutting down" should reconnect.
-const RECONNECT_AFTER_SHUTDOWN: Duration = Duration::from_secs(1);
-
 /// Takes a waiting place on every id of `watched` (the looks go out together, so in cluster
 /// mode they share one Redis call). An id that does not exist is owed an `event: error`;
 /// any other failure (Redis unreachable) fails the whole request.
@@ -228,12 +243,7 @@ pub async fn next_event(many: Option<Many>) -> Option<(Result<Event, Infallible>
             many.entries.swap_remove(at);
             event
         }
-        WaitOutcome::ShuttingDown => {
-            let event = Event::default()
-                .retry(RECONNECT_AFTER_SHUTDOWN)
-                .comment("shutting down");
-            return Some((Ok(event), None));
-        }
+        WaitOutcome::ShuttingDown => return Some((Ok(super::events::shutting_down()), None)),
     };
     Some((Ok(event), Some(many)))
 }

@@ -10,7 +10,6 @@ use std::net::IpAddr;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use prometheus_client::metrics::counter::Counter;
-use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::{Begun, Value, WaitParams};
@@ -42,7 +41,7 @@ async fn answer<'s>(
 ) -> Result<(&'s Counter, Response), ApiError> {
     let outcomes = &state.metrics.polls;
     super::admit(state, client)?;
-    if let Some(watch) = parse_query::<Which>(query)?.watch_only()? {
+    if let Some(watch) = super::many::watch_param(query)? {
         return many(state, &watch).await;
     }
     let params: WaitParams = parse_query(query)?;
@@ -86,26 +85,6 @@ async fn answer<'s>(
             Ok((&outcomes.shutdown, StatusCode::NO_CONTENT.into_response()))
         }
         Err(_) => Ok((&outcomes.timeout, StatusCode::NO_CONTENT.into_response())),
-    }
-}
-
-/// Which ids a poll is for: `id` (with `since` and `epoch`, [`WaitParams`]) or `watch`
-/// (many ids).
-#[derive(Debug, Deserialize)]
-struct Which {
-    id: Option<String>,
-    watch: Option<String>,
-}
-
-impl Which {
-    /// The `watch` list when the poll is for many ids.
-    fn watch_only(self) -> Result<Option<String>, ApiError> {
-        match (self.watch, self.id) {
-            (Some(_), Some(_)) => Err(ApiError::InvalidParameters(
-                "give id (one id) or watch (many), not both".into(),
-            )),
-            (watch, _) => Ok(watch),
-        }
     }
 }
 

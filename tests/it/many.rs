@@ -24,17 +24,6 @@ async fn open_many(s: &TestServer, watch: &str, last_event_id: Option<&str>) -> 
     reader
 }
 
-async fn delete(s: &TestServer, id: &str) {
-    let deleted = s
-        .client
-        .delete(s.url(&format!("/v1/ids/{id}")))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
-}
-
 /// The `id:` line of an event block.
 fn event_id(block: &[String]) -> String {
     block
@@ -117,7 +106,7 @@ async fn what_ends_one_id_ends_only_that_id_and_the_last_one_ends_the_stream() {
     }
 
     // Deleted: `event: gone` for it, and its place is given back.
-    delete(&s, &a).await;
+    s.delete(&a).await;
     let gone = stream.next_event().await.unwrap();
     assert_eq!(gone, ["event: gone", &format!("data: {{\"id\":\"{a}\"}}")]);
 
@@ -142,7 +131,7 @@ async fn what_ends_one_id_ends_only_that_id_and_the_last_one_ends_the_stream() {
         json!({"id": c, "seq": 1, "info": "still here"})
     );
     // Its deletion ends the last id, and the stream.
-    delete(&s, &c).await;
+    s.delete(&c).await;
     assert_eq!(stream.next_event().await.unwrap()[0], "event: gone");
     assert_eq!(
         stream.next().await,
@@ -237,7 +226,7 @@ async fn a_held_poll_of_many_ids_wakes_for_the_first_news_and_times_out_with_204
     let request = s.client.get(s.url(&format!("/v1/poll?watch={a}.0,{b}.1")));
     let held = tokio::spawn(async move { request.send().await.unwrap() });
     s.wait_for_waiters(&a, 1).await;
-    delete(&s, &a).await;
+    s.delete(&a).await;
     assert_eq!(
         held.await.unwrap().json::<Value>().await.unwrap(),
         json!({"values": [], "ended": [{"id": a, "reason": "gone"}]})

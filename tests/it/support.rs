@@ -201,6 +201,18 @@ impl TestServer {
         tokio::spawn(async move { request.send().await.unwrap() })
     }
 
+    /// `DELETE /v1/ids/{id}` with `KEY`, which must answer 204.
+    pub async fn delete(&self, id: &str) {
+        let deleted = self
+            .client
+            .delete(self.url(&format!("/v1/ids/{id}")))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(deleted.status(), StatusCode::NO_CONTENT, "delete {id}");
+    }
+
     /// `GET /v1/poll?id=..&since=..`.
     pub async fn poll(&self, id: &str, since: u64) -> Response {
         self.client
