@@ -1,6 +1,7 @@
 // callhome.js: connect a page to CallHome. No dependencies, no build step.
 //
-//   var sub = CallHome.connect(iframeUrl, function (info, seq) { ... }, { onError: fn });
+//   var sub = CallHome.connect(iframeUrl, function (info, seq) { ... },
+//                              { onError: fn, onStatus: fn });
 //   sub.close();
 //
 // connect() adds a hidden iframe served by CallHome. The iframe waits for news and posts it
@@ -8,7 +9,11 @@
 // onMessage(info, seq) never sees the same seq twice, nor an older one (unless the server
 // lost its state and the id was made again, when seqs start over). onError(reason) is called
 // at most once, with "unknown" (no such id), "gone" (the id was deleted) or "invalid" (a
-// malformed id), and the subscription then ends. Several subscriptions may share a page.
+// malformed id), and the subscription then ends. Several subscriptions may share a page, and
+// the subscriptions of every tab share one connection to CallHome where the browser allows
+// (docs/api.md, "One connection per browser"). onStatus(status), if given, hears how:
+// {share: "worker" | "locks" | "off", transport: "sse" | "poll", frames: how many CallHome
+// frames share the connection, holder: "worker" | "this-tab" | "another-tab"}.
 (function (root) {
   "use strict";
 
@@ -26,6 +31,10 @@
       if (closed || event.source !== frame.contentWindow || event.origin !== url.origin) return;
       var m = event.data;
       if (!m || m.callhome !== 1 || m.id !== id) return;
+      if (m.status) {
+        if (options.onStatus) options.onStatus(m.status);
+        return;
+      }
       if (m.error) {
         close();
         if (options.onError) options.onError(m.error);

@@ -1,28 +1,35 @@
 // The CallHome iframe: waits for news on one id and hands it to the parent page.
 //
 // It runs on the CallHome origin, so its requests need no CORS; the parent learns of values
-// only through postMessage to the one origin the id is bound to. It prefers server-sent
-// events and falls back to long polling when a stream cannot be opened, or is opened but
-// never delivers its first "ready" event (a proxy that buffers). A failed stream is followed
-// by one long poll, which also learns whether the id still exists (EventSource cannot see
-// HTTP statuses). Retries back off exponentially with jitter, and every (re)connection
-// resumes from the last seq seen. A stream or poll the server released (a newer client took
-// its waiting place on a full id) is not a failure: it comes back after the server's hint,
-// jittered, with its cursor, so nothing notified meanwhile is lost.
+// only through postMessage to the one origin the id is bound to, and only of its own id.
+// The frames of one browser share one connection for all their ids (`share=auto`, the
+// default):
+// - through a shared worker (assets/worker.js) where the browser has them;
+// - otherwise through the one frame that holds a Web Lock, which holds the connection and
+//   relays each frame's news to it alone over a BroadcastChannel; when that tab closes,
+//   freezes or is discarded, the lock passes to another frame, which opens the connection
+//   again from every frame's cursor;
+// - otherwise (or with `share=off`) each frame holds a connection of its own.
+// `share=worker` and `share=locks` force one way (or none where the browser lacks it).
+// The connection itself is assets/watch.js: SSE, falling back to long polling.
 (function () {
   "use strict";
-  var READY_TIMEOUT_MS = 10000;
-  var RELEASED_RETRY_MS = 1000; // the server's `retry:` for a released stream
-  var SSE_FAILURES_BEFORE_POLLING = 2;
+  // How often a frame tells the holder of the connection it is still there. Background tabs
+  // may run timers only once a minute, so holders forget a frame only after three minutes
+  // of silence; a frame that goes away or freezes says so at once.
+  var HEARTBEAT_MS = 5000;
+  var FORGET_AFTER_MS = 180000;
+  // How often the frame holding the lock says so, and how long followers wait before they
+  // take a lock that a hung tab holds (longer than background throttling delays a beat).
+  var HOLDER_BEAT_MS = 1000;
+  var HOLDER_SILENT_MS = 75000;
+
   var cfg = JSON.parse(document.getElementById("callhome-config").textContent);
-  var mode = cfg.transport === "poll" || typeof EventSource !== "function" ? "poll" : "sse";
+  var token = Math.random().toString(36).slice(2) + Date.now().toString(36);
   var since = 0; // the newest seq seen (the server's cursor after a reset)
   var epoch = 0; // the epoch of `since` (cluster mode; 0: none yet), sent back so a new one is noticed
-  var failures = 0; // consecutive failed attempts, for backoff
-  var sseFailures = 0; // streams that failed before "ready", since the last good one
-  var probeNext = false; // after a failed stream, one long poll learns the id's status
   var stopped = false;
-  var source = null;
+  var link = null;
 
   function post(message) {
     message.callhome = 1;
@@ -30,16 +37,21 @@
     window.parent.postMessage(message, cfg.origin);
   }
 
+  // Shown on the page element for people (and tests) inspecting the frame.
+  function show(name, value) {
+    document.documentElement.setAttribute("data-" + name, String(value));
+  }
+
   // Tells the parent once why news will not come, then stops for good.
   function stop(error) {
     if (stopped) return;
     stopped = true;
-    if (source) source.close();
+    if (link) link.close();
     post({ error: error });
   }
 
   function deliver(value) {
-    failures = 0;
+    if (stopped) return;
     // A seq below ours means the id began a new life (the server lost its state and the
     // app made the id again), and a server's `reset` that its count started again (cluster
     // mode: Redis may have lost writes): tell the parent to forget old seqs, then count from
@@ -53,96 +65,234 @@
     epoch = typeof value.epoch === "number" ? value.epoch : 0;
   }
 
-  // Capped exponential backoff with jitter: 0.25-0.5 s, 0.5-1 s, ... up to 15-30 s.
-  function retryLater() {
-    var ceiling = Math.min(30000, 500 * Math.pow(2, failures));
-    failures += 1;
-    setTimeout(connect, ceiling / 2 + Math.random() * (ceiling / 2));
+  // What the parent may show: how this frame gets its news, how many frames share the
+  // connection, and whether this tab holds it.
+  function status(share, s, holder) {
+    show("share", share);
+    if (s.transport) show("transport", s.transport);
+    show("frames", s.frames);
+    show("holder", holder);
+    post({
+      status: { share: share, transport: s.transport, frames: s.frames, holder: holder },
+    });
   }
 
-  // Back after between half and all of `ms`: released clients do not all return at once.
-  function comeBackAfter(ms) {
-    setTimeout(connect, ms / 2 + Math.random() * (ms / 2));
+  function subscription() {
+    return { t: "sub", token: token, id: cfg.id, seq: since, epoch: epoch };
+  }
+
+  // Where this frame's messages from the holder of the connection go.
+  function received(message) {
+    if (message.t === "value") deliver(message.value);
+    else if (message.t === "end") stop(message.reason);
+  }
+
+  // A connection of this frame's own.
+  function alone() {
+    var watcher = new CallHomeWatcher({
+      transport: cfg.transport,
+      maxIds: 1,
+      onValue: deliver,
+      onEnd: function (_, reason) {
+        stop(reason);
+      },
+      onMode: function (mode) {
+        status("off", { transport: mode, frames: 1 }, "this-tab");
+      },
+    });
+    watcher.watch(cfg.id, since, epoch);
+    return { close: watcher.stop };
+  }
+
+  function viaWorker() {
+    var worker = new SharedWorker(cfg.worker, { name: "callhome:" + cfg.transport });
+    var port = worker.port;
+    var closed = false;
+    function sub() {
+      if (closed) return;
+      var m = subscription();
+      m.transport = cfg.transport;
+      m.maxIds = cfg.maxIds;
+      port.postMessage(m);
+    }
+    function bye() {
+      port.postMessage({ t: "bye", token: token });
+    }
+    port.onmessage = function (e) {
+      var m = e.data;
+      if (m.t === "status") status("worker", m, "worker");
+      else received(m);
+    };
+    // The worker's script failed to load or run: this frame goes alone.
+    worker.onerror = function () {
+      if (closed || stopped) return;
+      close();
+      link = alone();
+    };
+    port.start();
+    sub();
+    var beat = setInterval(sub, HEARTBEAT_MS);
+    window.addEventListener("pagehide", bye);
+    document.addEventListener("freeze", bye);
+    document.addEventListener("resume", sub);
+    function close() {
+      closed = true;
+      clearInterval(beat);
+      bye();
+    }
+    return { close: close };
+  }
+
+  function viaLocks() {
+    var name = "callhome:" + cfg.transport;
+    var channel = new BroadcastChannel(name);
+    var hub = null; // while this frame holds the lock
+    var release = null; // gives the held lock back
+    var pending = null; // our queued request for the lock
+    var beatTimer = null;
+    var lastBeat = Date.now();
+    var frozen = false;
+    var closed = false;
+
+    function request(steal) {
+      if (closed || frozen || hub !== null || (pending !== null && !steal)) return;
+      if (pending !== null) pending.abort();
+      var abort = new AbortController();
+      pending = abort;
+      navigator.locks
+        .request(name, steal ? { steal: true } : { signal: abort.signal }, function () {
+          if (pending === abort) pending = null;
+          if (closed || frozen) return undefined; // given back at once
+          return new Promise(function (resolve) {
+            release = resolve;
+            lead();
+          });
+        })
+        .catch(function () {
+          // Our request was aborted, or our lock taken by a frame that thought us hung.
+          if (pending === abort) pending = null;
+          if (hub !== null) {
+            abdicate();
+            request(false);
+          }
+        });
+    }
+
+    function lead() {
+      hub = new CallHomeHub({
+        transport: cfg.transport,
+        maxIds: cfg.maxIds,
+        onStatus: function (s) {
+          status("locks", s, "this-tab");
+        },
+      });
+      var own = subscription();
+      hub.subscribe(token, own.id, own.seq, own.epoch, received);
+      // Every other frame answers with its subscription and cursor.
+      channel.postMessage({ t: "hello", holder: token });
+      beatTimer = setInterval(function () {
+        hub.prune(FORGET_AFTER_MS);
+        var s = hub.status();
+        s.t = "beat";
+        s.holder = token;
+        channel.postMessage(s);
+      }, HOLDER_BEAT_MS);
+    }
+
+    function abdicate() {
+      if (hub === null) return;
+      clearInterval(beatTimer);
+      hub.stop();
+      hub = null;
+      if (release !== null) release();
+      release = null;
+    }
+
+    channel.onmessage = function (e) {
+      var m = e.data;
+      if (!m || typeof m.t !== "string") return;
+      if (hub !== null) {
+        if (m.t === "sub" && typeof m.token === "string" && typeof m.id === "string") {
+          var to = m.token;
+          hub.subscribe(to, m.id, Number(m.seq) || 0, Number(m.epoch) || 0, function (out) {
+            out.to = to;
+            channel.postMessage(out);
+          });
+        } else if (m.t === "bye" && typeof m.token === "string") {
+          hub.leave(m.token);
+        }
+        return;
+      }
+      if (m.t === "hello") {
+        lastBeat = Date.now();
+        channel.postMessage(subscription());
+      } else if (m.t === "beat") {
+        lastBeat = Date.now();
+        status("locks", m, "another-tab");
+      } else if (m.to === token) {
+        received(m);
+      }
+    };
+
+    function sub() {
+      if (closed || frozen) return;
+      if (hub !== null) return;
+      channel.postMessage(subscription());
+      // A holder silent for this long is hung, not throttled: take the lock from it.
+      if (Date.now() - lastBeat > HOLDER_SILENT_MS) {
+        lastBeat = Date.now();
+        request(true);
+      }
+    }
+
+    function bye() {
+      if (hub !== null) abdicate();
+      else channel.postMessage({ t: "bye", token: token });
+      if (pending !== null) pending.abort();
+    }
+
+    // A frozen tab runs nothing: it gives its lock (and its place in the queue for it) back
+    // first, and asks again when it resumes.
+    document.addEventListener("freeze", function () {
+      frozen = true;
+      bye();
+    });
+    document.addEventListener("resume", function () {
+      frozen = false;
+      lastBeat = Date.now();
+      sub();
+      request(false);
+    });
+    window.addEventListener("pagehide", bye);
+
+    show("share", "locks");
+    channel.postMessage(subscription());
+    request(false);
+    var beat = setInterval(sub, HEARTBEAT_MS);
+    return {
+      close: function () {
+        closed = true;
+        clearInterval(beat);
+        bye();
+        channel.close();
+      },
+    };
   }
 
   function connect() {
-    if (stopped) return;
-    // Shown on the page element for people (and tests) inspecting the frame.
-    document.documentElement.setAttribute("data-transport", mode);
-    if (mode === "sse" && !probeNext) openStream();
-    else poll();
-  }
-
-  function query() {
-    return (
-      "?id=" + encodeURIComponent(cfg.id) + "&since=" + since + "&epoch=" + epoch
-    );
-  }
-
-  function openStream() {
-    var es = new EventSource("events" + query());
-    var ready = false;
-    var readyTimer = setTimeout(fail, READY_TIMEOUT_MS);
-    source = es;
-
-    function fail() {
-      if (source !== es) return;
-      clearTimeout(readyTimer);
-      es.close();
-      source = null;
-      if (!ready) {
-        sseFailures += 1;
-        probeNext = true;
-        if (cfg.transport !== "sse" && sseFailures >= SSE_FAILURES_BEFORE_POLLING) mode = "poll";
+    var share = cfg.share;
+    if ((share === "auto" || share === "worker") && typeof SharedWorker === "function") {
+      try {
+        return viaWorker();
+      } catch (e) {
+        // A browser that refuses shared workers here (storage blocked, say).
       }
-      retryLater();
     }
-
-    es.addEventListener("ready", function () {
-      ready = true;
-      clearTimeout(readyTimer);
-      failures = 0;
-      sseFailures = 0;
-    });
-    es.addEventListener("gone", function () {
-      stop("gone");
-    });
-    es.addEventListener("released", function () {
-      if (source !== es) return;
-      clearTimeout(readyTimer);
-      es.close();
-      source = null;
-      comeBackAfter(RELEASED_RETRY_MS);
-    });
-    es.onmessage = function (event) {
-      deliver(JSON.parse(event.data));
-    };
-    // EventSource would reconnect by itself at a fixed pace; we reconnect with backoff.
-    es.onerror = fail;
-  }
-
-  function poll() {
-    fetch("poll" + query(), { cache: "no-store", credentials: "omit" })
-      .then(function (response) {
-        if (response.status === 404) return stop("unknown");
-        if (response.status === 410) return stop("gone");
-        if (response.status === 400) return stop("invalid");
-        if (response.status !== 200 && response.status !== 204) {
-          throw new Error("CallHome poll answered " + response.status);
-        }
-        probeNext = false;
-        // A 204 with Retry-After: released for a newer client; a plain 204: time to ask again.
-        var after = response.status === 204 ? Number(response.headers.get("Retry-After")) : 0;
-        var next = response.status === 200 ? response.json().then(deliver) : Promise.resolve();
-        return next.then(function () {
-          failures = 0;
-          if (after > 0) comeBackAfter(Math.min(after, 30) * 1000);
-          else connect();
-        });
-      })
-      .catch(retryLater);
+    var locks = typeof navigator.locks === "object" && typeof BroadcastChannel === "function";
+    if ((share === "auto" || share === "locks") && locks) return viaLocks();
+    return alone();
   }
 
   if (cfg.error) stop(cfg.error);
-  else connect();
+  else link = connect();
 })();

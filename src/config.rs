@@ -384,7 +384,7 @@ impl Default for Limits {
             poll_timeout: Duration::from_secs(25),
             sse_keepalive: Duration::from_secs(15),
             max_waiters_per_id: 8,
-            max_ids_per_stream: 32,
+            max_ids_per_stream: 64,
             id_idle_ttl: Duration::from_secs(24 * 3600),
             max_connections: 0,
             header_timeout: Duration::from_secs(10),

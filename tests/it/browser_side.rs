@@ -240,3 +240,74 @@ async fn callhome_js_is_served_as_javascript() {
     let js = r.text().await.unwrap();
     assert!(js.contains("CallHome") && js.contains("connect"));
 }
+
+/// The page names the shared worker by its script's version; that URL may be cached for
+/// good, any other gets the current script uncached. Both run under a policy of their own
+/// that lets them connect to this origin only, and the page may start only our workers.
+#[tokio::test]
+async fn the_shared_worker_is_served_by_version_under_its_own_policy() {
+    let s = TestServer::spawn();
+    let id = s.new_id().await;
+    let r = s
+        .client
+        .get(s.url(&format!("/v1/iframe?id={id}&origin={ORIGIN}")))
+        .send()
+        .await
+        .unwrap();
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("worker-src 'self';"), "{csp}");
+    let html = r.text().await.unwrap();
+    let config: Value = serde_json::from_str(
+        html.split_once(r#"id="callhome-config">"#)
+            .unwrap()
+            .1
+            .split_once("</script>")
+            .unwrap()
+            .0,
+    )
+    .unwrap();
+    assert_eq!(config["share"], "auto");
+    assert_eq!(config["maxIds"], 64);
+    let worker = config["worker"].as_str().unwrap();
+    assert!(worker.starts_with("worker.js?v="), "{worker}");
+
+    for (path, cache) in [
+        (
+            format!("/v1/{worker}"),
+            "public, max-age=31536000, immutable",
+        ),
+        ("/v1/worker.js?v=0123456789abcdef".to_owned(), "no-cache"),
+        ("/v1/worker.js".to_owned(), "no-cache"),
+    ] {
+        let r = s.client.get(s.url(&path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert_eq!(
+            r.headers()["content-type"],
+            "text/javascript; charset=utf-8"
+        );
+        assert_eq!(r.headers()["cache-control"], cache, "{path}");
+        assert_eq!(
+            r.headers()["content-security-policy"],
+            "default-src 'none'; connect-src 'self'"
+        );
+        let js = r.text().await.unwrap();
+        assert!(
+            js.contains("onconnect") && js.contains("CallHomeHub"),
+            "{path}"
+        );
+    }
+
+    let r = s
+        .client
+        .get(s.url(&format!(
+            "/v1/iframe?id={id}&origin={ORIGIN}&share=sometimes"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(r).await, "invalid_parameters");
+}

@@ -293,23 +293,6 @@ async fn join<T>(mut task: Task<T>, patience: Duration, what: &str) -> T {
         .unwrap()
 }
 
-/// A counter or gauge from `node`'s `/metrics`.
-async fn metric(node: &TestServer, name: &str) -> u64 {
-    let text = node
-        .client
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-}
-
 /// The epoch Redis holds now (the nodes settle it on connecting).
 async fn redis_epoch(redis: &RedisServer) -> u64 {
     redis.cmd(&["HGET", "ch:ep", "ep"]).await.parse().unwrap()
@@ -553,7 +536,7 @@ async fn expired_ids_give_their_places_back_exactly_on_every_node() {
     let created = |n| ((201, None), n);
     let first = creates_at_once(&all, KEY, 20).await;
     assert_eq!(first, BTreeMap::from([created(6), quota(14)]));
-    assert_eq!(metric(&b, "callhome_ids").await, 6);
+    assert_eq!(b.metric("callhome_ids").await, 6);
     let old_buckets = redis.cmd(&["ZRANGE", "ch:ae:one", "0", "-1"]).await;
     assert!(!old_buckets.is_empty());
 
@@ -565,11 +548,11 @@ async fn expired_ids_give_their_places_back_exactly_on_every_node() {
         async || (redis.cmd(&["KEYS", "ch:i:*"]).await.is_empty()).then_some(()),
     )
     .await;
-    assert_eq!(metric(&c, "callhome_ids").await, 0);
+    assert_eq!(c.metric("callhome_ids").await, 0);
     let again = creates_at_once(&all, KEY, 20).await;
     assert_eq!(again, BTreeMap::from([created(6), quota(14)]));
     assert_eq!(redis.cmd(&["HGET", "ch:ab:one", "n"]).await, "6");
-    assert_eq!(metric(&a, "callhome_ids").await, 6);
+    assert_eq!(a.metric("callhome_ids").await, 6);
     // The buckets that ended are forgotten, with their counts.
     let buckets = redis.cmd(&["ZRANGE", "ch:ae:one", "0", "-1"]).await;
     for old in old_buckets.lines() {
@@ -969,7 +952,7 @@ async fn waiters_get_the_final_value_once_after_a_redis_restart() {
     let on_fresh = waiters(&b, &fresh, (0, 0), 500, 50).await;
     until_waiting(&a, &seen, 550).await;
     until_waiting(&a, &fresh, 550).await;
-    let resyncs = metric(&b, "callhome_backplane_resyncs_total").await;
+    let resyncs = b.metric("callhome_backplane_resyncs_total").await;
 
     redis.stop().await;
     for i in 0..3 {
@@ -1038,7 +1021,7 @@ async fn waiters_get_the_final_value_once_after_a_redis_restart() {
         finals, 1100,
         "every waiter got the final value exactly once"
     );
-    assert!(metric(&b, "callhome_backplane_resyncs_total").await > resyncs);
+    assert!(b.metric("callhome_backplane_resyncs_total").await > resyncs);
     eprintln!("a ready {a_back:?} after Redis restarted, b {b_back:?} after it could reach it");
 }
 
@@ -1142,8 +1125,8 @@ async fn notifies_made_while_the_subscriber_link_is_cut_still_reach_the_waiters(
     for (_, id) in &held {
         until_waiting(&a, id, 1).await;
     }
-    let resyncs = metric(&b, "callhome_backplane_resyncs_total").await;
-    let reconnects = metric(&b, "callhome_backplane_reconnects_total").await;
+    let resyncs = b.metric("callhome_backplane_resyncs_total").await;
+    let reconnects = b.metric("callhome_backplane_reconnects_total").await;
 
     // Cut both nodes' subscriptions, and keep them from subscribing again for now: commands
     // still work (their connections are left alone), hints reach nobody.
@@ -1184,8 +1167,8 @@ async fn notifies_made_while_the_subscriber_link_is_cut_still_reach_the_waiters(
     }
     let took = start.elapsed();
     until_ready(&b, StatusCode::OK, Duration::from_secs(5)).await;
-    assert!(metric(&b, "callhome_backplane_resyncs_total").await > resyncs);
-    assert!(metric(&b, "callhome_backplane_reconnects_total").await > reconnects);
+    assert!(b.metric("callhome_backplane_resyncs_total").await > resyncs);
+    assert!(b.metric("callhome_backplane_reconnects_total").await > reconnects);
     eprintln!("repaired {took:?} after subscribing was possible again");
 }
 
@@ -1212,8 +1195,8 @@ async fn a_subscription_that_goes_silent_is_found_by_its_probe_and_repaired() {
     for (_, id) in &held {
         until_waiting(&a, id, 1).await;
     }
-    let timeouts = metric(&b, "callhome_backplane_probe_timeouts_total").await;
-    let resyncs = metric(&b, "callhome_backplane_resyncs_total").await;
+    let timeouts = b.metric("callhome_backplane_probe_timeouts_total").await;
+    let resyncs = b.metric("callhome_backplane_resyncs_total").await;
 
     // b's subscription stays open but hears nothing more; its commands work.
     assert_eq!(proxy.silence_subscribers(), 1);
@@ -1235,11 +1218,11 @@ async fn a_subscription_that_goes_silent_is_found_by_its_probe_and_repaired() {
     }
     let took = start.elapsed();
     assert_eq!(
-        metric(&b, "callhome_backplane_probe_timeouts_total").await,
+        b.metric("callhome_backplane_probe_timeouts_total").await,
         timeouts + 1,
         "found by exactly one probe"
     );
-    assert!(metric(&b, "callhome_backplane_resyncs_total").await > resyncs);
+    assert!(b.metric("callhome_backplane_resyncs_total").await > resyncs);
     until_ready(&b, StatusCode::OK, Duration::from_secs(5)).await;
     eprintln!("a silent subscription repaired within {took:?}");
 }
@@ -1257,8 +1240,8 @@ async fn a_single_lost_hint_is_found_by_the_gap_it_leaves_and_repaired() {
     until_waiting(&a, &quiet, 1).await;
     // Numbers the hint counter, so that b knows where it stands.
     assert_eq!(a.notify(KEY, &loud, "first").await.status(), StatusCode::OK);
-    let gaps = metric(&b, "callhome_backplane_hint_gaps_total").await;
-    let resyncs = metric(&b, "callhome_backplane_resyncs_total").await;
+    let gaps = b.metric("callhome_backplane_hint_gaps_total").await;
+    let resyncs = b.metric("callhome_backplane_resyncs_total").await;
 
     // A notify of `quiet` whose hint never reached b: its value and the hint counter moved
     // in Redis, and nothing was published.
@@ -1280,12 +1263,12 @@ async fn a_single_lost_hint_is_found_by_the_gap_it_leaves_and_repaired() {
         json!({"seq": 1, "info": "lost"})
     );
     assert_eq!(
-        metric(&b, "callhome_backplane_hint_gaps_total").await,
+        b.metric("callhome_backplane_hint_gaps_total").await,
         gaps + 1,
         "exactly one hint was lost"
     );
     assert_eq!(
-        metric(&b, "callhome_backplane_resyncs_total").await,
+        b.metric("callhome_backplane_resyncs_total").await,
         resyncs + 1
     );
 }

@@ -26,5 +26,6 @@ mod proxy;
 mod redis_support;
 mod restart;
 mod routing;
+mod sharing;
 mod support;
 mod tenants;

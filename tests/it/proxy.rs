@@ -184,24 +184,6 @@ async fn the_iframe_page_keeps_its_security_headers_through_nginx() {
     );
 }
 
-/// A counter or gauge line of CallHome's `/metrics`, read directly (not through nginx) on a
-/// connection of its own.
-async fn metric(s: &TestServer, series: &str) -> u64 {
-    let text = client()
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn metrics_are_served_to_localhost_only() {
     let Some((_s, nginx)) = setup(|_| {}).await else {
@@ -234,7 +216,7 @@ async fn nginx_keeps_its_connection_to_callhome_open() {
     };
     let id = s.new_id().await;
     let accepted = r#"callhome_connections_total{outcome="accepted"}"#;
-    let before = metric(&s, accepted).await;
+    let before = s.metric(accepted).await;
     // Fresh clients: each request reaches nginx on a new connection of its own.
     for _ in 0..5 {
         let r = client()
@@ -245,7 +227,7 @@ async fn nginx_keeps_its_connection_to_callhome_open() {
         assert_eq!(r.status(), StatusCode::OK);
     }
     // The second scrape's own connection is the other one.
-    let opened = metric(&s, accepted).await - before - 1;
+    let opened = s.metric(accepted).await - before - 1;
     assert_eq!(
         opened, 1,
         "nginx opened a connection to CallHome per request: no upstream keep-alive"

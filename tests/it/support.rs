@@ -173,19 +173,39 @@ impl TestServer {
     }
 
     /// Waits (bounded) until the server reports `n` clients waiting on app one's `id`.
+    /// A counter or gauge series of `/metrics` (`name{labels}` as printed), read on a
+    /// connection of its own.
+    pub async fn metric(&self, series: &str) -> u64 {
+        let text = client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
+    }
+
+    /// `GET /v1/ids/{id}` with app `key`, as JSON.
+    pub async fn id_status(&self, key: &str, id: &str) -> Value {
+        self.client
+            .get(self.url(&format!("/v1/ids/{id}")))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn wait_for_waiters(&self, id: &str, n: u64) {
         for _ in 0..500 {
-            let status: Value = self
-                .client
-                .get(self.url(&format!("/v1/ids/{id}")))
-                .bearer_auth(KEY)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if status["waiting"] == n {
+            if self.id_status(KEY, id).await["waiting"] == n {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use fantoccini::wd::{WebDriverCompatibleCommand, WindowHandle};
 use fantoccini::{Client, ClientBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
@@ -35,10 +36,25 @@ fn binary(var: &str, default: &str) -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
+/// How a browser is started, beyond what every test needs.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// More Chromium flags (`--ignore-certificate-errors` for a test's own certificate).
+    pub args: Vec<String>,
+    /// `WebDriver`'s `pageLoadStrategy`: `None` is "normal" (navigation waits for the load
+    /// event); "none" returns at once, for pages whose subresources may never load.
+    pub page_load: Option<&'static str>,
+}
+
 impl Browser {
     /// A fresh browser, or `None` (with a note on stderr) when Chromium is not installed and
     /// this is not CI.
     pub async fn start() -> Option<Self> {
+        Self::start_with(Options::default()).await
+    }
+
+    /// [`Browser::start`] with `options`.
+    pub async fn start_with(options: Options) -> Option<Self> {
         let (Some(chromium), Some(chromedriver)) = (
             binary("CHROMIUM", CHROMIUM),
             binary("CHROMEDRIVER", CHROMEDRIVER),
@@ -63,7 +79,7 @@ impl Browser {
         let profile =
             std::env::temp_dir().join(format!("callhome-chromium-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&profile).unwrap();
-        let client = connect(port, &chromium, &profile).await;
+        let client = connect(port, &chromium, &profile, &options).await;
         Some(Self {
             client,
             driver,
@@ -96,6 +112,54 @@ impl Browser {
         }
     }
 
+    /// What subscription `i` of the test page (`support::page`) in the current tab
+    /// received, as `(info, seq)`.
+    pub async fn received(&self, i: usize) -> Vec<(String, u64)> {
+        let list = self.eval(&format!("return window.received[{i}]")).await;
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["info"].as_str().unwrap().to_owned(),
+                    v["seq"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// Opens `url` in a new tab and makes it the current one; returns its handle.
+    pub async fn open_tab(&self, url: &str) -> WindowHandle {
+        let tab = self.client.new_window(true).await.expect("a new tab");
+        let handle = tab.handle;
+        self.client
+            .switch_to_window(handle.clone())
+            .await
+            .expect("switch to the new tab");
+        self.client.goto(url).await.expect("the page loads");
+        handle
+    }
+
+    /// Makes `tab` the current one.
+    pub async fn switch_to(&self, tab: &WindowHandle) {
+        self.client
+            .switch_to_window(tab.clone())
+            .await
+            .expect("switch tabs");
+    }
+
+    /// Runs a Chrome `DevTools` Protocol command on the current tab (chromedriver's
+    /// `goog/cdp/execute`), e.g. `Page.setWebLifecycleState`.
+    pub async fn cdp(&self, cmd: &str, params: Value) -> Value {
+        self.client
+            .issue_cmd(Cdp {
+                cmd: cmd.to_owned(),
+                params,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{cmd}: {e}"))
+    }
+
     /// Saves a PNG of the window.
     pub async fn screenshot(&self, path: &Path) {
         let png = self.client.screenshot().await.expect("screenshot");
@@ -116,20 +180,32 @@ impl Drop for Browser {
     }
 }
 
-async fn connect(port: u16, chromium: &Path, profile: &Path) -> Client {
-    let capabilities = json!({
+async fn connect(port: u16, chromium: &Path, profile: &Path, options: &Options) -> Client {
+    let mut args: Vec<String> = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--disable-breakpad",
+        "--disable-crash-reporter",
+        "--window-size=900,700",
+    ]
+    .map(String::from)
+    .into();
+    args.push(format!("--user-data-dir={}", profile.display()));
+    args.extend(options.args.iter().cloned());
+    let mut capabilities = json!({
         "browserName": "chrome",
-        "goog:chromeOptions": {
-            "binary": chromium,
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--disable-breakpad", "--disable-crash-reporter",
-                "--window-size=900,700",
-                format!("--user-data-dir={}", profile.display()),
-            ],
-        },
+        "goog:chromeOptions": { "binary": chromium, "args": args },
     });
+    if let Some(strategy) = options.page_load {
+        capabilities["pageLoadStrategy"] = json!(strategy);
+    }
     let Value::Object(capabilities) = capabilities else {
         unreachable!()
     };
@@ -151,6 +227,31 @@ async fn connect(port: u16, chromium: &Path, profile: &Path) -> Client {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// A `DevTools` command through chromedriver.
+#[derive(Debug)]
+struct Cdp {
+    cmd: String,
+    params: Value,
+}
+
+impl WebDriverCompatibleCommand for Cdp {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/goog/cdp/execute",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (axum::http::Method, Option<String>) {
+        let body = json!({"cmd": self.cmd, "params": self.params});
+        (axum::http::Method::POST, Some(body.to_string()))
     }
 }
 
