@@ -6,9 +6,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::Locator;
+use fantoccini::wd::WindowHandle;
 
 use crate::support::browser::{Browser, PATIENCE, free_port};
-use crate::support::{Daemon, KEY, client};
+use crate::support::{Daemon, KEY, client, metric_at};
 
 /// The demo binary, built beside `callhome` by `cargo test --all-targets`.
 fn demo_binary() -> PathBuf {
@@ -90,14 +91,11 @@ async fn wait_for_note(b: &Browser, text: &str) {
     b.wait_for(&format!("note {text:?}"), &script).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_windows_see_each_others_notes() {
-    let Some(b) = Browser::start().await else {
-        return;
-    };
+/// The real daemon with the demo's app, and the demo beside it; the demo's origin.
+async fn daemon_and_demo(name: &str) -> (Daemon, Demo, String, PathBuf) {
     let demo_port = free_port();
     let origin = format!("http://localhost:{demo_port}");
-    let dir = std::env::temp_dir().join(format!("callhome-demo-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("callhome-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("callhome.toml");
     std::fs::write(
@@ -106,7 +104,16 @@ async fn two_windows_see_each_others_notes() {
     )
     .unwrap();
     let daemon = Daemon::start(&config);
-    let _demo = start_demo(demo_port, &format!("http://{}", daemon.addr)).await;
+    let demo = start_demo(demo_port, &format!("http://{}", daemon.addr)).await;
+    (daemon, demo, origin, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_windows_see_each_others_notes() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let (_daemon, _demo, origin, dir) = daemon_and_demo("demo").await;
 
     let first = b.client.window().await.unwrap();
     b.client.goto(&origin).await.unwrap();
@@ -139,4 +146,65 @@ async fn two_windows_see_each_others_notes() {
         std::fs::copy(&shot, docs).unwrap();
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The demo in three tabs sharing one connection held by one of them (Web Locks): every tab
+/// shows how many share it and whether it holds it; when the holder closes, another holds
+/// it and the notes still arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_shows_its_tabs_sharing_one_connection() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let (daemon, _demo, origin, dir) = daemon_and_demo("demo-sharing").await;
+    let url = format!("{origin}/?share=locks");
+    let mut tabs = Vec::new();
+    for _ in 0..3 {
+        tabs.push(b.open_tab(&url).await);
+        b.wait_for("the tab connected", "return window.demoReady === true")
+            .await;
+    }
+    let holder = holding_tab(&b, &tabs, 3).await;
+    let streams = metric_at(daemon.addr, "callhome_waiting{transport=\"events\"}").await;
+    assert_eq!(streams, 1, "three tabs, one stream");
+
+    b.switch_to(&tabs[holder]).await;
+    b.client.close_window().await.unwrap();
+    tabs.remove(holder);
+    let holder = holding_tab(&b, &tabs, 2).await;
+    let other = tabs[1 - holder].clone();
+    b.switch_to(&other).await;
+    add_note(&b, "Written after the holder left").await;
+    b.switch_to(&tabs[holder]).await;
+    wait_for_note(&b, "Written after the holder left").await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Waits until every one of `tabs` says `frames` tabs share the connection and exactly one
+/// holds it; returns which.
+async fn holding_tab(b: &Browser, tabs: &[WindowHandle], frames: u64) -> usize {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let mut holders = Vec::new();
+        let mut agreed = true;
+        for (n, tab) in tabs.iter().enumerate() {
+            b.switch_to(tab).await;
+            let text = b
+                .eval("return document.getElementById('sharing').textContent")
+                .await;
+            let text = text.as_str().unwrap_or_default().to_owned();
+            agreed &= text.starts_with(&format!("{frames} tabs of this browser share one"));
+            if text.contains("held by this tab") {
+                holders.push(n);
+            }
+        }
+        if agreed && holders.len() == 1 {
+            return holders[0];
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tabs never agreed on {frames} tabs and one holder ({holders:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -34,6 +34,23 @@ pub const KEY_TWO: &str = "test-key-two-0123456789";
 pub const ORIGIN_TWO_A: &str = "https://two.example";
 pub const ORIGIN_TWO_B: &str = "https://www.two.example";
 
+/// A counter or gauge series of the `/metrics` of the server at `addr`, read on a connection
+/// of its own.
+pub async fn metric_at(addr: SocketAddr, series: &str) -> u64 {
+    let text = client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
+}
+
 /// A server on a free loopback port, shut down on drop.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -176,18 +193,7 @@ impl TestServer {
     /// A counter or gauge series of `/metrics` (`name{labels}` as printed), read on a
     /// connection of its own.
     pub async fn metric(&self, series: &str) -> u64 {
-        let text = client()
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
+        metric_at(self.addr, series).await
     }
 
     /// `GET /v1/ids/{id}` with app `key`, as JSON.
