@@ -7,7 +7,10 @@
 // {t: "status", frames, ids, transport, holder} (how many frames share the connection).
 (function () {
   "use strict";
-  var FORGET_AFTER_MS = 20000; // four missed heartbeats: the tab closed or froze
+  // A frame says it is there every 5 s, but a background tab may run timers only once a
+  // minute; a frame that closes or freezes says goodbye at once. So a frame silent for three
+  // minutes is gone without a word (its tab crashed).
+  var FORGET_AFTER_MS = 180000;
   var hub = null;
   var ports = new Map(); // token -> the port of that frame
   var statusTimer = null;
@@ -39,7 +42,7 @@
       hub.prune(FORGET_AFTER_MS).forEach(function (token) {
         ports.delete(token);
       });
-    }, FORGET_AFTER_MS / 4);
+    }, 10000);
   }
 
   self.onconnect = function (event) {
