@@ -1,14 +1,15 @@
 //! Who may do what: app keys for backends, origins for browsers.
 //!
-//! Keys are compared as SHA-256 digests in constant time against every registered app, so
-//! neither the position of the first wrong byte, nor the key's length, nor which app matched
-//! shows in the response time. Nothing here knows about HTTP; the extractor lives in `api`.
+//! Keys are looked up by their SHA-256 digest, so neither the position of the first wrong
+//! byte nor the key's length shows in the response time, and the registry keeps no key
+//! itself. Nothing here knows about HTTP; the extractor lives in `api`.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use crate::origin::Origin;
 
@@ -48,7 +49,8 @@ impl fmt::Debug for AppKey {
 #[derive(Debug)]
 pub struct App {
     name: Arc<str>,
-    key_digest: [u8; 32],
+    /// The digests of the keys that authenticate as this app.
+    key_digests: Vec<[u8; 32]>,
     origins: Vec<Origin>,
     /// Ids the app may hold at once.
     max_ids: usize,
@@ -59,7 +61,7 @@ impl App {
     pub fn new(name: &str, key: &AppKey, origins: Vec<Origin>) -> Self {
         Self {
             name: Arc::from(name),
-            key_digest: key.digest(),
+            key_digests: vec![key.digest()],
             origins,
             max_ids: usize::MAX,
         }
@@ -98,30 +100,75 @@ impl App {
     }
 }
 
-/// The registered apps.
+/// The registered apps as they are at one moment: never changed, only replaced.
+#[derive(Debug, Default)]
+pub struct View {
+    /// By name, in name order.
+    apps: Vec<Arc<App>>,
+    /// Every key's digest, to its app.
+    keys: HashMap<[u8; 32], Arc<App>>,
+}
+
+impl View {
+    fn new(mut apps: Vec<Arc<App>>) -> Self {
+        apps.sort_by(|a, b| a.name.cmp(&b.name));
+        let keys = apps
+            .iter()
+            .flat_map(|app| app.key_digests.iter().map(|d| (*d, Arc::clone(app))))
+            .collect();
+        Self { apps, keys }
+    }
+
+    /// The app called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<App>> {
+        self.apps
+            .binary_search_by(|a| (*a.name).cmp(name))
+            .ok()
+            .map(|at| &self.apps[at])
+    }
+
+    /// Every app, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<App>> {
+        self.apps.iter()
+    }
+
+    /// How many apps there are.
+    pub fn len(&self) -> usize {
+        self.apps.len()
+    }
+
+    /// True when there is no app.
+    pub fn is_empty(&self) -> bool {
+        self.apps.is_empty()
+    }
+}
+
+/// The registered apps. Requests read the current [`View`] without a lock; a change builds
+/// a new view and swaps it in, so a request sees the registry before or after a change,
+/// never half of one.
 #[derive(Debug, Default)]
 pub struct Apps {
-    apps: Vec<Arc<App>>,
+    view: ArcSwap<View>,
 }
 
 impl Apps {
     /// The registry of `apps`; names and keys were checked unique by the config.
     pub fn new(apps: Vec<App>) -> Self {
         Self {
-            apps: apps.into_iter().map(Arc::new).collect(),
+            view: ArcSwap::from_pointee(View::new(apps.into_iter().map(Arc::new).collect())),
         }
     }
 
-    /// The app whose key is `presented`, if any. Every app's digest is compared, always.
+    /// The apps as they are now.
+    pub fn view(&self) -> Arc<View> {
+        self.view.load_full()
+    }
+
+    /// The app whose key is `presented`, if any. The key is looked up by its SHA-256
+    /// digest: what the lookup's time depends on is the digest, which nobody can steer
+    /// towards a registered key's digest without knowing the key.
     pub fn authenticate(&self, presented: &str) -> Option<Arc<App>> {
-        let presented = digest(presented);
-        let mut found = None;
-        for app in &self.apps {
-            if bool::from(app.key_digest.ct_eq(&presented)) {
-                found = Some(Arc::clone(app));
-            }
-        }
-        found
+        self.view.load().keys.get(&digest(presented)).cloned()
     }
 
     /// True when `app` may bind ids to `origin` and have their iframe page served to it:
@@ -137,19 +184,16 @@ impl Apps {
         wildcard
             && !origin.is_wildcard()
             && !self
+                .view
+                .load()
                 .apps
                 .iter()
                 .any(|other| other.name != app.name && other.origins.contains(origin))
     }
 
-    /// The app called `name`.
-    pub fn get(&self, name: &str) -> Option<&Arc<App>> {
-        self.apps.iter().find(|a| &*a.name == name)
-    }
-
-    /// Every registered app.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<App>> {
-        self.apps.iter()
+    /// The app called `name`, as it is now.
+    pub fn get(&self, name: &str) -> Option<Arc<App>> {
+        self.view.load().get(name).cloned()
     }
 }
 
@@ -192,7 +236,7 @@ mod tests {
     fn origin_rules() {
         let apps = apps();
         let one = apps.get("one").unwrap();
-        let two = apps.get("two").unwrap();
+        let two = &apps.get("two").unwrap();
         assert_eq!(
             one.default_origin().unwrap().as_str(),
             "https://one.example"
@@ -206,24 +250,21 @@ mod tests {
 
     #[test]
     fn a_wildcard_covers_only_the_origins_no_other_app_lists() {
-        let mut apps = apps().apps;
         let wildcard = |name: &str, key: &str, extra: &[&str]| {
             let mut origins = vec![Origin::parse("*").unwrap()];
             origins.extend(extra.iter().map(|o| Origin::parse(o).unwrap()));
             App::new(name, &AppKey::new(key.into()), origins)
         };
-        apps.push(Arc::new(wildcard(
-            "any",
-            "key-any",
-            &["https://shared.example"],
-        )));
-        apps.push(Arc::new(wildcard(
-            "other",
-            "key-other",
-            &["https://shared.example"],
-        )));
-        let apps = Apps { apps };
-        let any = apps.get("any").unwrap();
+        let one = Origin::parse("https://one.example").unwrap();
+        let two =
+            ["https://two.example", "https://www.two.example"].map(|o| Origin::parse(o).unwrap());
+        let apps = Apps::new(vec![
+            App::new("one", &AppKey::new("key-one".into()), vec![one]),
+            App::new("two", &AppKey::new("key-two".into()), two.into()),
+            wildcard("any", "key-any", &["https://shared.example"]),
+            wildcard("other", "key-other", &["https://shared.example"]),
+        ]);
+        let any = &apps.get("any").unwrap();
         let origin = |text: &str| Origin::parse(text).unwrap();
         assert!(apps.serves(any, &origin("https://whoever.example")));
         assert!(apps.serves(any, &origin("*")));
@@ -238,7 +279,7 @@ mod tests {
         // Listed by two apps explicitly: each lists it, so each may serve it.
         assert!(apps.serves(any, &origin("https://shared.example")));
         // Another app's `*` claims nothing.
-        let one = apps.get("one").unwrap();
+        let one = &apps.get("one").unwrap();
         assert!(apps.serves(one, &origin("https://one.example")));
         assert!(!apps.serves(one, &origin("https://whoever.example")));
     }

@@ -1044,7 +1044,7 @@ mod tests {
     fn app_quotas_default_to_an_equal_share_and_are_bounded_by_max_ids() {
         let quotas = |c: Config| {
             let s = c.validate(no_env).unwrap();
-            let quotas: Vec<usize> = s.apps.iter().map(|a| a.max_ids()).collect();
+            let quotas: Vec<usize> = s.apps.view().iter().map(|a| a.max_ids()).collect();
             (quotas, s.warnings)
         };
         let apps = || {

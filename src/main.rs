@@ -88,7 +88,7 @@ async fn serve(settings: callhome::config::Settings) -> anyhow::Result<()> {
     let listener = server::bind(settings.listen)
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, apps = settings.apps.iter().count(), "callhome listening on http://{addr}");
+    tracing::info!(%addr, apps = settings.apps.view().len(), "callhome listening on http://{addr}");
 
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown::cancel_on_signal(shutdown.clone()));

@@ -6,7 +6,7 @@
 //! known at start, so each gets its own lock-free bucket; client IPs are not, so they share a
 //! keyed map that [`RateLimiters::forget_idle`] empties of addresses that went quiet.
 
-use std::collections::HashMap;
+use dashmap::DashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, NotUntil, Quota};
 use prometheus_client::metrics::counter::Counter;
 
-use crate::auth::{App, Apps};
+use crate::auth::App;
 use crate::client_ip::rate_key;
 use crate::config::{RateLimit, RateLimits};
 use crate::error::ApiError;
@@ -37,8 +37,11 @@ pub struct RateLimiters {
 
 /// One bucket per app, or none when the limit is off.
 #[derive(Debug)]
+/// One bucket per app, made when the app first needs it, so an app registered at runtime
+/// is limited like one from the config.
 struct PerApp {
-    buckets: HashMap<Arc<str>, DefaultDirectRateLimiter>,
+    quota: Option<Quota>,
+    buckets: DashMap<Arc<str>, DefaultDirectRateLimiter>,
     refused: Counter,
 }
 
@@ -49,29 +52,27 @@ fn quota(rate: RateLimit) -> Option<Quota> {
 }
 
 impl PerApp {
-    fn new(rate: RateLimit, apps: &Apps, refused: Counter) -> Self {
-        let buckets = quota(rate)
-            .map(|quota| {
-                apps.iter()
-                    .map(|app| {
-                        (
-                            Arc::clone(app.name()),
-                            DefaultDirectRateLimiter::direct(quota),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Self { buckets, refused }
+    fn new(rate: RateLimit, refused: Counter) -> Self {
+        Self {
+            quota: quota(rate),
+            buckets: DashMap::new(),
+            refused,
+        }
     }
 
     fn check(&self, app: &App, clock: &DefaultClock) -> Result<(), ApiError> {
-        match self.buckets.get(app.name()) {
-            Some(bucket) => bucket
-                .check()
-                .map_err(|not_until| refuse(&not_until, clock, &self.refused)),
-            None => Ok(()),
-        }
+        let Some(quota) = self.quota else {
+            return Ok(());
+        };
+        let checked = match self.buckets.get(&**app.name()) {
+            Some(bucket) => bucket.check(),
+            None => self
+                .buckets
+                .entry(Arc::clone(app.name()))
+                .or_insert_with(|| DefaultDirectRateLimiter::direct(quota))
+                .check(),
+        };
+        checked.map_err(|not_until| refuse(&not_until, clock, &self.refused))
     }
 }
 
@@ -86,16 +87,14 @@ fn refuse(
 
 impl RateLimiters {
     /// The limits of `rates` for `apps`, counting refusals in `metrics`.
-    pub fn new(rates: &RateLimits, apps: &Apps, metrics: &Metrics) -> Self {
+    pub fn new(rates: &RateLimits, metrics: &Metrics) -> Self {
         Self {
             create: PerApp::new(
                 rates.create_per_app,
-                apps,
                 metrics.rate_limited.create_per_app.clone(),
             ),
             notify: PerApp::new(
                 rates.notify_per_app,
-                apps,
                 metrics.rate_limited.notify_per_app.clone(),
             ),
             browser: quota(rates.browser_per_ip).map(DefaultKeyedRateLimiter::keyed),
@@ -138,7 +137,7 @@ impl RateLimiters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::AppKey;
+    use crate::auth::{AppKey, Apps};
     use crate::origin::Origin;
 
     fn apps() -> Apps {
@@ -173,7 +172,7 @@ mod tests {
     fn each_app_has_its_own_bucket() {
         let apps = apps();
         let metrics = Metrics::new();
-        let limits = RateLimiters::new(&rates(SLOW, RateLimit::OFF), &apps, &metrics);
+        let limits = RateLimiters::new(&rates(SLOW, RateLimit::OFF), &metrics);
         let a = apps.authenticate("a-key").unwrap();
         let b = apps.authenticate("b-key").unwrap();
         assert!(limits.create(&a).is_ok());
@@ -193,7 +192,7 @@ mod tests {
     #[test]
     fn each_client_ip_has_its_own_bucket_and_ipv6_counts_per_64() {
         let metrics = Metrics::new();
-        let limits = RateLimiters::new(&rates(RateLimit::OFF, SLOW), &apps(), &metrics);
+        let limits = RateLimiters::new(&rates(RateLimit::OFF, SLOW), &metrics);
         let one: IpAddr = "2001:db8::1".parse().unwrap();
         let same_64: IpAddr = "2001:db8::ffff".parse().unwrap();
         let other: IpAddr = "192.0.2.1".parse().unwrap();
@@ -208,7 +207,7 @@ mod tests {
     #[test]
     fn off_means_off() {
         let metrics = Metrics::new();
-        let limits = RateLimiters::new(&rates(RateLimit::OFF, RateLimit::OFF), &apps(), &metrics);
+        let limits = RateLimiters::new(&rates(RateLimit::OFF, RateLimit::OFF), &metrics);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         for _ in 0..10_000 {
             assert!(limits.browser(ip).is_ok());

@@ -519,7 +519,7 @@ mod tests {
     #[test]
     fn what_is_saved_comes_back() {
         let apps = apps();
-        let app = apps.get("one").unwrap();
+        let app = &apps.get("one").unwrap();
         let store = Memory::new(10);
         let a = store
             .create(app, None, app.default_origin().cloned())
@@ -553,7 +553,7 @@ mod tests {
     fn the_streamed_encoding_is_the_body_format() {
         // `save` writes ids one by one; the file must still decode as one `Body`, exactly.
         let apps = apps();
-        let app = apps.get("one").unwrap();
+        let app = &apps.get("one").unwrap();
         let store = Memory::new(10);
         let slot = store
             .create(app, None, app.default_origin().cloned())
@@ -589,7 +589,7 @@ mod tests {
     fn damaged_files_are_refused_and_left_alone() {
         let apps = apps();
         let store = Memory::new(10);
-        store.create(apps.get("one").unwrap(), None, None).unwrap();
+        store.create(&apps.get("one").unwrap(), None, None).unwrap();
         let path = temp("damaged");
         save(&path, &store).unwrap();
         let good = fs::read(&path).unwrap();
@@ -627,7 +627,7 @@ mod tests {
     fn a_failed_write_leaves_no_temporary_file() {
         let apps = apps();
         let store = Memory::new(10);
-        store.create(apps.get("one").unwrap(), None, None).unwrap();
+        store.create(&apps.get("one").unwrap(), None, None).unwrap();
         let path = temp("failed-write");
         // The rename fails: a non-empty directory is where the snapshot should go.
         fs::create_dir_all(path.join("in-the-way")).unwrap();
@@ -659,7 +659,7 @@ mod tests {
         let other = Apps::new(vec![App::new("gone", &AppKey::new("g".into()), vec![])]);
         let store = Memory::new(10);
         store
-            .create(other.get("gone").unwrap(), None, None)
+            .create(&other.get("gone").unwrap(), None, None)
             .unwrap();
         let path = temp("unknown-app");
         save(&path, &store).unwrap();

@@ -76,9 +76,7 @@ impl AppState {
     /// State for a server listening on `local_addr`, with the memory engine.
     pub fn new(settings: Settings, local_addr: SocketAddr, shutdown: CancellationToken) -> Self {
         let store = Store::memory(
-            Memory::new(settings.limits.max_ids)
-                .with_quotas(&settings.apps)
-                .with_idle_ttl(settings.limits.id_idle_ttl),
+            Memory::new(settings.limits.max_ids).with_idle_ttl(settings.limits.id_idle_ttl),
         );
         Self::with_store(settings, local_addr, shutdown, store, Metrics::new())
     }
@@ -102,7 +100,7 @@ impl AppState {
             rates.create_per_app = crate::config::RateLimit::OFF;
             rates.notify_per_app = crate::config::RateLimit::OFF;
         }
-        let limiters = RateLimiters::new(&rates, &settings.apps, &metrics);
+        let limiters = RateLimiters::new(&rates, &metrics);
         Self(Arc::new(Shared {
             store,
             apps: settings.apps,

@@ -24,7 +24,6 @@ mod hints;
 mod link;
 mod scripts;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -117,7 +116,6 @@ pub struct Cluster {
     /// [`granule`] of `idle_ttl`, in milliseconds.
     granule_ms: u64,
     max_ids: usize,
-    quotas: HashMap<Arc<str>, usize>,
     /// Every app's counts and bucket ends, in pairs, for `max_ids`.
     app_keys: Vec<String>,
     create_rate: RateLimit,
@@ -186,11 +184,8 @@ impl Cluster {
             idle_ttl,
             granule_ms: u64::try_from(granule(idle_ttl).as_millis()).unwrap_or(u64::MAX),
             max_ids,
-            quotas: apps
-                .iter()
-                .map(|app| (Arc::clone(app.name()), app.max_ids()))
-                .collect(),
             app_keys: apps
+                .view()
                 .iter()
                 .flat_map(|app| [counts_key(app.name()), ends_key(app.name())])
                 .collect(),
@@ -323,7 +318,7 @@ impl Cluster {
             None => Id::generate()?,
         };
         let name = app.name();
-        let quota = self.quotas.get(name).copied().unwrap_or(usize::MAX);
+        let quota = app.max_ids();
         let origin_arg = origin.as_ref().map_or("", |o| o.as_str()).to_owned();
         let id_ref = &id;
         let reply: Vec<String> = self

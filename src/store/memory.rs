@@ -8,7 +8,6 @@
 //! Snapshots ([`crate::snapshot`]) and the expiry sweep ([`crate::housekeeping`]) are this
 //! engine's chores; the HTTP side reaches it only through [`super::Store`].
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -16,7 +15,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
-use crate::auth::{App, Apps};
+use crate::auth::App;
 use crate::id::Id;
 use crate::origin::Origin;
 use crate::slot::{Published, Slot};
@@ -30,22 +29,13 @@ pub struct Memory {
     /// Ids in `slots`, kept beside the map because `DashMap::len` locks every shard.
     count: AtomicUsize,
     max_ids: usize,
-    /// Each app's quota and how many ids it holds, by app name. An app not in here (only in
-    /// tests) has no quota of its own.
-    quotas: HashMap<Arc<str>, Quota>,
+    /// How many ids each app holds, by app name; its quota is its [`App::max_ids`] at the
+    /// time of each create, so an app registered or changed at runtime needs nothing here.
+    held: DashMap<Arc<str>, AtomicUsize>,
     /// Ids idle this long are gone; `None`: ids live until deleted.
     idle_ttl: Option<Duration>,
     /// Bumped by every create, notify and delete, so snapshots are written only after a change.
     changes: AtomicU64,
-}
-
-/// One app's share of the store.
-#[derive(Debug)]
-struct Quota {
-    /// Ids the app holds.
-    held: AtomicUsize,
-    /// Ids it may hold.
-    max: usize,
 }
 
 /// Shards of the map. Many small shards keep every lock short: the expiry sweep and snapshots
@@ -60,33 +50,17 @@ impl Memory {
             slots: DashMap::with_shard_amount(SHARDS),
             count: AtomicUsize::new(0),
             max_ids,
-            quotas: HashMap::new(),
+            held: DashMap::new(),
             idle_ttl: None,
             changes: AtomicU64::new(0),
         }
     }
 
-    /// The same store, where each of `apps` may hold at most its [`App::max_ids`] ids.
-    #[must_use]
-    pub fn with_quotas(mut self, apps: &Apps) -> Self {
-        self.quotas = apps
-            .iter()
-            .map(|app| {
-                let quota = Quota {
-                    held: AtomicUsize::new(0),
-                    max: app.max_ids(),
-                };
-                (Arc::clone(app.name()), quota)
-            })
-            .collect();
-        self
-    }
-
-    /// How many ids `app` holds (0 for an app without a quota).
+    /// How many ids `app` holds.
     pub fn held_by(&self, app: &str) -> usize {
-        self.quotas
+        self.held
             .get(app)
-            .map_or(0, |quota| quota.held.load(Ordering::Acquire))
+            .map_or(0, |held| held.load(Ordering::Acquire))
     }
 
     /// The same store, where ids neither polled nor notified for `ttl` no longer exist.
@@ -133,7 +107,7 @@ impl Memory {
                 let previous = Arc::clone(occupied.get());
                 let same_app = previous.app() == &**app.name();
                 if !same_app {
-                    self.reserve_for(app.name())?;
+                    self.reserve_for(app)?;
                 }
                 let slot = Arc::new(Slot::new(id, Arc::clone(app.name()), origin));
                 occupied.insert(Arc::clone(&slot)).close();
@@ -147,7 +121,7 @@ impl Memory {
             Entry::Vacant(vacant) => {
                 // The app's quota first: an app at its quota is told so, not that the server
                 // is full.
-                self.reserve_for(app.name())?;
+                self.reserve_for(app)?;
                 if let Err(full) = self.reserve() {
                     self.release_for(app.name());
                     return Err(full);
@@ -232,9 +206,10 @@ impl Memory {
             Entry::Occupied(_) => Err(CreateError::Taken),
             Entry::Vacant(vacant) => {
                 self.reserve()?;
-                if let Some(quota) = self.quotas.get(slot.app()) {
-                    quota.held.fetch_add(1, Ordering::AcqRel);
-                }
+                self.held
+                    .entry(Arc::clone(slot.app_name()))
+                    .or_default()
+                    .fetch_add(1, Ordering::AcqRel);
                 vacant.insert(Arc::new(slot));
                 Ok(())
             }
@@ -265,23 +240,27 @@ impl Memory {
     }
 
     /// Takes one of `app`'s places, or says it holds its quota.
-    fn reserve_for(&self, app: &str) -> Result<(), CreateError> {
-        let Some(quota) = self.quotas.get(app) else {
-            return Ok(());
+    fn reserve_for(&self, app: &App) -> Result<(), CreateError> {
+        let max = app.max_ids();
+        let held = match self.held.get(&**app.name()) {
+            Some(held) => held,
+            None => self
+                .held
+                .entry(Arc::clone(app.name()))
+                .or_default()
+                .downgrade(),
         };
-        quota
-            .held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < quota.max).then_some(n + 1)
-            })
-            .map(drop)
-            .map_err(|_| CreateError::AppQuota(quota.max))
+        held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .map(drop)
+        .map_err(|_| CreateError::AppQuota(max))
     }
 
     /// Gives one of `app`'s places back.
     fn release_for(&self, app: &str) {
-        if let Some(quota) = self.quotas.get(app) {
-            quota.held.fetch_sub(1, Ordering::AcqRel);
+        if let Some(held) = self.held.get(app) {
+            held.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -293,7 +272,7 @@ impl Memory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::AppKey;
+    use crate::auth::{AppKey, Apps};
 
     fn app(name: &str) -> App {
         App::new(
@@ -413,13 +392,13 @@ mod tests {
             App::new("a", &AppKey::new("a-key".into()), vec![]).with_max_ids(2),
             App::new("b", &AppKey::new("b-key".into()), vec![]).with_max_ids(10),
         ]);
-        (Memory::new(max_ids).with_quotas(&apps), apps)
+        (Memory::new(max_ids), apps)
     }
 
     #[test]
     fn an_app_at_its_quota_is_refused_and_the_others_are_not() {
         let (store, apps) = with_quotas(10);
-        let (a, b) = (apps.get("a").unwrap(), apps.get("b").unwrap());
+        let (a, b) = (&apps.get("a").unwrap(), &apps.get("b").unwrap());
         let first = store.create(a, None, None).unwrap();
         store.create(a, None, None).unwrap();
         assert!(matches!(
@@ -441,7 +420,7 @@ mod tests {
     #[test]
     fn the_quota_is_checked_before_max_ids_and_both_are_given_back() {
         let (store, apps) = with_quotas(3);
-        let (a, b) = (apps.get("a").unwrap(), apps.get("b").unwrap());
+        let (a, b) = (&apps.get("a").unwrap(), &apps.get("b").unwrap());
         store.create(a, None, None).unwrap();
         store.create(a, None, None).unwrap();
         store.create(b, None, None).unwrap();
@@ -466,10 +445,8 @@ mod tests {
             App::new("a", &AppKey::new("a-key".into()), vec![]).with_max_ids(1),
             App::new("b", &AppKey::new("b-key".into()), vec![]).with_max_ids(1),
         ]);
-        let store = Memory::new(10)
-            .with_quotas(&apps)
-            .with_idle_ttl(Duration::ZERO);
-        let (a, b) = (apps.get("a").unwrap(), apps.get("b").unwrap());
+        let store = Memory::new(10).with_idle_ttl(Duration::ZERO);
+        let (a, b) = (&apps.get("a").unwrap(), &apps.get("b").unwrap());
         store.create(a, id("expires-and-moves-1"), None).unwrap();
         // Expired, not yet swept: b takes the name over, a gets its place back.
         store.create(b, id("expires-and-moves-1"), None).unwrap();
@@ -500,7 +477,7 @@ mod tests {
             store.restore(slot).unwrap();
         }
         assert_eq!((store.held_by("a"), store.len()), (3, 3));
-        let a = apps.get("a").unwrap();
+        let a = &apps.get("a").unwrap();
         assert!(matches!(
             store.create(a, None, None),
             Err(CreateError::AppQuota(2))
@@ -515,8 +492,8 @@ mod tests {
         let apps = Apps::new(vec![
             App::new("a", &AppKey::new("a-key".into()), vec![]).with_max_ids(37),
         ]);
-        let store = Memory::new(1000).with_quotas(&apps);
-        let a = apps.get("a").unwrap();
+        let store = Memory::new(1000);
+        let a = &apps.get("a").unwrap();
         let created: usize = std::thread::scope(|s| {
             let handles: Vec<_> = (0..8)
                 .map(|_| {

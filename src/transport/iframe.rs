@@ -182,7 +182,7 @@ fn serves(state: &AppState, found: &Found, origin: &Origin) -> bool {
         && state
             .apps
             .get(&found.app)
-            .is_some_and(|app| state.apps.serves(app, origin))
+            .is_some_and(|app| state.apps.serves(&app, origin))
 }
 
 fn page(status: StatusCode, config: &PageConfig<'_>, origin: &Origin) -> Response {
