@@ -37,6 +37,7 @@ pub mod auth;
 pub mod client_ip;
 pub mod config;
 pub mod connection;
+pub mod discovery;
 pub mod error;
 pub mod extract;
 pub mod health;

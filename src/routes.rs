@@ -15,7 +15,7 @@ use tower_http::trace::TraceLayer;
 use crate::connection::head::{self, Refusal};
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{api, health, transport};
+use crate::{api, discovery, health, transport};
 
 /// The whole application: backend API, browser transports, health, and the fallbacks that
 /// turn unknown routes and wrong methods into JSON errors.
@@ -25,6 +25,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api::routes())
         .merge(transport::routes())
         .merge(health::routes())
+        .merge(discovery::routes())
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Apps;
 use crate::client_ip::TrustedProxies;
-use crate::config::{HttpConfig, Limits, Settings, StoreConfig};
+use crate::config::{HttpConfig, Limits, RateLimits, Settings, StoreConfig};
 use crate::metrics::Metrics;
 use crate::permit::Budget;
 use crate::rate_limit::RateLimiters;
@@ -58,6 +58,8 @@ pub struct Shared {
     pub http: HttpConfig,
     /// Whose `X-Forwarded-For` is believed.
     pub trusted_proxies: TrustedProxies,
+    /// Request rates, as configured (`limiters` applies them).
+    pub rates: RateLimits,
     /// Request rates.
     pub limiters: RateLimiters,
     /// Everything `/metrics` shows.
@@ -101,6 +103,7 @@ impl AppState {
             rates.notify_per_app = crate::config::RateLimit::OFF;
         }
         let limiters = RateLimiters::new(&rates, &metrics);
+        let configured_rates = settings.rate_limits;
         Self(Arc::new(Shared {
             store,
             apps: settings.apps,
@@ -118,6 +121,7 @@ impl AppState {
             ),
             http: settings.http,
             trusted_proxies: settings.trusted_proxies,
+            rates: configured_rates,
             limiters,
             metrics,
         }))

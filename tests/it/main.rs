@@ -12,6 +12,7 @@ mod cluster_front;
 mod concurrency;
 mod demo;
 mod differential;
+mod discovery;
 mod events;
 mod expiry;
 mod framing;

@@ -1,0 +1,71 @@
+//! `GET /.well-known/callhome`: what this server is and offers, for a web app that is told
+//! a user's CallHome server and must learn what it can do there (issue 12's discovery).
+//!
+//! Public and cacheable: API versions, the public URL, the transports and ways of sharing a
+//! connection the browser side offers, how apps come to exist here (`registration`), and the
+//! limits an app works within. It names no app, key or id.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::config::RateLimit;
+use crate::state::AppState;
+
+/// Five minutes: a changed limit reaches the apps that cache it soon enough.
+const CACHE_CONTROL: &str = "public, max-age=300";
+
+/// The discovery route.
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/.well-known/callhome", get(discover))
+}
+
+fn rate(limit: RateLimit) -> serde_json::Value {
+    if limit.per_second == 0 {
+        serde_json::Value::Null
+    } else {
+        json!({"per_second": limit.per_second, "burst": limit.burst})
+    }
+}
+
+async fn discover(State(state): State<AppState>) -> Response {
+    let limits = &state.limits;
+    let body = json!({
+        "callhome": 1,
+        "api_versions": ["v1"],
+        "public_url": state.public_url,
+        "engine": if state.store.as_memory().is_some() { "memory" } else { "redis" },
+        "browser": {
+            "transports": ["sse", "poll"],
+            "sharing": ["worker", "locks", "off"],
+            "max_ids_per_stream": limits.max_ids_per_stream,
+            "callhome_js": format!("{}/callhome.js", state.public_url),
+        },
+        // Apps are written into the operator's config; nobody registers here (yet).
+        "registration": {"policy": "closed"},
+        "limits": {
+            "info_max_bytes": limits.info_max_bytes,
+            "max_waiters_per_id": limits.max_waiters_per_id,
+            "id_idle_ttl_seconds": limits.id_idle_ttl.as_secs(),
+            "poll_timeout_seconds": limits.poll_timeout.as_secs(),
+            "notify_per_app": rate(state.rates.notify_per_app),
+            "create_per_app": rate(state.rates.create_per_app),
+            "browser_per_ip": rate(state.rates.browser_per_ip),
+        },
+    });
+    let mut response = axum::Json(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(CACHE_CONTROL),
+    );
+    // Anyone may read it, from any page.
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    response
+}
