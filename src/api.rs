@@ -3,6 +3,7 @@
 //! `ids` is the v1 API; `seed` keeps the URLs of the original proposal working for apps
 //! written against it. Both go through [`create`] and [`notify`], so they cannot drift apart.
 
+mod admin;
 mod ids;
 mod seed;
 
@@ -27,7 +28,7 @@ use crate::telemetry::Redacted;
 
 /// The backend routes.
 pub fn routes() -> Router<AppState> {
-    ids::routes().merge(seed::routes())
+    ids::routes().merge(seed::routes()).merge(admin::routes())
 }
 
 /// The app whose key is in `Authorization: Bearer <key>`; otherwise `401 unauthorized`.
@@ -47,14 +48,20 @@ pub fn authenticate(
     state: &AppState,
     authorization: Option<&HeaderValue>,
 ) -> Result<Arc<App>, ApiError> {
-    let key = authorization
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, key) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
-        })
-        .ok_or(ApiError::Unauthorized)?;
+    let key = bearer(authorization).ok_or(ApiError::Unauthorized)?;
     state.apps.authenticate(key).ok_or(ApiError::Unauthorized)
+}
+
+/// The key of `Authorization: Bearer <key>`.
+fn bearer(authorization: Option<&HeaderValue>) -> Option<&str> {
+    let (scheme, key) = authorization?.to_str().ok()?.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
+}
+
+/// True when a request with this `Authorization` may have its body read: it carries an
+/// app's key or the admin key. Every route that reads a body needs one of them.
+pub fn may_send_a_body(state: &AppState, authorization: Option<&HeaderValue>) -> bool {
+    authenticate(state, authorization).is_ok() || admin::is_admin(state, authorization)
 }
 
 /// `POST /v1/ids/{id}/notify` served in place by `connection` (the busiest backend request),

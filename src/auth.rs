@@ -6,9 +6,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::TryRng as _;
 use sha2::{Digest, Sha256};
 
 use crate::origin::Origin;
@@ -29,12 +33,18 @@ impl AppKey {
         self.0.is_empty()
     }
 
+    /// The secret, for the one answer that shows a new key.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
     /// The secret's length in bytes, to warn about weak keys without showing them.
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
-    fn digest(&self) -> [u8; 32] {
+    /// The SHA-256 of the secret: what the registry keeps.
+    pub fn digest(&self) -> [u8; 32] {
         digest(&self.0)
     }
 }
@@ -45,25 +55,86 @@ impl fmt::Debug for AppKey {
     }
 }
 
+/// Where an app comes from: the operator's config file (changed only there), or the admin
+/// API at runtime (kept in the snapshot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// An `[[apps]]` entry of the config.
+    Config,
+    /// Registered through the admin API.
+    Registered,
+}
+
+/// One key of an app, without the key itself: its SHA-256 digest, a short id that names it
+/// (the start of the digest, so it says nothing of the key), and when it stops working.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// SHA-256 of the key.
+    pub digest: [u8; 32],
+    /// Milliseconds since the Unix epoch when the key was made (0: unknown, a config key).
+    pub created_ms: u64,
+    /// Milliseconds since the Unix epoch from which the key no longer works; `None`: never.
+    pub expires_ms: Option<u64>,
+}
+
+impl KeyInfo {
+    fn of(key: &AppKey, created_ms: u64) -> Self {
+        Self {
+            digest: key.digest(),
+            created_ms,
+            expires_ms: None,
+        }
+    }
+
+    /// The key's name in listings and in `DELETE .../keys/{id}`.
+    pub fn id(&self) -> String {
+        URL_SAFE_NO_PAD.encode(&self.digest[..6])
+    }
+
+    /// True while the key works.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        self.expires_ms.is_none_or(|at| now_ms < at)
+    }
+}
+
 /// A registered web application.
 #[derive(Debug)]
 pub struct App {
     name: Arc<str>,
-    /// The digests of the keys that authenticate as this app.
-    key_digests: Vec<[u8; 32]>,
+    /// The keys that authenticate as this app, oldest first.
+    keys: Vec<KeyInfo>,
     origins: Vec<Origin>,
     /// Ids the app may hold at once.
     max_ids: usize,
+    source: Source,
 }
 
 impl App {
-    /// Builds an app from already validated parts.
+    /// Builds an app of the config from already validated parts.
     pub fn new(name: &str, key: &AppKey, origins: Vec<Origin>) -> Self {
         Self {
             name: Arc::from(name),
-            key_digests: vec![key.digest()],
+            keys: vec![KeyInfo::of(key, 0)],
             origins,
             max_ids: usize::MAX,
+            source: Source::Config,
+        }
+    }
+
+    /// An app registered at runtime, as the snapshot kept it.
+    pub fn registered(
+        name: &str,
+        keys: Vec<KeyInfo>,
+        origins: Vec<Origin>,
+        max_ids: usize,
+    ) -> Self {
+        Self {
+            name: Arc::from(name),
+            keys,
+            origins,
+            max_ids,
+            source: Source::Registered,
         }
     }
 
@@ -90,12 +161,33 @@ impl App {
         &self.origins
     }
 
+    /// The app's keys (their digests and times), oldest first.
+    pub fn keys(&self) -> &[KeyInfo] {
+        &self.keys
+    }
+
+    /// Where the app comes from.
+    pub fn source(&self) -> Source {
+        self.source
+    }
+
     /// The origin a new id is bound to when the backend names none: the app's only origin,
     /// when it has exactly one.
     pub fn default_origin(&self) -> Option<&Origin> {
         match self.origins.as_slice() {
             [only] => Some(only),
             _ => None,
+        }
+    }
+
+    /// A copy to change: the registry never changes an app in place.
+    fn edit(&self) -> Self {
+        Self {
+            name: Arc::clone(&self.name),
+            keys: self.keys.clone(),
+            origins: self.origins.clone(),
+            max_ids: self.max_ids,
+            source: self.source,
         }
     }
 }
@@ -105,8 +197,8 @@ impl App {
 pub struct View {
     /// By name, in name order.
     apps: Vec<Arc<App>>,
-    /// Every key's digest, to its app.
-    keys: HashMap<[u8; 32], Arc<App>>,
+    /// Every key's digest, to its app and the time it stops working.
+    keys: HashMap<[u8; 32], (Arc<App>, Option<u64>)>,
 }
 
 impl View {
@@ -114,7 +206,11 @@ impl View {
         apps.sort_by(|a, b| a.name.cmp(&b.name));
         let keys = apps
             .iter()
-            .flat_map(|app| app.key_digests.iter().map(|d| (*d, Arc::clone(app))))
+            .flat_map(|app| {
+                app.keys
+                    .iter()
+                    .map(|k| (k.digest, (Arc::clone(app), k.expires_ms)))
+            })
             .collect();
         Self { apps, keys }
     }
@@ -143,12 +239,75 @@ impl View {
     }
 }
 
+/// Why the registry refused a change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// No app of that name.
+    #[error("no app called {0:?}")]
+    UnknownApp(String),
+    /// The name is taken (by a config app or a registered one).
+    #[error("an app called {0:?} exists")]
+    AppExists(String),
+    /// A config app is changed only in the config file.
+    #[error("app {0:?} comes from the config file; change it there")]
+    ConfigApp(String),
+    /// The app has no key of that id.
+    #[error("app {app:?} has no key {key:?}")]
+    UnknownKey {
+        /// The app.
+        app: String,
+        /// The key id asked for.
+        key: String,
+    },
+    /// A name, origin list or quota the registry does not take.
+    #[error("{0}")]
+    Invalid(String),
+    /// The system's random number generator failed.
+    #[error("no entropy for a key: {0}")]
+    Entropy(String),
+    /// Runtime apps are kept in the memory engine's snapshot; cluster mode does not keep them
+    /// in Redis yet, so no node takes a change another could not see.
+    #[error("apps can be registered at runtime only with [store] backend = \"memory\" for now")]
+    NeedsMemoryEngine,
+}
+
+/// What a new app is made of.
+#[derive(Debug, Clone)]
+pub struct NewApp {
+    /// 1 to 64 of `a-z 0-9 - _ .`, starting with a letter or digit.
+    pub name: String,
+    /// At least one.
+    pub origins: Vec<Origin>,
+    /// Ids it may hold at once, at least 1.
+    pub max_ids: usize,
+}
+
+/// A change to a registered app; `None` keeps what it has.
+#[derive(Debug, Clone, Default)]
+pub struct AppChange {
+    /// The new origins (at least one).
+    pub origins: Option<Vec<Origin>>,
+    /// The new quota (at least 1).
+    pub max_ids: Option<usize>,
+}
+
+/// A key made by the registry: shown once, then only its digest is kept.
+#[derive(Debug)]
+pub struct NewKey {
+    /// The secret, for the one answer that shows it.
+    pub key: AppKey,
+    /// What the registry keeps of it.
+    pub info: KeyInfo,
+}
+
 /// The registered apps. Requests read the current [`View`] without a lock; a change builds
 /// a new view and swaps it in, so a request sees the registry before or after a change,
 /// never half of one.
 #[derive(Debug, Default)]
 pub struct Apps {
     view: ArcSwap<View>,
+    /// Held by a change from its read of the view to its swap, so changes never race.
+    writing: Mutex<()>,
 }
 
 impl Apps {
@@ -156,6 +315,7 @@ impl Apps {
     pub fn new(apps: Vec<App>) -> Self {
         Self {
             view: ArcSwap::from_pointee(View::new(apps.into_iter().map(Arc::new).collect())),
+            writing: Mutex::new(()),
         }
     }
 
@@ -164,11 +324,15 @@ impl Apps {
         self.view.load_full()
     }
 
-    /// The app whose key is `presented`, if any. The key is looked up by its SHA-256
-    /// digest: what the lookup's time depends on is the digest, which nobody can steer
-    /// towards a registered key's digest without knowing the key.
+    /// The app whose key is `presented` and still works, if any. The key is looked up by
+    /// its SHA-256 digest: what the lookup's time depends on is the digest, which nobody can
+    /// steer towards a registered key's digest without knowing the key.
     pub fn authenticate(&self, presented: &str) -> Option<Arc<App>> {
-        self.view.load().keys.get(&digest(presented)).cloned()
+        let view = self.view.load();
+        let (app, expires) = view.keys.get(&digest(presented))?;
+        expires
+            .is_none_or(|at| now_ms() < at)
+            .then(|| Arc::clone(app))
     }
 
     /// True when `app` may bind ids to `origin` and have their iframe page served to it:
@@ -195,6 +359,202 @@ impl Apps {
     pub fn get(&self, name: &str) -> Option<Arc<App>> {
         self.view.load().get(name).cloned()
     }
+
+    /// Registers `new` with a fresh key; returns the app and its key (shown once).
+    pub fn register(&self, new: &NewApp) -> Result<(Arc<App>, NewKey), RegistryError> {
+        check_name(&new.name)?;
+        check_origins(&new.origins)?;
+        check_max_ids(new.max_ids)?;
+        let key = NewKey::generate()?;
+        self.change(|apps| {
+            if apps.iter().any(|a| *a.name == *new.name) {
+                return Err(RegistryError::AppExists(new.name.clone()));
+            }
+            let app = Arc::new(App::registered(
+                &new.name,
+                vec![key.info.clone()],
+                new.origins.clone(),
+                new.max_ids,
+            ));
+            apps.push(Arc::clone(&app));
+            Ok(app)
+        })
+        .map(|app| (app, key))
+    }
+
+    /// Changes the origins or quota of the registered app `name`.
+    pub fn update(&self, name: &str, change: &AppChange) -> Result<Arc<App>, RegistryError> {
+        if let Some(origins) = &change.origins {
+            check_origins(origins)?;
+        }
+        if let Some(max_ids) = change.max_ids {
+            check_max_ids(max_ids)?;
+        }
+        self.edit(name, |app| {
+            if let Some(origins) = &change.origins {
+                app.origins.clone_from(origins);
+            }
+            if let Some(max_ids) = change.max_ids {
+                app.max_ids = max_ids;
+            }
+            Ok(())
+        })
+    }
+
+    /// Gives the registered app `name` a new key; its other live keys stop working `grace`
+    /// from now (at once for a zero grace). Returns the new key (shown once).
+    pub fn rotate(&self, name: &str, grace: Duration) -> Result<(Arc<App>, NewKey), RegistryError> {
+        let key = NewKey::generate()?;
+        let now = now_ms();
+        let until = now.saturating_add(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX));
+        let app = self.edit(name, |app| {
+            for old in &mut app.keys {
+                old.expires_ms = Some(old.expires_ms.map_or(until, |at| at.min(until)));
+            }
+            app.keys.retain(|k| k.is_live(now));
+            app.keys.push(key.info.clone());
+            Ok(())
+        })?;
+        Ok((app, key))
+    }
+
+    /// Stops the key `key_id` of the registered app `name` at once.
+    pub fn revoke(&self, name: &str, key_id: &str) -> Result<Arc<App>, RegistryError> {
+        self.edit(name, |app| {
+            let before = app.keys.len();
+            app.keys.retain(|k| k.id() != key_id);
+            if app.keys.len() == before {
+                return Err(RegistryError::UnknownKey {
+                    app: name.to_owned(),
+                    key: key_id.to_owned(),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes the registered app `name`; returns it.
+    pub fn remove(&self, name: &str) -> Result<Arc<App>, RegistryError> {
+        self.change(|apps| {
+            let at = registered(apps, name)?;
+            Ok(apps.remove(at))
+        })
+    }
+
+    /// Puts registered apps read from a snapshot back beside the config's. One whose name a
+    /// config app now has is refused: which of the two is meant cannot be guessed.
+    pub fn restore(&self, registered: Vec<App>) -> Result<(), RegistryError> {
+        self.change(|apps| {
+            for app in registered {
+                if apps.iter().any(|a| a.name == app.name) {
+                    return Err(RegistryError::AppExists(app.name.to_string()));
+                }
+                apps.push(Arc::new(app));
+            }
+            Ok(())
+        })
+    }
+
+    /// Applies `f` to a copy of the registered app `name` and swaps the result in.
+    fn edit(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut App) -> Result<(), RegistryError>,
+    ) -> Result<Arc<App>, RegistryError> {
+        self.change(|apps| {
+            let at = registered(apps, name)?;
+            let mut app = apps[at].edit();
+            f(&mut app)?;
+            let app = Arc::new(app);
+            apps[at] = Arc::clone(&app);
+            Ok(app)
+        })
+    }
+
+    /// Runs `f` on a copy of the app list and, when it succeeds, swaps in the view of the
+    /// result. Changes are serialised; readers never wait.
+    fn change<T>(
+        &self,
+        f: impl FnOnce(&mut Vec<Arc<App>>) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut apps = self.view.load().apps.clone();
+        let out = f(&mut apps)?;
+        self.view.store(Arc::new(View::new(apps)));
+        Ok(out)
+    }
+}
+
+/// Where the registered app `name` is in `apps`; a config app is not one to change.
+fn registered(apps: &[Arc<App>], name: &str) -> Result<usize, RegistryError> {
+    let at = apps
+        .iter()
+        .position(|a| &*a.name == name)
+        .ok_or_else(|| RegistryError::UnknownApp(name.to_owned()))?;
+    if apps[at].source == Source::Config {
+        return Err(RegistryError::ConfigApp(name.to_owned()));
+    }
+    Ok(at)
+}
+
+impl NewKey {
+    /// 32 random bytes from the system, as `chk_` and 43 characters of base64url.
+    fn generate() -> Result<Self, RegistryError> {
+        let mut bytes = [0u8; 32];
+        rand::rngs::SysRng
+            .try_fill_bytes(&mut bytes)
+            .map_err(|e| RegistryError::Entropy(e.to_string()))?;
+        let key = AppKey::new(format!("chk_{}", URL_SAFE_NO_PAD.encode(bytes)));
+        let info = KeyInfo::of(&key, now_ms());
+        Ok(Self { key, info })
+    }
+}
+
+/// Names are shown in logs, metrics and URLs: short, lower case, no surprises.
+fn check_name(name: &str) -> Result<(), RegistryError> {
+    let ok = (1..=64).contains(&name.len())
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        })
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(RegistryError::Invalid(format!(
+            "app name {name:?}: 1 to 64 of a-z, 0-9, '-', '_', '.', starting with a letter or digit"
+        )))
+    }
+}
+
+fn check_origins(origins: &[Origin]) -> Result<(), RegistryError> {
+    if origins.is_empty() {
+        return Err(RegistryError::Invalid("list at least one origin".into()));
+    }
+    if origins.iter().any(Origin::is_wildcard) {
+        // `*` would let the app's ids be framed by any page nobody else claimed: for the
+        // config's operator to decide, not for a runtime registration.
+        return Err(RegistryError::Invalid(
+            "`*` is not an origin a registered app may list (only the config may)".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_max_ids(max_ids: usize) -> Result<(), RegistryError> {
+    if max_ids == 0 {
+        return Err(RegistryError::Invalid("max_ids must be at least 1".into()));
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn digest(secret: &str) -> [u8; 32] {
@@ -282,6 +642,93 @@ mod tests {
         let one = &apps.get("one").unwrap();
         assert!(apps.serves(one, &origin("https://one.example")));
         assert!(!apps.serves(one, &origin("https://whoever.example")));
+    }
+
+    fn new_app(name: &str) -> NewApp {
+        NewApp {
+            name: name.into(),
+            origins: vec![Origin::parse("https://new.example").unwrap()],
+            max_ids: 10,
+        }
+    }
+
+    #[test]
+    fn a_registered_app_authenticates_with_its_key_only_and_keeps_no_key() {
+        let apps = apps();
+        let (app, key) = apps.register(&new_app("new")).unwrap();
+        assert!(key.key.expose().starts_with("chk_") && key.key.len() == 47);
+        assert_eq!(app.source(), Source::Registered);
+        assert!(!format!("{app:?}").contains(key.key.expose()));
+        assert_eq!(
+            &**apps.authenticate(key.key.expose()).unwrap().name(),
+            "new"
+        );
+        assert_eq!(&**apps.authenticate("key-one").unwrap().name(), "one");
+        assert_eq!(
+            apps.register(&new_app("new")).unwrap_err(),
+            RegistryError::AppExists("new".into())
+        );
+        assert_eq!(
+            apps.register(&new_app("one")).unwrap_err(),
+            RegistryError::AppExists("one".into())
+        );
+        for bad in ["", "Upper", "-dash", "sp ace", &"x".repeat(65)] {
+            assert!(
+                matches!(apps.register(&new_app(bad)), Err(RegistryError::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rotation_keeps_the_old_key_for_the_grace_and_revocation_stops_it_at_once() {
+        let apps = apps();
+        let (_, first) = apps.register(&new_app("new")).unwrap();
+        let (_, second) = apps.rotate("new", Duration::from_secs(3600)).unwrap();
+        assert!(
+            apps.authenticate(first.key.expose()).is_some(),
+            "in its grace"
+        );
+        assert!(apps.authenticate(second.key.expose()).is_some());
+        let (app, third) = apps.rotate("new", Duration::ZERO).unwrap();
+        assert!(
+            apps.authenticate(first.key.expose()).is_none(),
+            "grace cut to now"
+        );
+        assert!(apps.authenticate(second.key.expose()).is_none());
+        assert_eq!(
+            app.keys().len(),
+            1,
+            "expired keys are dropped: {:?}",
+            app.keys()
+        );
+        apps.revoke("new", &third.info.id()).unwrap();
+        assert!(apps.authenticate(third.key.expose()).is_none());
+        assert!(matches!(
+            apps.revoke("new", &third.info.id()),
+            Err(RegistryError::UnknownKey { .. })
+        ));
+    }
+
+    #[test]
+    fn config_apps_are_changed_only_in_the_config() {
+        let apps = apps();
+        let change = AppChange {
+            max_ids: Some(5),
+            ..AppChange::default()
+        };
+        for refused in [
+            apps.update("one", &change).map(drop),
+            apps.rotate("one", Duration::ZERO).map(drop),
+            apps.remove("one").map(drop),
+        ] {
+            assert_eq!(refused, Err(RegistryError::ConfigApp("one".into())));
+        }
+        assert_eq!(
+            apps.remove("nobody").map(drop),
+            Err(RegistryError::UnknownApp("nobody".into()))
+        );
+        assert!(apps.authenticate("key-one").is_some());
     }
 
     #[test]

@@ -84,8 +84,93 @@ pub struct Config {
     pub store: StoreConfig,
     /// How connections are served.
     pub http: HttpConfig,
+    /// The admin API (apps registered at runtime); off without a key.
+    pub admin: AdminConfig,
     /// The registered web applications.
     pub apps: Vec<AppConfig>,
+}
+
+/// The admin API: `/v1/admin/...`, authenticated with its own key (never an app's).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// The admin key, written in the file. Prefer `key_env`.
+    pub key: Option<AppKey>,
+    /// The name of an environment variable that holds the admin key.
+    pub key_env: Option<String>,
+    /// How long an app's old keys keep working after a rotation, unless the rotation says.
+    #[serde(with = "humantime_serde")]
+    pub rotation_grace: Duration,
+    /// The id quota of an app registered without one.
+    pub default_max_ids: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            key: None,
+            key_env: None,
+            rotation_grace: Duration::from_secs(24 * 3600),
+            default_max_ids: 10_000,
+        }
+    }
+}
+
+/// The admin API as validated: its key's digest (the key itself is not kept) and defaults.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// The admin key; compared by digest in constant time.
+    pub key: AppKey,
+    /// [`AdminConfig::rotation_grace`].
+    pub rotation_grace: Duration,
+    /// [`AdminConfig::default_max_ids`].
+    pub default_max_ids: usize,
+}
+
+/// The longest rotation grace: a month.
+pub const MAX_ROTATION_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+fn validate_admin(
+    admin: &AdminConfig,
+    limits: &Limits,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(Option<Admin>, Vec<String>), ConfigError> {
+    let key = match (&admin.key, &admin.key_env) {
+        (Some(_), Some(_)) => {
+            return Err(invalid("admin.key", "set either key or key_env, not both"));
+        }
+        (None, None) => return Ok((None, Vec::new())),
+        (Some(key), None) => key.clone(),
+        (None, Some(var)) => AppKey::new(env(var).ok_or_else(|| {
+            invalid(
+                "admin.key_env",
+                format!("environment variable {var} is not set"),
+            )
+        })?),
+    };
+    if key.len() < WEAK_KEY_LEN {
+        return Err(invalid(
+            "admin.key",
+            format!("must be at least {WEAK_KEY_LEN} bytes: it can make and remove apps"),
+        ));
+    }
+    if admin.rotation_grace > MAX_ROTATION_GRACE {
+        return Err(invalid("admin.rotation_grace", "must be at most 30d"));
+    }
+    if admin.default_max_ids == 0 || admin.default_max_ids > limits.max_ids {
+        return Err(invalid(
+            "admin.default_max_ids",
+            format!("must be between 1 and limits.max_ids ({})", limits.max_ids),
+        ));
+    }
+    Ok((
+        Some(Admin {
+            key,
+            rotation_grace: admin.rotation_grace,
+            default_max_ids: admin.default_max_ids,
+        }),
+        Vec::new(),
+    ))
 }
 
 /// How connections are served.
@@ -370,6 +455,7 @@ impl Default for Config {
             rate_limits: RateLimits::default(),
             store: StoreConfig::default(),
             http: HttpConfig::default(),
+            admin: AdminConfig::default(),
             apps: Vec::new(),
         }
     }
@@ -441,6 +527,8 @@ pub struct Settings {
     pub http: HttpConfig,
     /// The registered apps.
     pub apps: Apps,
+    /// The admin API, when it has a key.
+    pub admin: Option<Admin>,
     /// Things worth a warning at start-up (weak keys and the like), already worded.
     pub warnings: Vec<String>,
 }
@@ -542,10 +630,18 @@ impl Config {
         validate_rate_limits(&self.rate_limits)?;
         let (store, store_warnings) = validate_store(self.store, &env)?;
 
+        let (admin, admin_warnings) = validate_admin(&self.admin, &self.limits, &env)?;
         let (apps, app_warnings) = validate_apps(&self.apps, &self.limits, env)?;
+        if admin
+            .as_ref()
+            .is_some_and(|a| apps.authenticate(a.key.expose()).is_some())
+        {
+            return Err(invalid("admin.key", "the same key is used by an app"));
+        }
         let warnings = proxy_warnings
             .into_iter()
             .chain(store_warnings)
+            .chain(admin_warnings)
             .chain(app_warnings)
             .collect();
 
@@ -563,6 +659,7 @@ impl Config {
             store,
             http: self.http,
             apps,
+            admin,
             warnings,
         })
     }
@@ -1038,6 +1135,42 @@ mod tests {
             field_of(c.validate(no_env).unwrap_err()),
             "limits.header_timeout"
         );
+    }
+
+    #[test]
+    fn the_admin_key_is_long_of_its_own_and_from_the_file_or_the_environment() {
+        let with_admin = |key: Option<&str>, key_env: Option<&str>| {
+            let mut c = config(vec![app(
+                "demo",
+                "0123456789abcdef",
+                &["http://localhost:3000"],
+            )]);
+            c.admin.key = key.map(|k| AppKey::new(k.into()));
+            c.admin.key_env = key_env.map(String::from);
+            c
+        };
+        assert!(
+            with_admin(None, None)
+                .validate(no_env)
+                .unwrap()
+                .admin
+                .is_none()
+        );
+        let env = |var: &str| (var == "ADMIN").then(|| "from-the-environment-0123".to_owned());
+        let s = with_admin(None, Some("ADMIN")).validate(env).unwrap();
+        assert_eq!(s.admin.unwrap().key.expose(), "from-the-environment-0123");
+        for (key, key_env) in [
+            (Some("short"), None),
+            (Some("0123456789abcdef"), None),
+            (Some("admin-key-0123456789"), Some("ADMIN")),
+            (None, Some("UNSET")),
+        ] {
+            let err = with_admin(key, key_env).validate(env).unwrap_err();
+            assert!(
+                field_of(err).starts_with("admin.key"),
+                "{key:?} {key_env:?}"
+            );
+        }
     }
 
     #[test]

@@ -495,8 +495,9 @@ impl Connection {
     }
 
     /// Serves any other request through the router. A request with a body whose key does
-    /// not authenticate is routed without its body, which is never read: every route that
-    /// reads a body needs a key, so the answer is the same `401`, and the connection closes.
+    /// not authenticate (as an app or the admin) is routed without its body, which is never
+    /// read: every route that reads a body needs a key, so the answer is the same `401`, and
+    /// the connection closes.
     async fn route(
         &mut self,
         head: Head,
@@ -504,8 +505,8 @@ impl Connection {
         router: &Router,
     ) -> io::Result<(Option<Response<Body>>, After)> {
         let has_body = head.framing.body != BodyLength::Length(0);
-        let unauthenticated = has_body
-            && api::authenticate(state, header_value(&head, &header::AUTHORIZATION)).is_err();
+        let unauthenticated =
+            has_body && !api::may_send_a_body(state, header_value(&head, &header::AUTHORIZATION));
         let (body, after) = if unauthenticated {
             (Bytes::new(), self.skip_body(&head))
         } else {

@@ -12,6 +12,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::auth::RegistryError;
 use crate::connection::head::Refusal;
 use crate::id::IdError;
 use crate::origin::OriginError;
@@ -110,6 +111,9 @@ pub enum ApiError {
     /// the request may or may not have taken effect if it timed out after being sent.
     #[error("the backplane (Redis) is unavailable; try again shortly")]
     BackplaneUnavailable(String),
+    /// The app registry refused a change (admin API).
+    #[error(transparent)]
+    Registry(#[from] crate::auth::RegistryError),
     /// A bug or an environment failure; the cause goes to the log, not to the client.
     #[error("internal error")]
     Internal(String),
@@ -162,6 +166,15 @@ impl ApiError {
             Self::TooManyIds(_) | Self::TooManyConnections(_) | Self::BackplaneUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::Registry(e) => match e {
+                RegistryError::UnknownApp(_) | RegistryError::UnknownKey { .. } => {
+                    StatusCode::NOT_FOUND
+                }
+                RegistryError::AppExists(_) | RegistryError::ConfigApp(_) => StatusCode::CONFLICT,
+                RegistryError::Invalid(_) => StatusCode::BAD_REQUEST,
+                RegistryError::Entropy(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                RegistryError::NeedsMemoryEngine => StatusCode::NOT_IMPLEMENTED,
+            },
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -194,6 +207,15 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::BackplaneUnavailable(_) => "backplane_unavailable",
+            Self::Registry(e) => match e {
+                RegistryError::UnknownApp(_) => "unknown_app",
+                RegistryError::UnknownKey { .. } => "unknown_key",
+                RegistryError::AppExists(_) => "app_exists",
+                RegistryError::ConfigApp(_) => "config_app",
+                RegistryError::Invalid(_) => "invalid_app",
+                RegistryError::Entropy(_) => "internal",
+                RegistryError::NeedsMemoryEngine => "registry_needs_memory_engine",
+            },
             Self::Internal(_) => "internal",
         }
     }

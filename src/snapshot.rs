@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::auth::Apps;
+use crate::auth::{App, Apps, KeyInfo, Source};
 use crate::id::Id;
 use crate::origin::Origin;
 use crate::slot::{Saved, Slot};
@@ -31,14 +31,80 @@ use crate::store::Memory;
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 16] = b"CALLHOME-SNAPSHT";
-/// Bumped whenever the body's shape changes; older files are refused, not guessed at.
-pub const VERSION: u32 = 1;
+/// Bumped whenever the body's shape changes. Version 1 (ids only) is still read; any other
+/// is refused, not guessed at.
+pub const VERSION: u32 = 2;
 const HEADER: usize = 16 + 4 + 4;
 
-/// The body of a snapshot file.
+/// The body of a snapshot file: the ids, then the apps registered at runtime (version 2).
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 struct Body {
     ids: Vec<SavedId>,
+    apps: Vec<SavedApp>,
+}
+
+/// The body of a version 1 file: ids only.
+#[derive(Debug, Deserialize)]
+struct BodyV1 {
+    ids: Vec<SavedId>,
+}
+
+/// An app registered at runtime: its keys as digests only.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct SavedApp {
+    name: String,
+    origins: Vec<String>,
+    max_ids: u64,
+    keys: Vec<SavedKey>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct SavedKey {
+    digest: [u8; 32],
+    created_ms: u64,
+    expires_ms: Option<u64>,
+}
+
+impl SavedApp {
+    fn of(app: &App) -> Self {
+        Self {
+            name: app.name().to_string(),
+            origins: app
+                .origins()
+                .iter()
+                .map(|o| o.as_str().to_owned())
+                .collect(),
+            max_ids: app.max_ids() as u64,
+            keys: app
+                .keys()
+                .iter()
+                .map(|k| SavedKey {
+                    digest: k.digest,
+                    created_ms: k.created_ms,
+                    expires_ms: k.expires_ms,
+                })
+                .collect(),
+        }
+    }
+
+    fn into_app(self) -> Result<App, String> {
+        let origins = self
+            .origins
+            .iter()
+            .map(|o| Origin::parse(o).map_err(|e| format!("app {:?}: {e}", self.name)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys = self
+            .keys
+            .into_iter()
+            .map(|k| KeyInfo {
+                digest: k.digest,
+                created_ms: k.created_ms,
+                expires_ms: k.expires_ms,
+            })
+            .collect();
+        let max_ids = usize::try_from(self.max_ids).unwrap_or(usize::MAX);
+        Ok(App::registered(&self.name, keys, origins, max_ids))
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -293,6 +359,14 @@ pub fn restore(path: &Path, store: &Memory, apps: &Apps) -> Result<Restored, Sna
         reason,
     };
     let body = decode(&bytes).map_err(unusable)?;
+    let registered = body
+        .apps
+        .into_iter()
+        .map(SavedApp::into_app)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(unusable)?;
+    apps.restore(registered)
+        .map_err(|e| unusable(format!("{e}; the config now has an app of that name")))?;
     let mut restored = Restored::default();
     for saved in body.ids {
         let Some(app) = apps.get(&saved.app) else {
@@ -332,7 +406,7 @@ pub fn restore(path: &Path, store: &Memory, apps: &Apps) -> Result<Restored, Sna
 ///
 /// # Panics
 /// Never: strings and numbers always serialise.
-pub fn save(path: &Path, store: &Memory) -> Result<u64, SnapshotError> {
+pub fn save(path: &Path, store: &Memory, apps: &Apps) -> Result<u64, SnapshotError> {
     static WRITING: Mutex<()> = Mutex::new(());
     let _writing = WRITING.lock().unwrap_or_else(PoisonError::into_inner);
     let slots: Vec<_> = store
@@ -352,6 +426,13 @@ pub fn save(path: &Path, store: &Memory) -> Result<u64, SnapshotError> {
         };
         payload = postcard::to_extend(&saved, payload).expect("strings and numbers serialise");
     }
+    let view = apps.view();
+    let registered: Vec<SavedApp> = view
+        .iter()
+        .filter(|app| app.source() == Source::Registered)
+        .map(|app| SavedApp::of(app))
+        .collect();
+    payload = postcard::to_extend(&registered, payload).expect("strings and numbers serialise");
     let bytes = frame(&payload);
     write_atomically(path, &bytes).map_err(|source| SnapshotError::Io {
         path: path.to_owned(),
@@ -412,7 +493,7 @@ pub async fn save_measured(
     let store = state.clone();
     let file = path.clone();
     let saved = tokio::task::spawn_blocking(move || match store.store.as_memory() {
-        Some(memory) => save(&file, memory),
+        Some(memory) => save(&file, memory, &store.apps),
         None => Ok(0),
     })
     .await
@@ -455,16 +536,24 @@ fn decode(bytes: &[u8]) -> Result<Body, String> {
     let word =
         |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
     let version = word(16);
-    if version != VERSION {
+    if version != VERSION && version != 1 {
         return Err(format!(
-            "it is format version {version}; this CallHome reads version {VERSION}"
+            "it is format version {version}; this CallHome reads versions 1 and {VERSION}"
         ));
     }
     let payload = &bytes[HEADER..];
     if crc32fast::hash(payload) != word(20) {
         return Err("its checksum does not match (the file is damaged or truncated)".into());
     }
-    postcard::from_bytes(payload).map_err(|e| format!("its body does not decode: {e}"))
+    let undecodable = |e: postcard::Error| format!("its body does not decode: {e}");
+    if version == 1 {
+        let old: BodyV1 = postcard::from_bytes(payload).map_err(undecodable)?;
+        return Ok(Body {
+            ids: old.ids,
+            apps: Vec::new(),
+        });
+    }
+    postcard::from_bytes(payload).map_err(undecodable)
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -530,7 +619,7 @@ mod tests {
             .create(app, Some(Id::parse("chosen-id-0000001").unwrap()), None)
             .unwrap();
         let path = temp("roundtrip");
-        save(&path, &store).unwrap();
+        save(&path, &store, &apps).unwrap();
 
         let again = Memory::new(10);
         let restored = restore(&path, &again, &apps).unwrap();
@@ -560,7 +649,7 @@ mod tests {
             .unwrap();
         slot.publish("héllo");
         let path = temp("streamed");
-        save(&path, &store).unwrap();
+        save(&path, &store, &apps).unwrap();
         let bytes = fs::read(&path).unwrap();
         let body = decode(&bytes).unwrap();
         let expected = Body {
@@ -570,9 +659,64 @@ mod tests {
                 origin: Some("https://one.example".into()),
                 slot: slot.save(),
             }],
+            apps: Vec::new(),
         };
         assert_eq!(body, expected);
         assert_eq!(&bytes[HEADER..], postcard::to_allocvec(&expected).unwrap());
+        fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_version_1_file_is_still_read_and_registered_apps_round_trip() {
+        let old = vec![SavedId {
+            id: "chosen-id-0000001".into(),
+            app: "one".into(),
+            origin: None,
+            slot: Slot::new(
+                Id::parse("chosen-id-0000001").unwrap(),
+                std::sync::Arc::from("one"),
+                None,
+            )
+            .save(),
+        }];
+        let payload = postcard::to_allocvec(&old).unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        let body = decode(&bytes).unwrap();
+        assert_eq!((body.ids, body.apps), (old, Vec::new()));
+
+        let apps = apps();
+        let (_, key) = apps
+            .register(&crate::auth::NewApp {
+                name: "later".into(),
+                origins: vec![Origin::parse("https://later.example").unwrap()],
+                max_ids: 7,
+            })
+            .unwrap();
+        let store = Memory::new(10);
+        let path = temp("registered");
+        save(&path, &store, &apps).unwrap();
+        let fresh = self::apps();
+        restore(&path, &Memory::new(10), &fresh).unwrap();
+        let later = fresh
+            .authenticate(key.key.expose())
+            .expect("the key works again");
+        assert_eq!(
+            (&**later.name(), later.max_ids(), later.source()),
+            ("later", 7, Source::Registered)
+        );
+        // Restored beside a config that now has an app of that name: refused, not guessed.
+        let clash = Apps::new(vec![App::new(
+            "later",
+            &crate::auth::AppKey::new("k".into()),
+            vec![],
+        )]);
+        assert!(matches!(
+            restore(&path, &Memory::new(10), &clash),
+            Err(SnapshotError::Unusable { .. })
+        ));
         fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
@@ -591,7 +735,7 @@ mod tests {
         let store = Memory::new(10);
         store.create(&apps.get("one").unwrap(), None, None).unwrap();
         let path = temp("damaged");
-        save(&path, &store).unwrap();
+        save(&path, &store, &apps).unwrap();
         let good = fs::read(&path).unwrap();
 
         let mut flipped = good.clone();
@@ -631,7 +775,7 @@ mod tests {
         let path = temp("failed-write");
         // The rename fails: a non-empty directory is where the snapshot should go.
         fs::create_dir_all(path.join("in-the-way")).unwrap();
-        let err = save(&path, &store).unwrap_err();
+        let err = save(&path, &store, &apps).unwrap_err();
         assert!(matches!(err, SnapshotError::Io { .. }), "{err}");
         assert!(!with_suffix(&path, ".tmp").exists());
         fs::remove_dir_all(path.parent().unwrap()).unwrap();
@@ -662,7 +806,7 @@ mod tests {
             .create(&other.get("gone").unwrap(), None, None)
             .unwrap();
         let path = temp("unknown-app");
-        save(&path, &store).unwrap();
+        save(&path, &store, &apps()).unwrap();
         let restored = restore(&path, &Memory::new(10), &apps()).unwrap();
         assert_eq!(
             restored,

@@ -36,6 +36,8 @@ pub struct Shared {
     pub store: Store,
     /// The registered apps.
     pub apps: Apps,
+    /// The admin API, when it has a key.
+    pub admin: Option<crate::config::Admin>,
     /// Resource limits.
     pub limits: Limits,
     /// The base URL browsers reach us at, without a trailing slash.
@@ -107,6 +109,7 @@ impl AppState {
         Self(Arc::new(Shared {
             store,
             apps: settings.apps,
+            admin: settings.admin,
             limits: settings.limits,
             public_url,
             body_limit,

@@ -3,6 +3,7 @@
 //! `support` starts servers on 127.0.0.1 port 0 (in-process, or the real binary) and holds the
 //! small HTTP helpers; each module covers one side of the API.
 
+mod admin;
 mod api;
 mod binary;
 mod browser;

@@ -1,0 +1,295 @@
+//! `/v1/admin/apps`: the apps registered at runtime (issue 12), for the operator.
+//!
+//! Authenticated with the admin key (`[admin] key` or `key_env`), never an app's; without
+//! one configured, every admin path answers `404 not_found` as if it did not exist. A key is
+//! shown once, in the answer that makes it; the registry keeps only its SHA-256 digest. Each
+//! change is written to the snapshot before it is answered, so a key handed out survives a
+//! `kill -9` the moment after. Config apps are listed but changed only in the config file.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{delete, get};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::auth::{App, AppChange, NewApp, NewKey, RegistryError};
+use crate::config::MAX_ROTATION_GRACE;
+use crate::error::ApiError;
+use crate::extract::{self, Body};
+use crate::origin::Origin;
+use crate::state::AppState;
+
+/// The admin routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/admin/apps", get(list).post(add))
+        .route(
+            "/v1/admin/apps/{name}",
+            get(show).patch(update).delete(remove),
+        )
+        .route("/v1/admin/apps/{name}/keys", axum::routing::post(rotate))
+        .route("/v1/admin/apps/{name}/keys/{key}", delete(revoke))
+}
+
+/// A request with the admin key. Without an admin key configured, `404 not_found`.
+struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if state.admin.is_none() {
+            return Err(ApiError::NotFound);
+        }
+        if is_admin(state, parts.headers.get(header::AUTHORIZATION)) {
+            Ok(Self)
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+/// True when `authorization` carries the admin key (and there is one).
+pub fn is_admin(state: &AppState, authorization: Option<&HeaderValue>) -> bool {
+    let Some(admin) = &state.admin else {
+        return false;
+    };
+    let Some(presented) = super::bearer(authorization) else {
+        return false;
+    };
+    // Digests compared: their equal prefix says nothing of the key.
+    crate::auth::AppKey::new(presented.to_owned()).digest() == admin.key.digest()
+}
+
+fn ms_to_rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// What the admin API shows of an app: never a key, only key ids and times.
+fn info(state: &AppState, app: &App) -> Value {
+    let now = crate::auth::now_ms();
+    let keys: Vec<Value> = app
+        .keys()
+        .iter()
+        .filter(|k| k.is_live(now))
+        .map(|k| {
+            json!({
+                "id": k.id(),
+                "created_at": (k.created_ms > 0).then(|| ms_to_rfc3339(k.created_ms)),
+                "expires_at": k.expires_ms.map(ms_to_rfc3339),
+            })
+        })
+        .collect();
+    let max_ids = (app.max_ids() != usize::MAX).then_some(app.max_ids());
+    json!({
+        "name": &**app.name(),
+        "source": app.source(),
+        "origins": app.origins().iter().map(Origin::as_str).collect::<Vec<_>>(),
+        "max_ids": max_ids,
+        "ids": state.store.as_memory().map(|m| m.held_by(app.name())),
+        "keys": keys,
+    })
+}
+
+fn created(state: &AppState, app: &App, key: &NewKey) -> Response {
+    let body = json!({
+        "app": info(state, app),
+        "key": key.key.expose(),
+        "key_id": key.info.id(),
+    });
+    (StatusCode::CREATED, Json(body)).into_response()
+}
+
+/// Changes go to the memory engine's registry only (see [`RegistryError::NeedsMemoryEngine`]).
+fn memory_engine(state: &AppState) -> Result<(), ApiError> {
+    if state.store.as_memory().is_some() {
+        Ok(())
+    } else {
+        Err(RegistryError::NeedsMemoryEngine.into())
+    }
+}
+
+/// Writes the snapshot now, when there is one, so a change answered is a change kept.
+async fn persist(state: &AppState) -> Result<(), ApiError> {
+    let Some(path) = state.snapshot.snapshot_path.clone() else {
+        return Ok(());
+    };
+    crate::snapshot::save_measured(path, state)
+        .await
+        .map(drop)
+        .map_err(|e| ApiError::Internal(format!("the registry change was not saved: {e}")))
+}
+
+/// An app's quota, refused over `limits.max_ids` (the store's own bound).
+fn within_max_ids(state: &AppState, max_ids: usize) -> Result<usize, ApiError> {
+    if max_ids > state.limits.max_ids {
+        return Err(RegistryError::Invalid(format!(
+            "max_ids must be at most limits.max_ids ({})",
+            state.limits.max_ids
+        ))
+        .into());
+    }
+    Ok(max_ids)
+}
+
+fn origins(texts: &[String]) -> Result<Vec<Origin>, ApiError> {
+    texts
+        .iter()
+        .map(|o| Origin::parse(o).map_err(ApiError::from))
+        .collect()
+}
+
+async fn list(_: Admin, State(state): State<AppState>) -> Json<Value> {
+    let view = state.apps.view();
+    let apps: Vec<Value> = view.iter().map(|app| info(&state, app)).collect();
+    Json(json!({ "apps": apps }))
+}
+
+async fn show(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let app = state
+        .apps
+        .get(&name)
+        .ok_or(RegistryError::UnknownApp(name))?;
+    Ok(Json(info(&state, &app)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddRequest {
+    name: String,
+    origins: Vec<String>,
+    max_ids: Option<usize>,
+}
+
+async fn add(
+    _: Admin,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
+    memory_engine(&state)?;
+    let request: AddRequest = extract::json(&headers, &body)?;
+    let defaults = state.admin.as_ref().expect("Admin checked it");
+    let max_ids = within_max_ids(&state, request.max_ids.unwrap_or(defaults.default_max_ids))?;
+    let new = NewApp {
+        name: request.name,
+        origins: origins(&request.origins)?,
+        max_ids,
+    };
+    let (app, key) = state.apps.register(&new)?;
+    persist(&state).await?;
+    tracing::info!(app = %app.name(), key_id = %key.info.id(), "app registered");
+    Ok(created(&state, &app, &key))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateRequest {
+    origins: Option<Vec<String>>,
+    max_ids: Option<usize>,
+}
+
+async fn update(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Json<Value>, ApiError> {
+    memory_engine(&state)?;
+    let request: UpdateRequest = extract::json(&headers, &body)?;
+    let change = AppChange {
+        origins: request.origins.as_deref().map(origins).transpose()?,
+        max_ids: request
+            .max_ids
+            .map(|n| within_max_ids(&state, n))
+            .transpose()?,
+    };
+    let app = state.apps.update(&name, &change)?;
+    persist(&state).await?;
+    tracing::info!(app = %app.name(), "app changed");
+    Ok(Json(info(&state, &app)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateRequest {
+    /// How long the old keys keep working, e.g. "10m"; default `[admin] rotation_grace`.
+    #[serde(default, with = "humantime_serde")]
+    grace: Option<Duration>,
+}
+
+async fn rotate(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
+    memory_engine(&state)?;
+    let request: RotateRequest = if body.is_empty() {
+        RotateRequest::default()
+    } else {
+        extract::json(&headers, &body)?
+    };
+    let defaults = state.admin.as_ref().expect("Admin checked it");
+    let grace = request.grace.unwrap_or(defaults.rotation_grace);
+    if grace > MAX_ROTATION_GRACE {
+        return Err(ApiError::InvalidParameters(
+            "grace must be at most 30d".into(),
+        ));
+    }
+    let (app, key) = state.apps.rotate(&name, grace)?;
+    persist(&state).await?;
+    tracing::info!(app = %app.name(), key_id = %key.info.id(), grace = ?grace, "app key rotated");
+    Ok(created(&state, &app, &key))
+}
+
+async fn revoke(
+    _: Admin,
+    State(state): State<AppState>,
+    Path((name, key)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    memory_engine(&state)?;
+    let app = state.apps.revoke(&name, &key)?;
+    persist(&state).await?;
+    tracing::info!(app = %app.name(), key_id = %key, "app key revoked");
+    Ok(Json(info(&state, &app)))
+}
+
+async fn remove(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    memory_engine(&state)?;
+    let app = state.apps.remove(&name)?;
+    // Its ids go with it: nobody could notify them any more, and their pages would wait.
+    let ids: Vec<String> = state
+        .store
+        .as_memory()
+        .map(|m| {
+            m.slots()
+                .iter()
+                .filter(|slot| slot.app() == &**app.name())
+                .map(|slot| slot.id().as_str().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    for id in &ids {
+        // One already gone is what we want anyway.
+        let _ = state.store.remove(&app, id).await;
+    }
+    persist(&state).await?;
+    tracing::info!(app = %app.name(), ids = ids.len(), "app removed");
+    Ok(StatusCode::NO_CONTENT)
+}
