@@ -34,6 +34,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod client_ip;
 pub mod config;
 pub mod connection;

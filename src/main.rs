@@ -36,10 +36,22 @@ struct Cli {
     /// ids; for a snapshot that is damaged or from an incompatible version.
     #[arg(long)]
     discard_state: bool,
+    /// Without a subcommand, the daemon runs.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Manage the apps of a running server through its admin API (`[admin] key`).
+    Apps(callhome::cli::AppsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Apps(args)) = &cli.command {
+        return apps(&cli, args);
+    }
     let overrides = Overrides {
         listen: cli.listen,
         public_url: cli.public_url,
@@ -76,6 +88,33 @@ fn main() -> anyhow::Result<()> {
         );
     }
     runtime.enable_all().build()?.block_on(serve(settings))
+}
+
+/// `callhome apps ...`: one admin request; exits 1 when the server refused it.
+fn apps(cli: &Cli, args: &callhome::cli::AppsArgs) -> anyhow::Result<()> {
+    let target = callhome::cli::Target::resolve(
+        args,
+        std::env::var(callhome::cli::ADMIN_KEY_ENV).ok(),
+        || {
+            Config::load(&cli.config, &Overrides::default())
+                .and_then(|config| config.validate(|var| std::env::var(var).ok()))
+                .with_context(|| format!("invalid configuration ({})", cli.config.display()))
+        },
+    )?;
+    let outcome = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(callhome::cli::run(&target, &args.command))?;
+    if !outcome.stdout.is_empty() {
+        println!("{}", outcome.stdout);
+    }
+    if !outcome.stderr.is_empty() {
+        eprintln!("{}", outcome.stderr);
+    }
+    if outcome.status != 0 {
+        std::process::exit(outcome.status);
+    }
+    Ok(())
 }
 
 async fn serve(settings: callhome::config::Settings) -> anyhow::Result<()> {

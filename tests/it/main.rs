@@ -8,6 +8,7 @@ mod api;
 mod binary;
 mod browser;
 mod browser_side;
+mod cli;
 mod cluster;
 mod cluster_front;
 mod concurrency;
