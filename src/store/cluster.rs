@@ -4,8 +4,9 @@
 //! What lives where:
 //! - **Redis** holds each id (`ch:i:<id>`: app, origin, seq, info, created, and each node's
 //!   count of waiting clients; its TTL's end is its expiry bucket), each app's count of ids
-//!   per expiry bucket (`ch:ab:<app>` and `ch:ae:<app>`, for exact quotas and `max_ids` with
-//!   nothing per id beside the id's own key), the per-app rate buckets, the epoch and the live
+//!   per expiry bucket (`ch:ab:<app>` and `ch:ae:<app>`, for exact quotas), the same for every
+//!   id of every app (`ch:gb`, `ch:ge`, for `max_ids` in one read), with nothing per id beside
+//!   the id's own key, the per-app rate buckets, the epoch and the live
 //!   nodes. Every operation is
 //!   one Lua script ([`scripts`]), so `seq` is assigned in one place and a notify's hint is
 //!   published in the same atomic step as its value: hints leave Redis in `seq` order.
@@ -90,6 +91,12 @@ fn ends_key(app: &str) -> String {
     format!("ch:ae:{app}")
 }
 
+/// Every id's count per expiry bucket, kept beside each app's (scripts.lua, `keep`), so a
+/// create checks `max_ids` with one read however many apps there are.
+const ALL_COUNTS_KEY: &str = "ch:gb";
+/// The ends of those buckets.
+const ALL_ENDS_KEY: &str = "ch:ge";
+
 /// How finely idle expiry is kept: an id expires between `id_idle_ttl` and `id_idle_ttl`
 /// plus this after its last activity, and an id in steady use rewrites its TTL once per
 /// granule rather than at every notify or poll.
@@ -116,8 +123,6 @@ pub struct Cluster {
     /// [`granule`] of `idle_ttl`, in milliseconds.
     granule_ms: u64,
     max_ids: usize,
-    /// Every app's counts and bucket ends, in pairs, for `max_ids`.
-    app_keys: Vec<String>,
     create_rate: RateLimit,
     notify_rate: RateLimit,
     /// True while the hint subscription is live.
@@ -150,7 +155,6 @@ impl Cluster {
         shutdown: &CancellationToken,
     ) -> Result<Arc<Self>, ConnectError> {
         let config = &settings.store;
-        let apps = &settings.apps;
         let rates = &settings.rate_limits;
         let target = if config.redis_sentinels.is_empty() {
             Target::Url(
@@ -184,11 +188,6 @@ impl Cluster {
             idle_ttl,
             granule_ms: u64::try_from(granule(idle_ttl).as_millis()).unwrap_or(u64::MAX),
             max_ids,
-            app_keys: apps
-                .view()
-                .iter()
-                .flat_map(|app| [counts_key(app.name()), ends_key(app.name())])
-                .collect(),
             create_rate: rates.create_per_app,
             notify_rate: rates.notify_per_app,
             subscribed: AtomicBool::new(false),
@@ -269,15 +268,15 @@ impl Cluster {
     pub async fn count(&self) -> Option<usize> {
         self.link
             .call(|mut conn| async move {
-                let mut census = SCRIPTS.census.prepare_invoke();
-                for key in &self.app_keys {
-                    census.key(key);
-                }
-                census.invoke_async::<Vec<usize>>(&mut conn.redis).await
+                SCRIPTS
+                    .census
+                    .key(ALL_COUNTS_KEY)
+                    .key(ALL_ENDS_KEY)
+                    .invoke_async::<usize>(&mut conn.redis)
+                    .await
             })
             .await
             .ok()
-            .map(|counts| counts.iter().sum())
     }
 
     /// Clients waiting on `id` on this node right now.
@@ -330,10 +329,9 @@ impl Cluster {
                     .key(id_key(id.as_str()))
                     .key(counts_key(name))
                     .key(ends_key(name))
-                    .key(bucket_key("c", name));
-                for key in &self.app_keys {
-                    invocation.key(key);
-                }
+                    .key(bucket_key("c", name))
+                    .key(ALL_COUNTS_KEY)
+                    .key(ALL_ENDS_KEY);
                 invocation
                     .arg(&**name)
                     .arg(origin_arg)

@@ -95,19 +95,32 @@ local function unbucket(counts, ends, x)
   return true
 end
 
--- Activity on the id at `key`: it lives for another `ttl`, rounded up to its bucket's end.
--- Nothing is written while that is still the bucket it is in.
-local function keep(key, counts, ends, now, ttl, granule)
-  local e = bucket_end(now, ttl, granule)
-  local at = redis.call('PEXPIRETIME', key)
-  if at == e then return end
-  local name = int(e)
-  -- An id whose bucket was forgotten (it ended as this script began) is counted anew.
-  if not unbucket(counts, ends, at >= 0 and int(at)) then
+-- Counts the id, until now in bucket `was` of `counts`/`ends` (false: in none), in bucket
+-- `name` instead. An id whose bucket was forgotten (it ended as this script began) is
+-- counted anew.
+local function rebucket(counts, ends, was, name)
+  if not unbucket(counts, ends, was) then
     redis.call('HINCRBY', counts, 'n', '1')
   end
   redis.call('HINCRBY', counts, name, '1')
   redis.call('ZADD', ends, name, name)
+end
+
+-- Every id of every app, counted as each app's are (same buckets), for `max_ids`: one
+-- structure to read at a create, however many apps there are.
+local ALL_COUNTS, ALL_ENDS = 'ch:gb', 'ch:ge'
+
+-- Activity on the id at `key` of `app`: it lives for another `ttl`, rounded up to its
+-- bucket's end, in its app's counts and in everyone's. Nothing is written while that is still
+-- the bucket it is in.
+local function keep(key, app, now, ttl, granule)
+  local e = bucket_end(now, ttl, granule)
+  local at = redis.call('PEXPIRETIME', key)
+  if at == e then return end
+  local name = int(e)
+  local was = at >= 0 and int(at)
+  rebucket('ch:ab:' .. app, 'ch:ae:' .. app, was, name)
+  rebucket(ALL_COUNTS, ALL_ENDS, was, name)
   redis.call('PEXPIREAT', key, name)
 end
 
@@ -174,19 +187,15 @@ local function report(key, node, count)
 end
 
 --@ create
--- KEYS: id hash, the app's counts, the app's bucket ends, the app's create bucket, then the
--- counts and bucket ends of every app (pairs).
+-- KEYS: id hash, the app's counts, the app's bucket ends, the app's create bucket, the
+-- counts and bucket ends of every id.
 -- ARGV: app, origin ('' for none), idle ttl ms, granule ms, app quota, max_ids, rate, burst
 local now = now_ms()
 local wait = gcra(KEYS[4], now, tonumber(ARGV[7]), tonumber(ARGV[8]))
 if wait > 0 then return {'rate', int(wait)} end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'taken'} end
-local total = 0
-for i = 5, #KEYS, 2 do
-  total = total + prune(KEYS[i], KEYS[i + 1], now)
-end
 if prune(KEYS[2], KEYS[3], now) >= tonumber(ARGV[5]) then return {'quota'} end
-if total >= tonumber(ARGV[6]) then return {'full'} end
+if prune(KEYS[5], KEYS[6], now) >= tonumber(ARGV[6]) then return {'full'} end
 -- Created in whole seconds, as the API shows it (and 4 bytes in the listpack, not 8).
 local created = math.floor(now / 1000)
 if ARGV[2] ~= '' then
@@ -194,17 +203,12 @@ if ARGV[2] ~= '' then
 else
   redis.call('HSET', KEYS[1], 'a', ARGV[1], 's', '0', 'c', int(created))
 end
-keep(KEYS[1], KEYS[2], KEYS[3], now, tonumber(ARGV[3]), tonumber(ARGV[4]))
+keep(KEYS[1], ARGV[1], now, tonumber(ARGV[3]), tonumber(ARGV[4]))
 return {'ok'}
 
 --@ census
--- KEYS: the counts and bucket ends of every app (pairs). Returns the live ids of each.
-local now = now_ms()
-local totals = {}
-for i = 1, #KEYS, 2 do
-  totals[#totals + 1] = prune(KEYS[i], KEYS[i + 1], now)
-end
-return totals
+-- KEYS: the counts and bucket ends of every id. Returns how many are live.
+return prune(KEYS[1], KEYS[2], now_ms())
 
 --@ notify
 -- Notifies in a batch (the ones a node's publishers made while its previous batches were in
@@ -272,7 +276,7 @@ for i = 4, #KEYS do
     else
       seq = int((tonumber(seq) or 0) + 1)
       redis.call('HSET', key, 's', seq, 'v', info)
-      keep(key, 'ch:ab:' .. app, 'ch:ae:' .. app, now, ttl, granule)
+      keep(key, app, now, ttl, granule)
       hints[#hints + 1] = hint('n', seq, string.sub(key, 6), info)
       if fields then sum = waiting(fields, key, KEYS[3], now, own, ARGV[at + 2], alive) end
       answer('ok', seq, int(sum))
@@ -291,6 +295,7 @@ local now = now_ms()
 local x = bucket_of(KEYS[1])
 redis.call('DEL', KEYS[1])
 if unbucket(KEYS[2], KEYS[3], x) then redis.call('HINCRBY', KEYS[2], 'n', -1) end
+if unbucket(ALL_COUNTS, ALL_ENDS, x) then redis.call('HINCRBY', ALL_COUNTS, 'n', -1) end
 publish(KEYS[4], epoch(KEYS[5]), now, {hint('d', '0', ARGV[2], '')})
 return {'ok'}
 
@@ -309,7 +314,7 @@ for i = 2, #KEYS do
   local r = redis.call('HMGET', key, 'a', 'o', 's', 'v')
   local n = #out
   if r[1] then
-    keep(key, 'ch:ab:' .. r[1], 'ch:ae:' .. r[1], now, ttl, granule)
+    keep(key, r[1], now, ttl, granule)
     if ARGV[2 + i] ~= '' then report(key, node, ARGV[2 + i]) end
     out[n + 1], out[n + 2], out[n + 3], out[n + 4] = r[1], r[2] or '', r[3], r[4] or ''
   else
@@ -328,7 +333,7 @@ local gone = {}
 for i, key in ipairs(KEYS) do
   local app = redis.call('HGET', key, 'a')
   if app then
-    keep(key, 'ch:ab:' .. app, 'ch:ae:' .. app, now, ttl, granule)
+    keep(key, app, now, ttl, granule)
     report(key, ARGV[3], ARGV[3 + i])
   else
     gone[#gone + 1] = i
