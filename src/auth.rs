@@ -265,10 +265,6 @@ pub enum RegistryError {
     /// The system's random number generator failed.
     #[error("no entropy for a key: {0}")]
     Entropy(String),
-    /// Runtime apps are kept in the memory engine's snapshot; cluster mode does not keep them
-    /// in Redis yet, so no node takes a change another could not see.
-    #[error("apps can be registered at runtime only with [store] backend = \"memory\" for now")]
-    NeedsMemoryEngine,
 }
 
 /// What a new app is made of.
@@ -445,6 +441,22 @@ impl Apps {
     /// config app now has is refused: which of the two is meant cannot be guessed.
     pub fn restore(&self, registered: Vec<App>) -> Result<(), RegistryError> {
         self.change(|apps| {
+            for app in registered {
+                if apps.iter().any(|a| a.name == app.name) {
+                    return Err(RegistryError::AppExists(app.name.to_string()));
+                }
+                apps.push(Arc::new(app));
+            }
+            Ok(())
+        })
+    }
+
+    /// Makes `registered` the registered apps, in place of the ones there are (the config's
+    /// stay): how a node takes on the registry another node changed. One whose name a config
+    /// app has is refused, and nothing changes.
+    pub fn replace_registered(&self, registered: Vec<App>) -> Result<(), RegistryError> {
+        self.change(|apps| {
+            apps.retain(|a| a.source == Source::Config);
             for app in registered {
                 if apps.iter().any(|a| a.name == app.name) {
                     return Err(RegistryError::AppExists(app.name.to_string()));

@@ -173,7 +173,6 @@ impl ApiError {
                 RegistryError::AppExists(_) | RegistryError::ConfigApp(_) => StatusCode::CONFLICT,
                 RegistryError::Invalid(_) => StatusCode::BAD_REQUEST,
                 RegistryError::Entropy(_) => StatusCode::INTERNAL_SERVER_ERROR,
-                RegistryError::NeedsMemoryEngine => StatusCode::NOT_IMPLEMENTED,
             },
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -214,7 +213,6 @@ impl ApiError {
                 RegistryError::ConfigApp(_) => "config_app",
                 RegistryError::Invalid(_) => "invalid_app",
                 RegistryError::Entropy(_) => "internal",
-                RegistryError::NeedsMemoryEngine => "registry_needs_memory_engine",
             },
             Self::Internal(_) => "internal",
         }

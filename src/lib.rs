@@ -48,6 +48,7 @@ pub mod metrics;
 pub mod origin;
 pub mod permit;
 pub mod rate_limit;
+pub mod registry;
 pub mod request_id;
 pub mod routes;
 pub mod server;

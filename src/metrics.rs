@@ -79,6 +79,10 @@ pub struct Backplane {
     pub probe_timeouts: Counter,
     /// Seconds from a notify in Redis to its hint reaching this node.
     pub hint_lag: Histogram,
+    /// Registries of apps taken on from Redis (another node changed it, or at start).
+    pub registry_loads: Counter,
+    /// Registries of apps written back to a Redis that had lost writes.
+    pub registry_restores: Counter,
 }
 
 /// One label, `outcome` (or another name) with a fixed value.
@@ -477,6 +481,16 @@ impl Metrics {
                 &mut registry,
                 "backplane_probe_timeouts",
                 "Subscriber liveness probes that did not come back in time",
+            ),
+            registry_loads: counter(
+                &mut registry,
+                "backplane_registry_loads",
+                "Registries of apps taken on from Redis (changed by another node, or at start)",
+            ),
+            registry_restores: counter(
+                &mut registry,
+                "backplane_registry_restores",
+                "Registries of apps this node wrote back to a Redis that had lost writes",
             ),
             hint_lag: {
                 // 100 us to ~26 s.

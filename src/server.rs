@@ -22,7 +22,7 @@ use crate::snapshot::{self, SnapshotError};
 use crate::state::AppState;
 use crate::store::cluster::ConnectError;
 use crate::store::{Cluster, Store};
-use crate::{connection, housekeeping, routes};
+use crate::{connection, housekeeping, registry, routes};
 
 /// Pending connections the kernel queues for us. Tokio's default (1024) refuses clients
 /// during fast ramps of thousands of new connections; the kernel caps it at `somaxconn`.
@@ -96,6 +96,10 @@ pub async fn run(
             state.snapshot.snapshot_interval,
             state.clone(),
         ));
+    }
+    if state.store.as_cluster().is_some() {
+        registry::load(&state).await;
+        background.spawn(registry::follow(state.clone(), stop.clone()));
     }
     background.spawn(housekeeping::run(state.clone()));
     background.spawn(begin_shutdown(shutdown, state.clone(), stop.clone()));

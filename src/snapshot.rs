@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::auth::{App, Apps, KeyInfo, Source};
+use crate::auth::{App, Apps, KeyInfo, Source, View};
 use crate::id::Id;
 use crate::origin::Origin;
 use crate::slot::{Saved, Slot};
@@ -56,6 +56,35 @@ struct SavedApp {
     origins: Vec<String>,
     max_ids: u64,
     keys: Vec<SavedKey>,
+}
+
+/// The registered apps of `view` as bytes, for a registry kept outside the snapshot (Redis,
+/// in cluster mode: src/registry.rs): a format byte, then the apps as the snapshot has them.
+///
+/// # Panics
+/// Never: strings and numbers always serialise.
+pub fn encode_registered(view: &View) -> Vec<u8> {
+    let registered: Vec<SavedApp> = view
+        .iter()
+        .filter(|app| app.source() == Source::Registered)
+        .map(|app| SavedApp::of(app))
+        .collect();
+    postcard::to_extend(&registered, vec![REGISTRY_FORMAT]).expect("strings and numbers serialise")
+}
+
+/// The format byte [`encode_registered`] writes first.
+const REGISTRY_FORMAT: u8 = 1;
+
+/// The apps [`encode_registered`] wrote.
+pub fn decode_registered(bytes: &[u8]) -> Result<Vec<App>, String> {
+    let Some((&REGISTRY_FORMAT, body)) = bytes.split_first() else {
+        return Err(format!(
+            "the registry is not of format {REGISTRY_FORMAT} (written by another version?)"
+        ));
+    };
+    let saved: Vec<SavedApp> =
+        postcard::from_bytes(body).map_err(|e| format!("the registry does not decode: {e}"))?;
+    saved.into_iter().map(SavedApp::into_app).collect()
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]

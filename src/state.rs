@@ -36,6 +36,8 @@ pub struct Shared {
     pub store: Store,
     /// The registered apps.
     pub apps: Apps,
+    /// Changes to the registered apps, one at a time (and in cluster mode, their version).
+    pub registry: crate::registry::Registry,
     /// The admin API, when it has a key.
     pub admin: Option<crate::config::Admin>,
     /// Resource limits.
@@ -109,6 +111,7 @@ impl AppState {
         Self(Arc::new(Shared {
             store,
             apps: settings.apps,
+            registry: crate::registry::Registry::default(),
             admin: settings.admin,
             limits: settings.limits,
             public_url,

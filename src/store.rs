@@ -194,6 +194,15 @@ impl Store {
         }
     }
 
+    /// The Redis engine, for what lives in Redis besides ids (the registry of apps); `None`
+    /// for other engines.
+    pub fn as_cluster(&self) -> Option<&Arc<Cluster>> {
+        match &self.engine {
+            Engine::Cluster(cluster) => Some(cluster),
+            Engine::Memory(_) => None,
+        }
+    }
+
     /// The memory engine, for its snapshots and expiry sweep; `None` for other engines.
     pub fn as_memory(&self) -> Option<&Memory> {
         match &self.engine {
@@ -224,6 +233,14 @@ impl Store {
         match &self.engine {
             Engine::Memory(memory) => Some(memory.len()),
             Engine::Cluster(cluster) => Box::pin(cluster.count()).await,
+        }
+    }
+
+    /// How many ids `app` holds (with Redis: in the whole cluster, `None` when it cannot say).
+    pub async fn held_by(&self, app: &str) -> Option<usize> {
+        match &self.engine {
+            Engine::Memory(memory) => Some(memory.held_by(app)),
+            Engine::Cluster(cluster) => Box::pin(cluster.held_by(app)).await,
         }
     }
 

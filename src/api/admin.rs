@@ -22,6 +22,7 @@ use crate::config::MAX_ROTATION_GRACE;
 use crate::error::ApiError;
 use crate::extract::{self, Body};
 use crate::origin::Origin;
+use crate::registry;
 use crate::state::AppState;
 
 /// The admin routes.
@@ -71,7 +72,7 @@ fn ms_to_rfc3339(ms: u64) -> String {
 }
 
 /// What the admin API shows of an app: never a key, only key ids and times.
-fn info(state: &AppState, app: &App) -> Value {
+async fn info(state: &AppState, app: &App) -> Value {
     let now = crate::auth::now_ms();
     let keys: Vec<Value> = app
         .keys()
@@ -91,38 +92,18 @@ fn info(state: &AppState, app: &App) -> Value {
         "source": app.source(),
         "origins": app.origins().iter().map(Origin::as_str).collect::<Vec<_>>(),
         "max_ids": max_ids,
-        "ids": state.store.as_memory().map(|m| m.held_by(app.name())),
+        "ids": state.store.held_by(app.name()).await,
         "keys": keys,
     })
 }
 
-fn created(state: &AppState, app: &App, key: &NewKey) -> Response {
+async fn created(state: &AppState, app: &App, key: &NewKey) -> Response {
     let body = json!({
-        "app": info(state, app),
+        "app": info(state, app).await,
         "key": key.key.expose(),
         "key_id": key.info.id(),
     });
     (StatusCode::CREATED, Json(body)).into_response()
-}
-
-/// Changes go to the memory engine's registry only (see [`RegistryError::NeedsMemoryEngine`]).
-fn memory_engine(state: &AppState) -> Result<(), ApiError> {
-    if state.store.as_memory().is_some() {
-        Ok(())
-    } else {
-        Err(RegistryError::NeedsMemoryEngine.into())
-    }
-}
-
-/// Writes the snapshot now, when there is one, so a change answered is a change kept.
-async fn persist(state: &AppState) -> Result<(), ApiError> {
-    let Some(path) = state.snapshot.snapshot_path.clone() else {
-        return Ok(());
-    };
-    crate::snapshot::save_measured(path, state)
-        .await
-        .map(drop)
-        .map_err(|e| ApiError::Internal(format!("the registry change was not saved: {e}")))
 }
 
 /// An app's quota, refused over `limits.max_ids` (the store's own bound).
@@ -146,7 +127,10 @@ fn origins(texts: &[String]) -> Result<Vec<Origin>, ApiError> {
 
 async fn list(_: Admin, State(state): State<AppState>) -> Json<Value> {
     let view = state.apps.view();
-    let apps: Vec<Value> = view.iter().map(|app| info(&state, app)).collect();
+    let mut apps = Vec::with_capacity(view.len());
+    for app in view.iter() {
+        apps.push(info(&state, app).await);
+    }
     Json(json!({ "apps": apps }))
 }
 
@@ -159,7 +143,7 @@ async fn show(
         .apps
         .get(&name)
         .ok_or(RegistryError::UnknownApp(name))?;
-    Ok(Json(info(&state, &app)))
+    Ok(Json(info(&state, &app).await))
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,7 +160,6 @@ async fn add(
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
-    memory_engine(&state)?;
     let request: AddRequest = extract::json(&headers, &body)?;
     let defaults = state.admin.as_ref().expect("Admin checked it");
     let max_ids = within_max_ids(&state, request.max_ids.unwrap_or(defaults.default_max_ids))?;
@@ -185,10 +168,9 @@ async fn add(
         origins: origins(&request.origins)?,
         max_ids,
     };
-    let (app, key) = state.apps.register(&new)?;
-    persist(&state).await?;
+    let (app, key) = registry::change(&state, |apps| apps.register(&new)).await?;
     tracing::info!(app = %app.name(), key_id = %key.info.id(), "app registered");
-    Ok(created(&state, &app, &key))
+    Ok(created(&state, &app, &key).await)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -205,7 +187,6 @@ async fn update(
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
-    memory_engine(&state)?;
     let request: UpdateRequest = extract::json(&headers, &body)?;
     let change = AppChange {
         origins: request.origins.as_deref().map(origins).transpose()?,
@@ -214,10 +195,9 @@ async fn update(
             .map(|n| within_max_ids(&state, n))
             .transpose()?,
     };
-    let app = state.apps.update(&name, &change)?;
-    persist(&state).await?;
+    let app = registry::change(&state, |apps| apps.update(&name, &change)).await?;
     tracing::info!(app = %app.name(), "app changed");
-    Ok(Json(info(&state, &app)))
+    Ok(Json(info(&state, &app).await))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -235,7 +215,6 @@ async fn rotate(
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
-    memory_engine(&state)?;
     let request: RotateRequest = if body.is_empty() {
         RotateRequest::default()
     } else {
@@ -248,10 +227,9 @@ async fn rotate(
             "grace must be at most 30d".into(),
         ));
     }
-    let (app, key) = state.apps.rotate(&name, grace)?;
-    persist(&state).await?;
+    let (app, key) = registry::change(&state, |apps| apps.rotate(&name, grace)).await?;
     tracing::info!(app = %app.name(), key_id = %key.info.id(), grace = ?grace, "app key rotated");
-    Ok(created(&state, &app, &key))
+    Ok(created(&state, &app, &key).await)
 }
 
 async fn revoke(
@@ -259,11 +237,9 @@ async fn revoke(
     State(state): State<AppState>,
     Path((name, key)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    memory_engine(&state)?;
-    let app = state.apps.revoke(&name, &key)?;
-    persist(&state).await?;
+    let app = registry::change(&state, |apps| apps.revoke(&name, &key)).await?;
     tracing::info!(app = %app.name(), key_id = %key, "app key revoked");
-    Ok(Json(info(&state, &app)))
+    Ok(Json(info(&state, &app).await))
 }
 
 async fn remove(
@@ -271,25 +247,9 @@ async fn remove(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    memory_engine(&state)?;
-    let app = state.apps.remove(&name)?;
+    let app = registry::change(&state, |apps| apps.remove(&name)).await?;
     // Its ids go with it: nobody could notify them any more, and their pages would wait.
-    let ids: Vec<String> = state
-        .store
-        .as_memory()
-        .map(|m| {
-            m.slots()
-                .iter()
-                .filter(|slot| slot.app() == &**app.name())
-                .map(|slot| slot.id().as_str().to_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    for id in &ids {
-        // One already gone is what we want anyway.
-        let _ = state.store.remove(&app, id).await;
-    }
-    persist(&state).await?;
-    tracing::info!(app = %app.name(), ids = ids.len(), "app removed");
+    let ids = registry::forget_ids(&state, &app).await?;
+    tracing::info!(app = %app.name(), ids, "app removed");
     Ok(StatusCode::NO_CONTENT)
 }

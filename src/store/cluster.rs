@@ -52,6 +52,11 @@ const HINT_CHANNEL: &str = "ch:h";
 /// The number of the last hint message (`INCR`), so that a node sees one it missed.
 const HINT_COUNTER_KEY: &str = "ch:hc";
 const EPOCH_KEY: &str = "ch:ep";
+/// The apps registered at runtime, one document (src/registry.rs), and its version.
+const REGISTRY_KEY: &str = "ch:reg";
+const REGISTRY_VERSION_KEY: &str = "ch:regv";
+/// Id keys looked at per step when a removed app's ids are deleted.
+const PURGE_STEP: usize = 1000;
 const NODES_KEY: &str = "ch:nodes";
 
 /// How often this node says it is alive, and how long one heartbeat counts: a killed node's
@@ -279,6 +284,21 @@ impl Cluster {
             .ok()
     }
 
+    /// The unexpired ids of `app` in the whole cluster.
+    pub async fn held_by(&self, app: &str) -> Option<usize> {
+        self.link
+            .call(|mut conn| async move {
+                SCRIPTS
+                    .census
+                    .key(counts_key(app))
+                    .key(ends_key(app))
+                    .invoke_async::<usize>(&mut conn.redis)
+                    .await
+            })
+            .await
+            .ok()
+    }
+
     /// Clients waiting on `id` on this node right now.
     fn local_waiters(&self, id: &str) -> u32 {
         self.local.get(id).map_or(0, |slot| slot.waiting())
@@ -476,6 +496,117 @@ impl Cluster {
             Some("unknown") => Err(StoreError::UnknownId),
             _ => Err(unavailable(format!("unexpected reply {reply:?}"))),
         }
+    }
+
+    /// The version of the registry of apps in Redis (0: none was ever written).
+    pub async fn registry_version(&self) -> Result<u64, StoreError> {
+        let version: Option<u64> = self
+            .link
+            .call(|mut conn| async move {
+                redis::cmd("GET")
+                    .arg(REGISTRY_VERSION_KEY)
+                    .query_async(&mut conn.redis)
+                    .await
+            })
+            .await
+            .map_err(unavailable)?;
+        Ok(version.unwrap_or(0))
+    }
+
+    /// The registry of apps in Redis and its version, read together.
+    pub async fn registry_load(&self) -> Result<(u64, Option<Vec<u8>>), StoreError> {
+        let (version, document): (Option<u64>, Option<Vec<u8>>) = self
+            .link
+            .call(|mut conn| async move {
+                redis::cmd("MGET")
+                    .arg(REGISTRY_VERSION_KEY)
+                    .arg(REGISTRY_KEY)
+                    .query_async(&mut conn.redis)
+                    .await
+            })
+            .await
+            .map_err(unavailable)?;
+        Ok((version.unwrap_or(0), document))
+    }
+
+    /// Writes `document` as the registry if its version is still `read` (the one the change
+    /// was made on), giving it version `becomes` or, for `None`, the next one. Returns the
+    /// version it now has, or `None` when another change came first.
+    pub async fn registry_put(
+        &self,
+        read: u64,
+        document: &[u8],
+        becomes: Option<u64>,
+    ) -> Result<Option<u64>, StoreError> {
+        let version: i64 = self
+            .link
+            .call(|mut conn| async move {
+                SCRIPTS
+                    .registry_put
+                    .key(REGISTRY_KEY)
+                    .key(REGISTRY_VERSION_KEY)
+                    .arg(read)
+                    .arg(document)
+                    .arg(becomes.map(|v| v.to_string()).unwrap_or_default())
+                    .invoke_async(&mut conn.redis)
+                    .await
+            })
+            .await
+            .map_err(unavailable)?;
+        Ok(u64::try_from(version).ok())
+    }
+
+    /// Deletes every id of the removed app `app` made no later than `before` (seconds since
+    /// the epoch, so that an app of the same name registered since keeps its own), scanning
+    /// every id in Redis a step at a time; their waiters on every node are released as gone,
+    /// and the app's counts and rate buckets go too. Returns how many ids were deleted.
+    pub async fn purge_app(&self, app: &str, before: u64) -> Result<u64, StoreError> {
+        let mut cursor = 0u64;
+        let mut deleted = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .link
+                .call(|mut conn| async move {
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg("ch:i:*")
+                        .arg("COUNT")
+                        .arg(PURGE_STEP)
+                        .query_async(&mut conn.redis)
+                        .await
+                })
+                .await
+                .map_err(unavailable)?;
+            if !keys.is_empty() {
+                let keys = &keys;
+                let n: u64 = self
+                    .link
+                    .call(|mut conn| async move {
+                        let mut purge = SCRIPTS.purge.prepare_invoke();
+                        purge.key(HINT_COUNTER_KEY).key(EPOCH_KEY);
+                        for key in keys {
+                            purge.key(key);
+                        }
+                        purge
+                            .arg(app)
+                            .arg(before)
+                            .invoke_async(&mut conn.redis)
+                            .await
+                    })
+                    .await
+                    .map_err(unavailable)?;
+                deleted += n;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        // What is left of the app: its counts (empty now, or counting ids of a new app of
+        // the same name, which keeps them) are left alone; its rate buckets expire by
+        // themselves.
+        Ok(deleted)
     }
 
     /// What `app` may read about its `id`; `waiting` counts every live node's clients.

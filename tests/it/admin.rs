@@ -4,7 +4,6 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::engine::redis_engine;
 use crate::support::{Daemon, KEY, TestServer, client, error_code};
 
 const ADMIN: &str = "admin-key-0123456789-abcdefghij";
@@ -81,18 +80,6 @@ async fn only_the_admin_key_opens_the_admin_api() {
 #[tokio::test]
 async fn a_registered_app_works_like_a_configured_one_and_its_key_is_shown_once() {
     let s = server();
-    if redis_engine() {
-        let r = admin(
-            &s,
-            reqwest::Method::POST,
-            "/v1/admin/apps",
-            Some(json!({"name": "new", "origins": [ORIGIN]})),
-        )
-        .await;
-        assert_eq!(r.status(), StatusCode::NOT_IMPLEMENTED);
-        assert_eq!(error_code(r).await, "registry_needs_memory_engine");
-        return;
-    }
     let made = register(&s, "new", json!({"max_ids": 2})).await;
     let key = made["key"].as_str().unwrap().to_owned();
     assert!(key.starts_with("chk_"), "{made}");
@@ -150,9 +137,6 @@ async fn a_registered_app_works_like_a_configured_one_and_its_key_is_shown_once(
 #[tokio::test]
 async fn bad_registrations_are_refused_with_a_clear_error_and_change_nothing() {
     let s = server();
-    if redis_engine() {
-        return;
-    }
     register(&s, "taken", json!({})).await;
     let cases = [
         (
@@ -225,9 +209,6 @@ async fn bad_registrations_are_refused_with_a_clear_error_and_change_nothing() {
 #[tokio::test]
 async fn rotation_keeps_the_old_key_for_its_grace_and_revocation_stops_a_key_at_once() {
     let s = server();
-    if redis_engine() {
-        return;
-    }
     let first = register(&s, "rotating", json!({})).await["key"]
         .as_str()
         .unwrap()
@@ -300,9 +281,6 @@ async fn rotation_keeps_the_old_key_for_its_grace_and_revocation_stops_a_key_at_
 #[tokio::test]
 async fn config_apps_are_listed_but_changed_only_in_the_config() {
     let s = server();
-    if redis_engine() {
-        return;
-    }
     for (method, path, body) in [
         (
             reqwest::Method::PATCH,
@@ -331,9 +309,6 @@ async fn config_apps_are_listed_but_changed_only_in_the_config() {
 #[tokio::test]
 async fn an_app_changed_or_removed_at_runtime_takes_effect_at_once() {
     let s = server();
-    if redis_engine() {
-        return;
-    }
     let key = register(&s, "moving", json!({})).await["key"]
         .as_str()
         .unwrap()

@@ -23,7 +23,7 @@ use crate::support::redis::{Fsync, RedisOptions, RedisServer, Sentinel, require_
 use crate::support::{self, KEY, KEY_TWO, TestServer, error_code};
 
 /// How long anything that should happen "within seconds" may take before a test fails.
-const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
 /// The default `store.command_timeout`.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 /// What a refusal may take beyond the command timeout on a loaded 2-core machine.
@@ -47,7 +47,7 @@ fn node(url: &str, name: &str, adjust: impl FnOnce(&mut Config)) -> TestServer {
 }
 
 /// Nodes `names` on the Redis at `url`, each `adjust`ed, ready (`/readyz` 200) on return.
-async fn nodes<const N: usize>(
+pub(crate) async fn nodes<const N: usize>(
     url: &str,
     names: [&str; N],
     adjust: impl Fn(&mut Config),
@@ -60,7 +60,7 @@ async fn nodes<const N: usize>(
 }
 
 /// Polls `check` every 20 ms until it gives a value; fails the test after `patience`.
-async fn within<T>(
+pub(crate) async fn within<T>(
     patience: Duration,
     what: &str,
     mut check: impl AsyncFnMut() -> Option<T>,
@@ -574,7 +574,7 @@ async fn create(node: &TestServer, key: &str) -> (StatusCode, Option<String>) {
 }
 
 /// `n` creates for `key` at once, spread over `nodes`: how many ended how.
-async fn creates_at_once(
+pub(crate) async fn creates_at_once(
     nodes: &[&TestServer],
     key: &str,
     n: usize,
@@ -613,6 +613,7 @@ async fn max_ids_and_the_app_quota_are_exact_under_creates_racing_over_three_nod
     // The apps' totals in Redis, and the ids themselves, agree.
     assert_eq!(redis.cmd(&["HGET", "ch:ab:one", "n"]).await, "30");
     assert_eq!(redis.cmd(&["HGET", "ch:ab:two", "n"]).await, "20");
+    assert_eq!(redis.cmd(&["HGET", "ch:gb", "n"]).await, "50");
     let keys = redis.cmd(&["KEYS", "ch:i:*"]).await;
     let mut owners = BTreeMap::new();
     for key in keys.lines() {

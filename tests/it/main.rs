@@ -11,6 +11,7 @@ mod browser_side;
 mod cli;
 mod cluster;
 mod cluster_front;
+mod cluster_registry;
 mod concurrency;
 mod demo;
 mod differential;

@@ -207,7 +207,7 @@ keep(KEYS[1], ARGV[1], now, tonumber(ARGV[3]), tonumber(ARGV[4]))
 return {'ok'}
 
 --@ census
--- KEYS: the counts and bucket ends of every id. Returns how many are live.
+-- KEYS: the counts and bucket ends of every id (or of one app's). Returns how many are live.
 return prune(KEYS[1], KEYS[2], now_ms())
 
 --@ notify
@@ -366,3 +366,37 @@ if redis.call('HGET', KEYS[1], 'rid') ~= ARGV[1] then
   redis.call('HSET', KEYS[1], 'rid', ARGV[1], 'ep', ARGV[2])
 end
 return redis.call('HGET', KEYS[1], 'ep')
+
+--@ registry_put
+-- The apps registered at runtime, as one document with a version (src/registry.rs).
+-- KEYS: the document, its version. ARGV: the version the change was made on, the document,
+-- and the version to give it ('' for the next one).
+-- Returns the version it now has, or -1 when another change came first.
+if (tonumber(redis.call('GET', KEYS[2])) or 0) ~= tonumber(ARGV[1]) then return -1 end
+redis.call('SET', KEYS[1], ARGV[2])
+if ARGV[3] == '' then return redis.call('INCR', KEYS[2]) end
+redis.call('SET', KEYS[2], ARGV[3])
+return tonumber(ARGV[3])
+
+--@ purge
+-- The ids of an app that was removed, from one SCAN step: each one of `app` created no later
+-- than `before` (seconds) is deleted as `delete` would, and its waiters everywhere released.
+-- KEYS: hint counter, epoch, then the id hashes. ARGV: app, before.
+-- Returns how many were deleted.
+local now = now_ms()
+local app, before = ARGV[1], tonumber(ARGV[2])
+local counts, ends = 'ch:ab:' .. app, 'ch:ae:' .. app
+local hints = {}
+for i = 3, #KEYS do
+  local key = KEYS[i]
+  local r = redis.call('HMGET', key, 'a', 'c')
+  if r[1] == app and (tonumber(r[2]) or 0) <= before then
+    local x = bucket_of(key)
+    redis.call('DEL', key)
+    if unbucket(counts, ends, x) then redis.call('HINCRBY', counts, 'n', -1) end
+    if unbucket(ALL_COUNTS, ALL_ENDS, x) then redis.call('HINCRBY', ALL_COUNTS, 'n', -1) end
+    hints[#hints + 1] = hint('d', '0', string.sub(key, 6), '')
+  end
+end
+publish(KEYS[1], epoch(KEYS[2]), now, hints)
+return #hints

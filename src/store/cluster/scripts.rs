@@ -15,7 +15,7 @@ const SOURCE: &str = include_str!("scripts.lua");
 pub struct Scripts {
     /// Creates an id: rate limit, vacancy, quota and `max_ids`, then the hash and its TTL.
     pub create: Script,
-    /// Every app's live ids, forgetting the expiry buckets that ended.
+    /// The live ids of all apps (or of one), forgetting the expiry buckets that ended.
     pub census: Script,
     /// Stores a value, bumps `seq` and publishes the hint, in that order, atomically.
     pub notify: Script,
@@ -31,6 +31,10 @@ pub struct Scripts {
     pub heartbeat: Script,
     /// The epoch of this Redis's life: a new one when Redis is not the one that minted it.
     pub ensure_epoch: Script,
+    /// Writes the registry of apps if nobody changed it since it was read.
+    pub registry_put: Script,
+    /// Deletes the ids of a removed app among one step of a scan.
+    pub purge: Script,
 }
 
 /// The scripts.
@@ -47,12 +51,14 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
         status: script("status"),
         heartbeat: script("heartbeat"),
         ensure_epoch: script("ensure_epoch"),
+        registry_put: script("registry_put"),
+        purge: script("purge"),
     }
 });
 
 impl Scripts {
     /// Every script, for loading them all on a new connection.
-    pub fn all(&self) -> [&Script; 9] {
+    pub fn all(&self) -> [&Script; 11] {
         [
             &self.create,
             &self.census,
@@ -63,6 +69,8 @@ impl Scripts {
             &self.status,
             &self.heartbeat,
             &self.ensure_epoch,
+            &self.registry_put,
+            &self.purge,
         ]
     }
 }
@@ -97,6 +105,8 @@ mod tests {
             "status",
             "heartbeat",
             "ensure_epoch",
+            "registry_put",
+            "purge",
         ] {
             let text = section(name);
             assert!(!text.trim().is_empty(), "{name}");
