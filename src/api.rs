@@ -4,6 +4,7 @@
 //! written against it. Both go through [`create`] and [`notify`], so they cannot drift apart.
 
 mod admin;
+mod batch;
 mod ids;
 mod seed;
 
@@ -26,9 +27,14 @@ use crate::state::AppState;
 use crate::store::{CreateError, StoreError};
 use crate::telemetry::Redacted;
 
-/// The backend routes.
-pub fn routes() -> Router<AppState> {
-    ids::routes().merge(seed::routes()).merge(admin::routes())
+pub use batch::BATCH_PATH;
+
+/// The backend routes; a batch notify's body may be up to `batch_body_limit` bytes.
+pub fn routes(batch_body_limit: usize) -> Router<AppState> {
+    ids::routes()
+        .merge(batch::routes(batch_body_limit))
+        .merge(seed::routes())
+        .merge(admin::routes())
 }
 
 /// The app whose key is in `Authorization: Bearer <key>`; otherwise `401 unauthorized`.
@@ -115,8 +121,10 @@ pub struct Created {
 /// The answer to a notify.
 #[derive(Debug, Serialize)]
 pub struct Notified {
-    seq: u64,
-    waiting: u32,
+    /// The value's sequence number.
+    pub seq: u64,
+    /// Clients waiting on the id when it was stored (woken by it).
+    pub waiting: u32,
 }
 
 impl From<Published> for Notified {

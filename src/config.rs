@@ -35,6 +35,10 @@ pub const MAX_WAITERS_PER_ID: u32 = 10_000;
 /// `limits.max_ids_per_stream` at most: every value event of a stream of many ids carries
 /// every cursor in its `id:` line (docs/api.md), about 30 bytes an id.
 pub const MAX_IDS_PER_STREAM: usize = 256;
+/// `limits.max_batch` at most: a batch is one request, answered once every notify in it is.
+pub const MAX_BATCH: usize = 10_000;
+/// The largest body of a batch notify, whatever `max_batch` and `info_max_bytes` say.
+pub const MAX_BATCH_BODY: usize = 16 << 20;
 /// `limits.max_connections` at most: 10 million connections need about 26 GB at 2.6 KiB
 /// each, and as many file descriptors.
 pub const MAX_CONNECTIONS: usize = 10_000_000;
@@ -391,6 +395,8 @@ pub struct Limits {
     /// Ids one event stream or long poll may wait on at once (`watch=`): a browser's tabs
     /// share one connection for all their subscriptions.
     pub max_ids_per_stream: usize,
+    /// Notifies one batch (`POST /v1/notify`) may carry; more is refused whole.
+    pub max_batch: usize,
     /// Ids neither polled nor notified for this long are deleted. At least 1s, and longer
     /// than `poll_timeout`.
     #[serde(with = "humantime_serde")]
@@ -421,6 +427,15 @@ impl Limits {
         self.info_max_bytes
             .saturating_mul(6)
             .saturating_add(BODY_OVERHEAD)
+    }
+
+    /// The largest body of a batch notify: [`Limits::body_limit`] per notify it may carry,
+    /// at most [`MAX_BATCH_BODY`].
+    pub fn batch_body_limit(&self) -> usize {
+        self.body_limit()
+            .saturating_mul(self.max_batch)
+            .min(MAX_BATCH_BODY)
+            .max(self.body_limit())
     }
 }
 
@@ -471,6 +486,7 @@ impl Default for Limits {
             sse_keepalive: Duration::from_secs(15),
             max_waiters_per_id: 8,
             max_ids_per_stream: 64,
+            max_batch: 1_000,
             id_idle_ttl: Duration::from_secs(24 * 3600),
             max_connections: 0,
             header_timeout: Duration::from_secs(10),
@@ -953,6 +969,7 @@ fn validate_limits(limits: &Limits) -> Result<(), ConfigError> {
         limits.max_ids_per_stream,
         MAX_IDS_PER_STREAM,
     )?;
+    check_count("limits.max_batch", limits.max_batch, MAX_BATCH)?;
     if limits.max_connections > MAX_CONNECTIONS {
         return Err(invalid(
             "limits.max_connections",
@@ -1240,7 +1257,10 @@ mod tests {
         // or one past it (`over` true), which is refused naming the field.
         type Set = fn(&mut Config, bool);
         // The documented values (config/callhome.toml, docs/operations.md), written out.
-        let cases: [(&str, Set); 18] = [
+        let cases: [(&str, Set); 19] = [
+            ("limits.max_batch", |c, over| {
+                c.limits.max_batch = 10_000 + usize::from(over);
+            }),
             ("limits.max_ids", |c, over| {
                 c.limits.max_ids = 100_000_000 + usize::from(over);
             }),

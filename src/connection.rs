@@ -555,11 +555,13 @@ impl Connection {
             unreachable!("chunked bodies are handed to hyper before dispatch");
         };
         self.consume(head.head_len);
+        let path = head.target.split('?').next().unwrap_or_default();
+        let limit = state.body_limit_for(path);
         let len = match usize::try_from(len) {
-            Ok(len) if len <= state.body_limit => len,
+            Ok(len) if len <= limit => len,
             _ => {
                 self.buf = Vec::new();
-                return Ok(Err(ApiError::BodyTooLarge(state.body_limit)));
+                return Ok(Err(ApiError::BodyTooLarge(limit)));
             }
         };
         if len == 0 {

@@ -77,6 +77,14 @@ pub enum ApiError {
         /// `info_max_bytes`.
         limit: usize,
     },
+    /// A batch notify with more notifies than `limits.max_batch`.
+    #[error("the batch has {count} notifies; the limit is {limit}")]
+    BatchTooLarge {
+        /// Notifies in the batch.
+        count: usize,
+        /// `limits.max_batch`.
+        limit: usize,
+    },
     /// The request body is longer than the server reads.
     #[error("the request body is larger than the {0} bytes this endpoint accepts")]
     BodyTooLarge(usize),
@@ -160,7 +168,9 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::IdTaken => StatusCode::CONFLICT,
             Self::Gone => StatusCode::GONE,
-            Self::InfoTooLarge { .. } | Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::InfoTooLarge { .. } | Self::BodyTooLarge(_) | Self::BatchTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Self::UnsupportedMediaType(..) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::AppQuotaExceeded(_) | Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::TooManyIds(_) | Self::TooManyConnections(_) | Self::BackplaneUnavailable(_) => {
@@ -193,6 +203,7 @@ impl ApiError {
             Self::Gone => "gone",
             Self::InfoTooLarge { .. } => "info_too_large",
             Self::BodyTooLarge(_) => "body_too_large",
+            Self::BatchTooLarge { .. } => "batch_too_large",
             Self::InvalidInfo => "invalid_info",
             Self::InvalidJson(_) => "invalid_json",
             Self::UnsupportedMediaType(..) => "unsupported_media_type",
@@ -216,6 +227,20 @@ impl ApiError {
             },
             Self::Internal(_) => "internal",
         }
+    }
+
+    /// The error as one entry of a batch's answer: what a request of its own would have
+    /// answered (status, code, message, and `retry_after` in seconds where it says when).
+    pub fn as_item(&self) -> serde_json::Value {
+        let mut item = json!({
+            "status": self.status().as_u16(),
+            "code": self.code(),
+            "message": self.to_string(),
+        });
+        if let Some(after) = self.retry_after() {
+            item["retry_after"] = json!(retry_secs(after));
+        }
+        item
     }
 
     fn retry_after(&self) -> Option<Duration> {
@@ -315,6 +340,11 @@ mod tests {
                 "info_too_large",
             ),
             (ApiError::BodyTooLarge(1), 413, "body_too_large"),
+            (
+                ApiError::BatchTooLarge { count: 2, limit: 1 },
+                413,
+                "batch_too_large",
+            ),
             (ApiError::InvalidInfo, 400, "invalid_info"),
             (ApiError::InvalidJson("x".into()), 400, "invalid_json"),
             (

@@ -54,12 +54,13 @@ impl FromRequest<AppState> for Body {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let limit = state.body_limit_for(req.uri().path());
         Bytes::from_request(req, state)
             .await
             .map(Self)
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::BodyTooLarge(state.body_limit)
+                    ApiError::BodyTooLarge(limit)
                 } else {
                     ApiError::InvalidParameters(rejection.body_text())
                 }

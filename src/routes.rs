@@ -22,7 +22,7 @@ use crate::{api, discovery, health, transport};
 pub fn router(state: AppState) -> Router {
     let body_limit = state.body_limit;
     let router = Router::new()
-        .merge(api::routes())
+        .merge(api::routes(state.batch_body_limit))
         .merge(transport::routes())
         .merge(health::routes())
         .merge(discovery::routes())

@@ -46,6 +46,8 @@ pub struct Shared {
     pub public_url: String,
     /// Largest request body read, in bytes.
     pub body_limit: usize,
+    /// Largest body of a batch notify (`POST /v1/notify`), in bytes.
+    pub batch_body_limit: usize,
     /// Cancelled when the server shuts down; held requests answer at once.
     pub shutdown: CancellationToken,
     /// Where the store is saved across restarts.
@@ -68,6 +70,17 @@ pub struct Shared {
     pub limiters: RateLimiters,
     /// Everything `/metrics` shows.
     pub metrics: Metrics,
+}
+
+impl Shared {
+    /// The largest body a request to `path` may have: a batch notify's is larger.
+    pub fn body_limit_for(&self, path: &str) -> usize {
+        if path == crate::api::BATCH_PATH {
+            self.batch_body_limit
+        } else {
+            self.body_limit
+        }
+    }
 }
 
 impl std::ops::Deref for AppState {
@@ -101,6 +114,7 @@ impl AppState {
             .public_url
             .unwrap_or_else(|| format!("http://{local_addr}"));
         let body_limit = settings.limits.body_limit();
+        let batch_body_limit = settings.limits.batch_body_limit();
         let mut rates = settings.rate_limits;
         if store.as_memory().is_none() {
             rates.create_per_app = crate::config::RateLimit::OFF;
@@ -116,6 +130,7 @@ impl AppState {
             limits: settings.limits,
             public_url,
             body_limit,
+            batch_body_limit,
             shutdown,
             snapshot: settings.store,
             drain_timeout: settings.drain_timeout,

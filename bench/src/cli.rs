@@ -198,6 +198,10 @@ pub struct NotifyRateArgs {
     /// Waiting clients spread over the ids (client k waits on id k mod --ids).
     #[arg(long, default_value_t = 0)]
     pub waiters: usize,
+    /// CallHome: notifies per request, sent as one batch (`POST /v1/notify`) to as many
+    /// consecutive ids; 1 sends single notifies. Publishes count notifies, not requests.
+    #[arg(long, default_value_t = 1, value_parser = positive)]
+    pub batch: usize,
     /// How the waiting clients wait.
     #[arg(long, value_enum, default_value_t = Transport::Poll)]
     pub transport: Transport,

@@ -266,6 +266,22 @@ impl Target {
         http::request("POST", &path, &self.base.host, &headers, info.as_bytes())
     }
 
+    /// CallHome: one batch notify (`POST /v1/notify`) of each `(id, info)` of `items`.
+    pub fn publish_batch(&self, items: &[(String, String)]) -> Vec<u8> {
+        let path = format!("{}/v1/notify", self.base.prefix);
+        let bearer = format!("Bearer {}", self.key);
+        let headers = [
+            ("Authorization", bearer.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        let notifications: Vec<serde_json::Value> = items
+            .iter()
+            .map(|(id, info)| serde_json::json!({ "id": id, "info": info }))
+            .collect();
+        let body = serde_json::json!({ "notifications": notifications }).to_string();
+        http::request("POST", &path, &self.base.host, &headers, body.as_bytes())
+    }
+
     /// CallHome: creating `id` (`None` for Nchan).
     pub fn create(&self, id: &str) -> Option<Vec<u8>> {
         self.needs_ids().then(|| {
@@ -399,6 +415,20 @@ pub fn classify_create(response: &Response) -> Answer {
 }
 
 /// Publish: any 2xx (CallHome 200 with `waiting`; Nchan 201 or 202).
+/// A batch notify: 200 with no failed notify in it.
+pub fn classify_batch(response: &Response) -> Answer {
+    #[derive(Deserialize)]
+    struct Batch {
+        failed: u64,
+    }
+    let whole = (200..300).contains(&response.head.status)
+        && serde_json::from_slice::<Batch>(&response.body).is_ok_and(|b| b.failed == 0);
+    Answer {
+        outcome: if whole { Outcome::Ok } else { Outcome::Failed },
+        waiting: None,
+    }
+}
+
 pub fn classify_publish(response: &Response) -> Answer {
     #[derive(Deserialize)]
     struct Notified {

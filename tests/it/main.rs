@@ -5,6 +5,7 @@
 
 mod admin;
 mod api;
+mod batch;
 mod binary;
 mod browser;
 mod browser_side;

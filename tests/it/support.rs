@@ -189,7 +189,6 @@ impl TestServer {
             .unwrap()
     }
 
-    /// Waits (bounded) until the server reports `n` clients waiting on app one's `id`.
     /// A counter or gauge series of `/metrics` (`name{labels}` as printed), read on a
     /// connection of its own.
     pub async fn metric(&self, series: &str) -> u64 {
@@ -209,6 +208,7 @@ impl TestServer {
             .unwrap()
     }
 
+    /// Waits (bounded) until the server reports `n` clients waiting on app one's `id`.
     pub async fn wait_for_waiters(&self, id: &str, n: u64) {
         for _ in 0..500 {
             if self.id_status(KEY, id).await["waiting"] == n {

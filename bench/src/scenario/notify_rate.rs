@@ -27,6 +27,10 @@ struct NotifyRateReport {
     ids: usize,
     waiters: usize,
     transport: Transport,
+    /// Notifies per request (1: single notifies, more: `POST /v1/notify` batches).
+    batch: usize,
+    /// Requests sent (publishes / batch).
+    requests: usize,
     run: String,
     secs: f64,
     publishes: usize,
@@ -42,7 +46,26 @@ struct NotifyRateReport {
     create_errors: usize,
 }
 
+/// Request `r` to `target`: notify `r` alone, or notifies `r*batch .. r*batch+batch-1` in
+/// one batch, numbered as single ones are (notify n: id n mod `m`, round n / `m` + 1).
+fn request(target: &target::Target, run: &str, m: usize, batch: usize, r: usize) -> Vec<u8> {
+    let item = |n: usize| {
+        let round = u32::try_from(n / m + 1).unwrap_or(u32::MAX);
+        (ids::id_name(run, n % m), ids::info(n % m, round))
+    };
+    if batch == 1 {
+        let (id, info) = item(r);
+        target.publish(&id, &info)
+    } else {
+        let items: Vec<_> = (r * batch..(r + 1) * batch).map(item).collect();
+        target.publish_batch(&items)
+    }
+}
+
 pub async fn run(ctx: &Context, args: &NotifyRateArgs) -> anyhow::Result<()> {
+    if args.batch > 1 && ctx.target.kind != Kind::Callhome {
+        bail!("--batch is CallHome's POST /v1/notify; other servers have no batch notify");
+    }
     let ids = super::create_ids(ctx, args.ids, args.conns).await?;
     let mut fleet = None;
     if args.waiters > 0 {
@@ -64,18 +87,20 @@ pub async fn run(ctx: &Context, args: &NotifyRateArgs) -> anyhow::Result<()> {
     ));
     let targets = ctx.targets.clone();
     let run = ids.run.clone();
-    let m = args.ids;
+    let (m, batch) = (args.ids, args.batch);
     let tally = publisher::run(
         args.conns,
         Jobs::Until(Instant::now() + Duration::from_secs(args.secs)),
         true,
-        move |n| {
-            let round = u32::try_from(n / m + 1).unwrap_or(u32::MAX);
-            let target = targets.backend(n);
-            let request = target.publish(&ids::id_name(&run, n % m), &ids::info(n % m, round));
-            (target.base.addr, request)
+        move |r| {
+            let target = targets.backend(r);
+            (target.base.addr, request(target, &run, m, batch, r))
         },
-        target::classify_publish,
+        if batch == 1 {
+            target::classify_publish
+        } else {
+            target::classify_batch
+        },
     )
     .await;
     let counts = match fleet {
@@ -105,10 +130,12 @@ pub async fn run(ctx: &Context, args: &NotifyRateArgs) -> anyhow::Result<()> {
         ids: args.ids,
         waiters: args.waiters,
         transport: args.transport,
+        batch,
+        requests: tally.sent,
         run: ids.run.clone(),
         secs: round3(secs),
-        publishes: tally.sent,
-        publish_per_sec: round3(tally.sent as f64 / secs.max(1e-9)),
+        publishes: tally.sent * batch,
+        publish_per_sec: round3((tally.sent * batch) as f64 / secs.max(1e-9)),
         errors: tally.failed,
         latency_p50_ms: latency.map(|l| l.p50),
         latency_p99_ms: latency.map(|l| l.p99),
@@ -118,6 +145,18 @@ pub async fn run(ctx: &Context, args: &NotifyRateArgs) -> anyhow::Result<()> {
         waiter_errors: counts.errors(),
         create_errors: ids.create_errors,
     };
+    let human = summary(ctx.target.kind, &result, args, latency.as_ref());
+    report::emit(ctx.common.json, &human, &result)?;
+    Ok(())
+}
+
+/// The human line of `result`.
+fn summary(
+    kind: Kind,
+    result: &NotifyRateReport,
+    args: &NotifyRateArgs,
+    latency: Option<&Latency>,
+) -> String {
     let waiters = if args.waiters > 0 {
         format!(
             "\n  {} waiters received {} values ({} wrong, {} connection errors)",
@@ -126,18 +165,18 @@ pub async fn run(ctx: &Context, args: &NotifyRateArgs) -> anyhow::Result<()> {
     } else {
         String::new()
     };
-    let human = format!(
+    format!(
         "notify-rate {target}: {publishes} publishes in {secs:.2} s = {rate:.0}/s over {conns} \
-         connections to {ids} ids, {errors} errors\n  publish latency {latency}{waiters}",
-        target = ctx.target.kind.as_arg(),
+         connections to {ids} ids ({batch} per request), {errors} failed requests\n  \
+         request latency {latency}{waiters}",
+        target = kind.as_arg(),
         publishes = result.publishes,
         secs = result.secs,
         rate = result.publish_per_sec,
         conns = args.conns,
         ids = args.ids,
+        batch = args.batch,
         errors = result.errors,
-        latency = report::latency_line(latency.as_ref()),
-    );
-    report::emit(ctx.common.json, &human, &result)?;
-    Ok(())
+        latency = report::latency_line(latency),
+    )
 }

@@ -1,0 +1,124 @@
+//! `POST /v1/notify`: many notifies in one request, each answered as if alone.
+//!
+//! A backend that tells a room of 500 pages about one change sends one request instead of
+//! 500. Each notify in the batch goes through the same steps as a single one (id check,
+//! info size, the app's notify rate, the store) and gets the same answer it would have got
+//! alone, in the batch's order: `seq` and `waiting`, or the error a single notify would get.
+//! One bad notify fails only itself. Notifies of one id are made in the batch's order (each
+//! gets the next `seq`); those of different ids run at once, so that in cluster mode they
+//! share Redis round trips. A batch longer than `limits.max_batch` is refused whole
+//! (`413 batch_too_large`) before anything is notified.
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Json;
+use axum::routing::post;
+use futures_util::future::join_all;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Authenticated, Notified};
+use crate::auth::App;
+use crate::error::ApiError;
+use crate::extract::{self, UnreadBody};
+use crate::state::AppState;
+
+/// The path of a batch notify (its body may be larger than other requests').
+pub const BATCH_PATH: &str = "/v1/notify";
+
+/// The batch route, whose bodies may be up to `body_limit` bytes.
+pub fn routes(body_limit: usize) -> Router<AppState> {
+    Router::new().route(
+        BATCH_PATH,
+        post(notify_batch).layer(axum::extract::DefaultBodyLimit::max(body_limit)),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    notifications: Vec<Item>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Item {
+    id: String,
+    info: String,
+}
+
+/// The key is checked before the body is read, as for a single notify.
+async fn notify_batch(
+    State(state): State<AppState>,
+    Authenticated(app): Authenticated,
+    headers: HeaderMap,
+    body: UnreadBody,
+) -> Result<Json<Value>, ApiError> {
+    let body = body.read(&state).await?;
+    let request: BatchRequest = extract::json(&headers, &body)?;
+    let limit = state.limits.max_batch;
+    if request.notifications.len() > limit {
+        return Err(ApiError::BatchTooLarge {
+            count: request.notifications.len(),
+            limit,
+        });
+    }
+    let outcomes = notify_all(&state, &app, &request.notifications).await;
+    let mut notified = 0;
+    let results: Vec<Value> = request
+        .notifications
+        .iter()
+        .zip(outcomes)
+        .map(|(item, outcome)| match outcome {
+            Ok(n) => {
+                notified += 1;
+                json!({"id": item.id, "seq": n.seq, "waiting": n.waiting})
+            }
+            Err(e) => json!({"id": item.id, "error": e.as_item()}),
+        })
+        .collect();
+    Ok(Json(json!({
+        "notified": notified,
+        "failed": results.len() - notified,
+        "results": results,
+    })))
+}
+
+/// Every notify of `items`, each counted like a single one; the outcomes in `items`' order.
+async fn notify_all(
+    state: &AppState,
+    app: &App,
+    items: &[Item],
+) -> Vec<Result<Notified, ApiError>> {
+    // One chain per id, in the batch's order; chains run at once.
+    let mut chains: Vec<Vec<usize>> = Vec::new();
+    let mut chain_of: HashMap<&str, usize> = HashMap::new();
+    for (at, item) in items.iter().enumerate() {
+        let chain = *chain_of.entry(item.id.as_str()).or_insert_with(|| {
+            chains.push(Vec::new());
+            chains.len() - 1
+        });
+        chains[chain].push(at);
+    }
+    let runs = chains.iter().map(|chain| async move {
+        let mut done = Vec::with_capacity(chain.len());
+        for &at in chain {
+            let item = &items[at];
+            let answer = super::notify(state, app, &item.id, &item.info).await;
+            done.push((at, super::count_notify(state, answer)));
+        }
+        done
+    });
+    let mut outcomes: Vec<Option<Result<Notified, ApiError>>> =
+        std::iter::repeat_with(|| None).take(items.len()).collect();
+    for (at, outcome) in join_all(runs).await.into_iter().flatten() {
+        outcomes[at] = Some(outcome);
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.expect("every notify was made"))
+        .collect()
+}
