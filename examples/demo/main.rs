@@ -23,19 +23,36 @@
 //! Then open <http://localhost:3000> in two browser windows (`localhost`, not `127.0.0.1`:
 //! the id is bound to the origin in the config) and add a note in one of them.
 //!
+//! # On a CallHome server it was not configured into
+//!
+//! With `--register NAME` the demo uses no configured key: it registers itself with the
+//! CallHome server it is pointed at, as any backend can where the operator allows it
+//! (`[registration] policy = "open"`, or `"invite"` with `--invite CODE`). It reads the
+//! server's discovery document, asks for a challenge token for its origin (`--origin`,
+//! default `http://localhost:<port>`), serves the token at
+//! `/.well-known/callhome-challenge/<token>`, registers, and uses the key it got (which it
+//! keeps in memory only and never logs). CallHome refuses to fetch loopback origins unless
+//! its operator allows private origins, as a local trial must:
+//!
+//! ```sh
+//! CALLHOME_REGISTRATION__POLICY=open CALLHOME_REGISTRATION__ALLOW_PRIVATE_ORIGINS=true \
+//!   cargo run --release -- --config config/callhome.toml
+//! cargo run --release --example demo -- --register notes-demo --listen 127.0.0.1:3001
+//! ```
+//!
 //! To keep it short, everything is in memory, and every page view gets its own id, kept
 //! until CallHome forgets it (404 on notify) or 10,000 newer page views push it out. A real
 //! app would rather give an id to each user or document, and delete ids it no longer needs.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -81,6 +98,17 @@ struct Cli {
         hide_env_values = true
     )]
     key: String,
+    /// Register with CallHome as an app of this name instead of using --key (the server's
+    /// registration policy must be `open`, or `invite` with --invite).
+    #[arg(long, env = "CALLHOME_DEMO_REGISTER")]
+    register: Option<String>,
+    /// The invite code the CallHome operator gave, under the `invite` policy.
+    #[arg(long, env = "CALLHOME_DEMO_INVITE", hide_env_values = true)]
+    invite: Option<String>,
+    /// The origin the demo's pages are served from, proven to CallHome when registering.
+    /// Default: `http://localhost:<port>`.
+    #[arg(long, env = "CALLHOME_DEMO_ORIGIN")]
+    origin: Option<String>,
 }
 
 /// Shared by all handlers. Locks are held briefly and never across an `.await`.
@@ -89,7 +117,11 @@ struct AppState {
     http: reqwest::Client,
     /// CallHome's base URL, without a trailing `/`.
     callhome: Arc<str>,
-    key: Arc<str>,
+    /// The app's key: from the flags, or once the demo has registered itself.
+    key: Arc<OnceLock<String>>,
+    /// Challenge tokens CallHome gave, served at `/.well-known/callhome-challenge/<token>`
+    /// while a registration runs.
+    challenges: Arc<Mutex<HashMap<String, String>>>,
     notes: Arc<Mutex<Notes>>,
     /// Ids of the pages to notify, oldest first.
     pages: Arc<Mutex<VecDeque<String>>>,
@@ -164,12 +196,20 @@ enum Delivery {
 }
 
 impl AppState {
+    /// The app's key, once there is one.
+    fn key(&self) -> anyhow::Result<&str> {
+        self.key
+            .get()
+            .map(String::as_str)
+            .context("not registered with CallHome yet")
+    }
+
     /// Creates an id bound to the app's only origin: no body, CallHome picks the id.
     async fn create_id(&self) -> anyhow::Result<CreatedId> {
         let response = self
             .http
             .post(format!("{}/v1/ids", self.callhome))
-            .bearer_auth(&*self.key)
+            .bearer_auth(self.key()?)
             .send()
             .await
             .context("CallHome is unreachable")?;
@@ -181,7 +221,7 @@ impl AppState {
         let response = self
             .http
             .post(format!("{}/v1/ids/{id}/notify", self.callhome))
-            .bearer_auth(&*self.key)
+            .bearer_auth(self.key()?)
             .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
             .body(info)
             .send()
@@ -201,6 +241,87 @@ impl AppState {
         if pages.len() > MAX_PAGES {
             pages.pop_front();
         }
+    }
+}
+
+/// Registers the demo as app `name` for `origin` with the CallHome server it is pointed at,
+/// over nothing but HTTP: discovery, a challenge token for the origin (served by this demo
+/// while CallHome fetches it), the registration. Returns the key.
+async fn register(
+    state: &AppState,
+    name: &str,
+    origin: &str,
+    invite: Option<&str>,
+) -> anyhow::Result<String> {
+    let base = &state.callhome;
+    let discovery: serde_json::Value = success(
+        state
+            .http
+            .get(format!("{base}/.well-known/callhome"))
+            .send()
+            .await
+            .context("CallHome is unreachable")?,
+    )
+    .await?
+    .json()
+    .await?;
+    let policy = discovery["registration"]["policy"]
+        .as_str()
+        .unwrap_or("closed");
+    match (policy, invite) {
+        ("open", _) | ("invite", Some(_)) => {}
+        ("invite", None) => bail!("{base} takes new apps with an invite only: pass --invite"),
+        _ => bail!("{base} takes no new apps (registration policy {policy:?}); use --key"),
+    }
+    let challenge: serde_json::Value = success(
+        state
+            .http
+            .post(format!("{base}/v1/apps/challenges"))
+            .json(&json!({ "origin": origin }))
+            .send()
+            .await?,
+    )
+    .await?
+    .json()
+    .await?;
+    let token = challenge["token"]
+        .as_str()
+        .context("no token in CallHome's challenge")?
+        .to_owned();
+    state
+        .challenges
+        .lock()
+        .unwrap()
+        .insert(token.clone(), token.clone());
+    let mut request = json!({ "name": name, "origins": [origin], "tokens": [token] });
+    if let Some(invite) = invite {
+        request["invite"] = json!(invite);
+    }
+    let registered = state
+        .http
+        .post(format!("{base}/v1/apps"))
+        .json(&request)
+        .send()
+        .await;
+    state.challenges.lock().unwrap().remove(&token);
+    let registered: serde_json::Value = success(registered?).await?.json().await?;
+    tracing::info!(
+        app = name,
+        %origin,
+        key_id = registered["key_id"].as_str().unwrap_or("?"),
+        "registered with CallHome (the key is kept in memory only)"
+    );
+    registered["key"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no key in CallHome's answer")
+}
+
+/// `GET /.well-known/callhome-challenge/{token}`: a token CallHome gave, while it is wanted.
+async fn challenge(State(state): State<AppState>, Path(token): Path<String>) -> Response {
+    match state.challenges.lock().unwrap().get(&token) {
+        Some(body) => ([(header::CONTENT_TYPE, "text/plain")], body.clone()).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
     }
 }
 
@@ -374,7 +495,8 @@ async fn main() -> anyhow::Result<()> {
             .timeout(Duration::from_secs(10))
             .build()?,
         callhome: cli.callhome.trim_end_matches('/').into(),
-        key: cli.key.into(),
+        key: Arc::default(),
+        challenges: Arc::default(),
         notes: Arc::default(),
         pages: Arc::default(),
         notify_slots: Arc::new(Semaphore::new(NOTIFY_CONCURRENCY)),
@@ -382,22 +504,40 @@ async fn main() -> anyhow::Result<()> {
     let app = Router::new()
         .route("/", get(index))
         .route("/notes", get(list_notes).post(add_note))
+        .route("/.well-known/callhome-challenge/{token}", get(challenge))
         .with_state(state.clone());
 
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
     let port = listener.local_addr()?.port();
+    let server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                tokio::signal::ctrl_c().await.ok();
+                tracing::info!("Ctrl-C: stopping");
+            })
+            .into_future(),
+    );
+    // Registering needs the challenge route served, so it runs once the demo listens.
+    let key = match &cli.register {
+        Some(name) => {
+            let origin = cli
+                .origin
+                .clone()
+                .unwrap_or_else(|| format!("http://localhost:{port}"));
+            register(&state, name, &origin, cli.invite.as_deref())
+                .await
+                .context("cannot register with CallHome")?
+        }
+        None => cli.key,
+    };
+    state.key.set(key).expect("set once");
     tracing::info!(
         callhome = %state.callhome,
         "demo listening on {}; open http://localhost:{port} in two windows",
         cli.listen
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            tokio::signal::ctrl_c().await.ok();
-            tracing::info!("Ctrl-C: stopping");
-        })
-        .await?;
+    server.await??;
     Ok(())
 }
