@@ -83,7 +83,7 @@ pub async fn notify_in_place(
     body: &[u8],
 ) -> Response {
     let answer = match app {
-        Ok(app) => ids::notify_body(state, &app, id, content_type, body).await,
+        Ok(app) => ids::notify_body(state, &app, id, content_type, body, None).await,
         Err(e) => Err(e),
     };
     match count_notify(state, answer) {
@@ -209,7 +209,20 @@ pub async fn notify(
     info: &str,
 ) -> Result<Notified, ApiError> {
     Id::check(id)?;
-    notify_checked(state, app, id, info).await
+    notify_checked(state, app, id, info, None).await
+}
+
+/// [`notify`] made at most once for the idempotency record `once` (`<app>:<key>`, and a
+/// batch's position after it), where the engine needs one to tell (src/idempotency.rs).
+pub async fn notify_once(
+    state: &AppState,
+    app: &App,
+    id: &str,
+    info: &str,
+    once: Option<&str>,
+) -> Result<Notified, ApiError> {
+    Id::check(id)?;
+    notify_checked(state, app, id, info, once).await
 }
 
 /// [`notify`] of an id already checked (`ids::notify_body` checks it before reading the
@@ -219,6 +232,7 @@ async fn notify_checked(
     app: &App,
     id: &str,
     info: &str,
+    once: Option<&str>,
 ) -> Result<Notified, ApiError> {
     state.limiters.notify(app)?;
     let limit = state.limits.info_max_bytes;
@@ -228,11 +242,15 @@ async fn notify_checked(
             limit,
         });
     }
-    let published = state.store.publish(app, id, info).await.inspect_err(|e| {
-        if matches!(e, StoreError::RateLimited(_)) {
-            state.metrics.rate_limited.notify_per_app.inc();
-        }
-    })?;
+    let published = state
+        .store
+        .publish(app, id, info, once)
+        .await
+        .inspect_err(|e| {
+            if matches!(e, StoreError::RateLimited(_)) {
+                state.metrics.rate_limited.notify_per_app.inc();
+            }
+        })?;
     tracing::debug!(
         app = %app.name(),
         id = %Redacted(id),

@@ -90,8 +90,46 @@ pub struct Config {
     pub http: HttpConfig,
     /// The admin API (apps registered at runtime); off without a key.
     pub admin: AdminConfig,
+    /// `Idempotency-Key` on creates and notifies: safe retries.
+    pub idempotency: IdempotencyConfig,
     /// The registered web applications.
     pub apps: Vec<AppConfig>,
+}
+
+/// How long an `Idempotency-Key` is remembered, and how many each app may have at once.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencyConfig {
+    /// A retry with the same key within this long gets the first answer; 1s to 24h.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Keys one app may have remembered at once; one more answers `429`.
+    pub max_keys_per_app: usize,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(300),
+            max_keys_per_app: 100_000,
+        }
+    }
+}
+
+/// The longest idempotency window.
+pub const MAX_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// `idempotency.max_keys_per_app` at most.
+pub const MAX_IDEMPOTENCY_KEYS: usize = 10_000_000;
+
+fn validate_idempotency(idempotency: &IdempotencyConfig) -> Result<(), ConfigError> {
+    if idempotency.window < Duration::from_secs(1) || idempotency.window > MAX_IDEMPOTENCY_WINDOW {
+        return Err(invalid("idempotency.window", "must be between 1s and 24h"));
+    }
+    check_count(
+        "idempotency.max_keys_per_app",
+        idempotency.max_keys_per_app,
+        MAX_IDEMPOTENCY_KEYS,
+    )
 }
 
 /// The admin API: `/v1/admin/...`, authenticated with its own key (never an app's).
@@ -470,6 +508,7 @@ impl Default for Config {
             rate_limits: RateLimits::default(),
             store: StoreConfig::default(),
             http: HttpConfig::default(),
+            idempotency: IdempotencyConfig::default(),
             admin: AdminConfig::default(),
             apps: Vec::new(),
         }
@@ -545,6 +584,8 @@ pub struct Settings {
     pub apps: Apps,
     /// The admin API, when it has a key.
     pub admin: Option<Admin>,
+    /// `Idempotency-Key` handling.
+    pub idempotency: IdempotencyConfig,
     /// Things worth a warning at start-up (weak keys and the like), already worded.
     pub warnings: Vec<String>,
 }
@@ -654,6 +695,7 @@ impl Config {
         {
             return Err(invalid("admin.key", "the same key is used by an app"));
         }
+        validate_idempotency(&self.idempotency)?;
         let warnings = proxy_warnings
             .into_iter()
             .chain(store_warnings)
@@ -676,6 +718,7 @@ impl Config {
             http: self.http,
             apps,
             admin,
+            idempotency: self.idempotency,
             warnings,
         })
     }

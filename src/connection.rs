@@ -202,7 +202,7 @@ enum Step {
 enum Dispatch {
     /// A poll or an event stream (`GET` or `HEAD`): waits holding no buffer.
     Held(Held),
-    /// `POST /v1/ids/{id}/notify`, served in place.
+    /// `POST /v1/ids/{id}/notify` without an `Idempotency-Key`, served in place.
     Notify,
     /// Everything else, through the router.
     Route,
@@ -213,7 +213,13 @@ impl Dispatch {
         let path = path(&head.target);
         match head.method {
             Method::GET | Method::HEAD => Held::at(path).map_or(Self::Route, Self::Held),
-            Method::POST if api::notify_id(path).is_some() => Self::Notify,
+            // A notify with an idempotency key goes through the router, which keeps keys.
+            Method::POST
+                if api::notify_id(path).is_some()
+                    && header_value(head, &crate::idempotency::HEADER).is_none() =>
+            {
+                Self::Notify
+            }
             _ => Self::Route,
         }
     }

@@ -77,6 +77,18 @@ pub enum ApiError {
         /// `info_max_bytes`.
         limit: usize,
     },
+    /// An `Idempotency-Key` header that is not 1 to 255 visible ASCII characters.
+    #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
+    InvalidIdempotencyKey,
+    /// The request with this `Idempotency-Key` is still being answered.
+    #[error("a request with this Idempotency-Key is being answered; retry shortly")]
+    IdempotencyInProgress,
+    /// The `Idempotency-Key` was used with another request within its window.
+    #[error("this Idempotency-Key was used with another request; use a new key")]
+    IdempotencyKeyReused,
+    /// The app holds `idempotency.max_keys_per_app` keys.
+    #[error("this app holds its maximum of {0} idempotency keys; retry once older ones expire")]
+    IdempotencyKeysFull(usize),
     /// A batch notify with more notifies than `limits.max_batch`.
     #[error("the batch has {count} notifies; the limit is {limit}")]
     BatchTooLarge {
@@ -158,6 +170,7 @@ impl ApiError {
             | Self::InvalidInfo
             | Self::InvalidJson(_)
             | Self::InvalidParameters(_)
+            | Self::InvalidIdempotencyKey
             | Self::Framing(Refusal::Malformed(_)) => StatusCode::BAD_REQUEST,
             Self::Framing(Refusal::HeadTooLarge) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Framing(Refusal::Expectation) => StatusCode::EXPECTATION_FAILED,
@@ -166,13 +179,16 @@ impl ApiError {
             Self::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::UnknownId | Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::IdTaken => StatusCode::CONFLICT,
+            Self::IdTaken | Self::IdempotencyInProgress => StatusCode::CONFLICT,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Gone => StatusCode::GONE,
             Self::InfoTooLarge { .. } | Self::BodyTooLarge(_) | Self::BatchTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             Self::UnsupportedMediaType(..) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::AppQuotaExceeded(_) | Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::AppQuotaExceeded(_) | Self::RateLimited(_) | Self::IdempotencyKeysFull(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::TooManyIds(_) | Self::TooManyConnections(_) | Self::BackplaneUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -204,6 +220,10 @@ impl ApiError {
             Self::InfoTooLarge { .. } => "info_too_large",
             Self::BodyTooLarge(_) => "body_too_large",
             Self::BatchTooLarge { .. } => "batch_too_large",
+            Self::InvalidIdempotencyKey => "invalid_idempotency_key",
+            Self::IdempotencyInProgress => "idempotency_in_progress",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::IdempotencyKeysFull(_) => "idempotency_keys_full",
             Self::InvalidInfo => "invalid_info",
             Self::InvalidJson(_) => "invalid_json",
             Self::UnsupportedMediaType(..) => "unsupported_media_type",
@@ -245,9 +265,9 @@ impl ApiError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::TooManyIds(_) => Some(RETRY_FULL),
+            Self::TooManyIds(_) | Self::IdempotencyKeysFull(_) => Some(RETRY_FULL),
             Self::RateLimited(after) => Some(*after),
-            Self::TooManyConnections(_) => Some(RETRY_CONNECTIONS),
+            Self::TooManyConnections(_) | Self::IdempotencyInProgress => Some(RETRY_CONNECTIONS),
             Self::BackplaneUnavailable(_) => Some(RETRY_BACKPLANE),
             _ => None,
         }
@@ -312,6 +332,41 @@ impl IntoResponse for ApiError {
 mod tests {
     use super::*;
 
+    /// The batch and idempotency rows of the documented table (docs/api.md).
+    #[test]
+    fn batch_and_idempotency_codes() {
+        let table: Vec<(ApiError, u16, &str)> = vec![
+            (
+                ApiError::BatchTooLarge { count: 2, limit: 1 },
+                413,
+                "batch_too_large",
+            ),
+            (
+                ApiError::InvalidIdempotencyKey,
+                400,
+                "invalid_idempotency_key",
+            ),
+            (
+                ApiError::IdempotencyInProgress,
+                409,
+                "idempotency_in_progress",
+            ),
+            (
+                ApiError::IdempotencyKeyReused,
+                422,
+                "idempotency_key_reused",
+            ),
+            (
+                ApiError::IdempotencyKeysFull(1),
+                429,
+                "idempotency_keys_full",
+            ),
+        ];
+        for (error, status, code) in table {
+            assert_eq!((error.status().as_u16(), error.code()), (status, code));
+        }
+    }
+
     /// The documented table (docs/api.md): changing a row here is an API change.
     #[test]
     fn status_and_code_table() {
@@ -340,11 +395,6 @@ mod tests {
                 "info_too_large",
             ),
             (ApiError::BodyTooLarge(1), 413, "body_too_large"),
-            (
-                ApiError::BatchTooLarge { count: 2, limit: 1 },
-                413,
-                "batch_too_large",
-            ),
             (ApiError::InvalidInfo, 400, "invalid_info"),
             (ApiError::InvalidJson("x".into()), 400, "invalid_json"),
             (

@@ -31,7 +31,11 @@ pub async fn run(state: AppState) {
             _ = sweep.tick() => expire(&state).await,
             _ = forget.tick() => {
                 let limiters = state.clone();
-                let _ = tokio::task::spawn_blocking(move || limiters.limiters.forget_idle()).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    limiters.limiters.forget_idle();
+                    limiters.idempotency_keys.sweep();
+                })
+                .await;
             }
             () = state.shutdown.cancelled() => return,
         }

@@ -44,6 +44,7 @@ pub mod extract;
 pub mod health;
 pub mod housekeeping;
 pub mod id;
+pub mod idempotency;
 pub mod metrics;
 pub mod origin;
 pub mod permit;

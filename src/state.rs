@@ -70,6 +70,10 @@ pub struct Shared {
     pub limiters: RateLimiters,
     /// Everything `/metrics` shows.
     pub metrics: Metrics,
+    /// `Idempotency-Key` handling.
+    pub idempotency: crate::config::IdempotencyConfig,
+    /// The memory engine's idempotency keys (cluster mode keeps them in Redis).
+    pub idempotency_keys: crate::idempotency::Keys,
 }
 
 impl Shared {
@@ -145,6 +149,8 @@ impl AppState {
             rates: configured_rates,
             limiters,
             metrics,
+            idempotency: settings.idempotency,
+            idempotency_keys: crate::idempotency::Keys::new(settings.idempotency),
         }))
     }
 

@@ -276,10 +276,20 @@ impl Store {
     }
 
     /// Stores `info` as the newest value of `app`'s `id` and wakes its waiting clients.
-    pub async fn publish(&self, app: &App, id: &str, info: &str) -> Result<Published, StoreError> {
+    ///
+    /// `once` names the notify's idempotency record (src/idempotency.rs): with Redis, a
+    /// notify whose record exists was made already and is answered as it was then; the
+    /// memory engine, which always knows whether it made a notify, needs none.
+    pub async fn publish(
+        &self,
+        app: &App,
+        id: &str,
+        info: &str,
+        once: Option<&str>,
+    ) -> Result<Published, StoreError> {
         match &self.engine {
             Engine::Memory(memory) => Ok(memory.publish(app, id, info)?),
-            Engine::Cluster(cluster) => Box::pin(cluster.publish(app, id, info)).await,
+            Engine::Cluster(cluster) => Box::pin(cluster.publish(app, id, info, once)).await,
         }
     }
 

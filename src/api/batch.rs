@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use axum::Router;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::Json;
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
 use futures_util::future::join_all;
 use serde::Deserialize;
@@ -24,6 +24,7 @@ use super::{Authenticated, Notified};
 use crate::auth::App;
 use crate::error::ApiError;
 use crate::extract::{self, UnreadBody};
+use crate::idempotency;
 use crate::state::AppState;
 
 /// The path of a batch notify (its body may be larger than other requests').
@@ -50,15 +51,44 @@ struct Item {
     info: String,
 }
 
-/// The key is checked before the body is read, as for a single notify.
+/// The key is checked before the body is read, as for a single notify. With an
+/// `Idempotency-Key`, the batch is made once: a retry gets the first answer, and in cluster
+/// mode each notify of it is recorded with the notify (`<key>#<position>`), so one made
+/// before an answer was lost is not made again.
 async fn notify_batch(
     State(state): State<AppState>,
     Authenticated(app): Authenticated,
     headers: HeaderMap,
     body: UnreadBody,
-) -> Result<Json<Value>, ApiError> {
-    let body = body.read(&state).await?;
-    let request: BatchRequest = extract::json(&headers, &body)?;
+) -> Response {
+    let body = match body.read(&state).await {
+        Ok(body) => body,
+        Err(e) => return e.into_response(),
+    };
+    let key = match idempotency::key_of(&headers) {
+        Ok(key) => key,
+        Err(e) => return e.into_response(),
+    };
+    let media_type = extract::media_type(&headers);
+    let fingerprint = idempotency::fingerprint("POST", BATCH_PATH, media_type.as_deref(), &body);
+    idempotency::once(&state, &app, key, fingerprint, |key| async {
+        let once = key.map(|key| format!("{}:{}", app.name(), key.as_str()));
+        match batch(&state, &app, &headers, &body, once.as_deref()).await {
+            Ok(answer) => Json(answer).into_response(),
+            Err(e) => e.into_response(),
+        }
+    })
+    .await
+}
+
+async fn batch(
+    state: &AppState,
+    app: &App,
+    headers: &HeaderMap,
+    body: &[u8],
+    once: Option<&str>,
+) -> Result<Value, ApiError> {
+    let request: BatchRequest = extract::json(headers, body)?;
     let limit = state.limits.max_batch;
     if request.notifications.len() > limit {
         return Err(ApiError::BatchTooLarge {
@@ -66,7 +96,7 @@ async fn notify_batch(
             limit,
         });
     }
-    let outcomes = notify_all(&state, &app, &request.notifications).await;
+    let outcomes = notify_all(state, app, &request.notifications, once).await;
     let mut notified = 0;
     let results: Vec<Value> = request
         .notifications
@@ -80,11 +110,11 @@ async fn notify_batch(
             Err(e) => json!({"id": item.id, "error": e.as_item()}),
         })
         .collect();
-    Ok(Json(json!({
+    Ok(json!({
         "notified": notified,
         "failed": results.len() - notified,
         "results": results,
-    })))
+    }))
 }
 
 /// Every notify of `items`, each counted like a single one; the outcomes in `items`' order.
@@ -92,6 +122,7 @@ async fn notify_all(
     state: &AppState,
     app: &App,
     items: &[Item],
+    once: Option<&str>,
 ) -> Vec<Result<Notified, ApiError>> {
     // One chain per id, in the batch's order; chains run at once.
     let mut chains: Vec<Vec<usize>> = Vec::new();
@@ -107,7 +138,9 @@ async fn notify_all(
         let mut done = Vec::with_capacity(chain.len());
         for &at in chain {
             let item = &items[at];
-            let answer = super::notify(state, app, &item.id, &item.info).await;
+            let record = once.map(|once| format!("{once}#{at}"));
+            let answer =
+                super::notify_once(state, app, &item.id, &item.info, record.as_deref()).await;
             done.push((at, super::count_notify(state, answer)));
         }
         done

@@ -14,6 +14,7 @@ use crate::auth::App;
 use crate::error::ApiError;
 use crate::extract::{self, Body, PathId, UnreadBody};
 use crate::id::Id;
+use crate::idempotency;
 use crate::state::AppState;
 use crate::telemetry::Redacted;
 
@@ -36,20 +37,35 @@ async fn create(
     Authenticated(app): Authenticated,
     headers: HeaderMap,
     Body(body): Body,
-) -> Result<Response, ApiError> {
-    let request: CreateRequest = if body.is_empty() {
-        CreateRequest::default()
-    } else {
-        extract::json(&headers, &body)?
+) -> Response {
+    let key = match idempotency::key_of(&headers) {
+        Ok(key) => key,
+        Err(e) => return e.into_response(),
     };
-    let created = super::create(
-        &state,
-        &app,
-        request.id.as_deref(),
-        request.origin.as_deref(),
-    )
-    .await?;
-    Ok((StatusCode::CREATED, Json(created)).into_response())
+    let media_type = extract::media_type(&headers);
+    let fingerprint = idempotency::fingerprint("POST", "/v1/ids", media_type.as_deref(), &body);
+    idempotency::once(&state, &app, key, fingerprint, |_| async {
+        let request: CreateRequest = if body.is_empty() {
+            CreateRequest::default()
+        } else {
+            match extract::json(&headers, &body) {
+                Ok(request) => request,
+                Err(e) => return e.into_response(),
+            }
+        };
+        match super::create(
+            &state,
+            &app,
+            request.id.as_deref(),
+            request.origin.as_deref(),
+        )
+        .await
+        {
+            Ok(created) => (StatusCode::CREATED, Json(created)).into_response(),
+            Err(e) => e.into_response(),
+        }
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,35 +74,57 @@ struct NotifyRequest {
     info: String,
 }
 
-/// The routed notify (a percent-encoded id, a chunked body: see `connection`). Refusals by
-/// the extractors are taken as results, so they are counted like any other.
+/// The routed notify (a percent-encoded id, a chunked body, an `Idempotency-Key`: see
+/// `connection`). Refusals by the extractors are taken as results, so they are counted like
+/// any other.
 async fn notify(
     State(state): State<AppState>,
     app: Result<Authenticated, ApiError>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: UnreadBody,
-) -> Result<Json<super::Notified>, ApiError> {
-    let answer = match app {
-        Ok(Authenticated(app)) => match body.read(&state).await {
-            Ok(body) => {
-                notify_body(&state, &app, &id, headers.get(header::CONTENT_TYPE), &body).await
-            }
-            Err(e) => Err(e),
-        },
-        Err(e) => Err(e),
+) -> Response {
+    let app = match app {
+        Ok(Authenticated(app)) => app,
+        Err(e) => return counted(&state, Err(e)),
     };
-    super::count_notify(&state, answer).map(Json)
+    let body = match body.read(&state).await {
+        Ok(body) => body,
+        Err(e) => return counted(&state, Err(e)),
+    };
+    let key = match idempotency::key_of(&headers) {
+        Ok(key) => key,
+        Err(e) => return counted(&state, Err(e)),
+    };
+    let content_type = headers.get(header::CONTENT_TYPE);
+    let media_type = extract::media_type_of(content_type);
+    let path = format!("/v1/ids/{id}/notify");
+    let fingerprint = idempotency::fingerprint("POST", &path, media_type.as_deref(), &body);
+    idempotency::once(&state, &app, key, fingerprint, |key| async {
+        let once = key.map(|key| format!("{}:{}", app.name(), key.as_str()));
+        let answer = notify_body(&state, &app, &id, content_type, &body, once.as_deref()).await;
+        counted(&state, answer)
+    })
+    .await
 }
 
-/// Validates `id`, reads the info from a notify body of type `content_type`, and notifies.
-/// Shared by the routed handler and `connection`'s in-place path.
+fn counted(state: &AppState, answer: Result<super::Notified, ApiError>) -> Response {
+    match super::count_notify(state, answer) {
+        Ok(notified) => Json(notified).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Validates `id`, reads the info from a notify body of type `content_type`, and notifies
+/// (at most once for the idempotency record `once`, if any). Shared by the routed handler
+/// and `connection`'s in-place path.
 pub(super) async fn notify_body(
     state: &AppState,
     app: &App,
     id: &str,
     content_type: Option<&HeaderValue>,
     body: &[u8],
+    once: Option<&str>,
 ) -> Result<super::Notified, ApiError> {
     Id::check(id)?;
     // An empty body is a notify with empty info, whatever its type (`curl -d ''` says form).
@@ -95,7 +133,7 @@ pub(super) async fn notify_body(
         Some("text/plain") => std::str::from_utf8(body).map_err(|_| ApiError::InvalidInfo)?,
         Some("application/json") => {
             let request: NotifyRequest = extract::json_of(content_type, body)?;
-            return super::notify_checked(state, app, id, &request.info).await;
+            return super::notify_checked(state, app, id, &request.info, once).await;
         }
         other => {
             return Err(ApiError::UnsupportedMediaType(
@@ -104,7 +142,7 @@ pub(super) async fn notify_body(
             ));
         }
     };
-    super::notify_checked(state, app, id, info).await
+    super::notify_checked(state, app, id, info, once).await
 }
 
 #[derive(Debug, Serialize)]

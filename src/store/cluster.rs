@@ -130,6 +130,8 @@ pub struct Cluster {
     max_ids: usize,
     create_rate: RateLimit,
     notify_rate: RateLimit,
+    /// How long an idempotency record lives, in milliseconds.
+    idempotency_window_ms: u64,
     /// True while the hint subscription is live.
     subscribed: AtomicBool,
     /// Poked when a waiter leaves, so the counts are written without waiting for the tick.
@@ -193,6 +195,8 @@ impl Cluster {
             idle_ttl,
             granule_ms: u64::try_from(granule(idle_ttl).as_millis()).unwrap_or(u64::MAX),
             max_ids,
+            idempotency_window_ms: u64::try_from(settings.idempotency.window.as_millis())
+                .unwrap_or(u64::MAX),
             create_rate: rates.create_per_app,
             notify_rate: rates.notify_per_app,
             subscribed: AtomicBool::new(false),
@@ -382,13 +386,24 @@ impl Cluster {
     /// Notifies made while this node's earlier ones are in Redis go together in one script
     /// call ([`batch`]): one round trip and one script run for many, each still answered as
     /// if alone. A notify alone goes at once.
-    pub async fn publish(&self, app: &App, id: &str, info: &str) -> Result<Published, StoreError> {
+    ///
+    /// With `once` (the name of an idempotency record), a notify made before under that
+    /// record is answered as it was then, and not made again; a new one writes the record in
+    /// the same script.
+    pub async fn publish(
+        &self,
+        app: &App,
+        id: &str,
+        info: &str,
+        once: Option<&str>,
+    ) -> Result<Published, StoreError> {
         let (reply, answer) = oneshot::channel();
         let job = Notify {
             app: Arc::clone(app.name()),
             id: id.into(),
             info: info.into(),
             waiters: self.local_waiters(id),
+            once: once.map(|record| format!("ch:in:{record}").into()),
             reply,
         };
         let outcome = batch::submit(&self.notifies, job, answer, self.link.timeout(), |jobs| {
@@ -429,9 +444,14 @@ impl Cluster {
                     .arg(self.granule_ms)
                     .arg(self.notify_rate.per_second)
                     .arg(self.notify_rate.burst.max(1))
-                    .arg(&self.node);
+                    .arg(&self.node)
+                    .arg(self.idempotency_window_ms);
                 for job in jobs {
-                    notify.arg(&*job.app).arg(&*job.info).arg(job.waiters);
+                    notify
+                        .arg(&*job.app)
+                        .arg(&*job.info)
+                        .arg(job.waiters)
+                        .arg(job.once.as_deref().unwrap_or(""));
                 }
                 notify.invoke_async(&mut conn.redis).await
             })
@@ -607,6 +627,76 @@ impl Cluster {
         // the same name, which keeps them) are left alone; its rate buckets expire by
         // themselves.
         Ok(deleted)
+    }
+
+    /// Looks up the `Idempotency-Key` `key` of `app` for the request `fingerprint`, holding
+    /// it for this request when it is new (src/idempotency.rs).
+    pub async fn idempotency_begin(
+        &self,
+        app: &str,
+        key: &str,
+        fingerprint: &[u8; 32],
+    ) -> Result<crate::idempotency::Begun, StoreError> {
+        use crate::idempotency::{Begun, Kept, PENDING_FOR};
+        let record = format!("ch:ik:{app}:{key}");
+        let record = &record;
+        let reply: Vec<Vec<u8>> = self
+            .link
+            .call(|mut conn| async move {
+                SCRIPTS
+                    .idem_begin
+                    .key(record)
+                    .arg(&fingerprint[..])
+                    .arg(u64::try_from(PENDING_FOR.as_millis()).unwrap_or(u64::MAX))
+                    .invoke_async(&mut conn.redis)
+                    .await
+            })
+            .await
+            .map_err(unavailable)?;
+        Ok(match reply.first().map(Vec::as_slice) {
+            Some(b"fresh") => Begun::Fresh,
+            Some(b"pending") => Begun::InProgress,
+            Some(b"reused") => Begun::Reused,
+            Some(b"done") if reply.len() == 3 => Begun::Replay(Kept {
+                status: std::str::from_utf8(&reply[1])
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(200),
+                body: reply[2].clone().into(),
+            }),
+            _ => return Err(unavailable(format!("unexpected reply {reply:?}"))),
+        })
+    }
+
+    /// Keeps `kept` as the answer of `key`'s request for `window`, or frees the key.
+    pub async fn idempotency_finish(
+        &self,
+        app: &str,
+        key: &str,
+        fingerprint: &[u8; 32],
+        kept: Option<&crate::idempotency::Kept>,
+        window: Duration,
+    ) -> Result<(), StoreError> {
+        let record = format!("ch:ik:{app}:{key}");
+        let record = &record;
+        let status = kept.map(|k| format!("{:03}", k.status)).unwrap_or_default();
+        let body: &[u8] = kept.map_or(&[], |k| &k.body);
+        let _: i64 = self
+            .link
+            .call(|mut conn| async move {
+                SCRIPTS
+                    .idem_finish
+                    .key(record)
+                    .arg(&fingerprint[..])
+                    .arg(status)
+                    .arg(body)
+                    .arg(u64::try_from(window.as_millis()).unwrap_or(u64::MAX))
+                    .invoke_async(&mut conn.redis)
+                    .await
+            })
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     /// What `app` may read about its `id`; `waiting` counts every live node's clients.
@@ -916,6 +1006,8 @@ struct Notify {
     info: Box<str>,
     /// This node's clients on the id when the notify was made.
     waiters: u32,
+    /// The Redis key of its idempotency record, if it has one.
+    once: Option<Box<str>>,
     reply: batch::Answer<Notified>,
 }
 

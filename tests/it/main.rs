@@ -22,6 +22,7 @@ mod expiry;
 mod framing;
 mod http;
 mod http2;
+mod idempotency;
 mod limits;
 mod logs;
 mod many;

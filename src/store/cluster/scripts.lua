@@ -214,8 +214,10 @@ return prune(KEYS[1], KEYS[2], now_ms())
 -- Notifies in a batch (the ones a node's publishers made while its previous batches were in
 -- Redis): each one as if alone, in order, in one atomic step, with one hint message for all.
 -- KEYS: hint counter, epoch, nodes, then one id hash per notify.
--- ARGV: idle ttl ms, granule ms, rate, burst, node, then per notify: app, info, this node's
--- waiters on the id.
+-- ARGV: idle ttl ms, granule ms, rate, burst, node, idempotency window ms, then per notify:
+-- app, info, this node's waiters on the id, and its idempotency record ('' for none: see
+-- src/idempotency.rs). A notify whose record exists was made before: it is answered as it
+-- was then and not made again.
 -- Returns the epoch, then per notify three values: 'ok', seq, waiting; 'unknown', '', '';
 -- or 'rate', the milliseconds to wait, ''.
 local now = now_ms()
@@ -244,12 +246,17 @@ local function read_plan()
   if #fields > 2 + READ_NODES then return false end
   return fields
 end
+local window = ARGV[6]
 for i = 4, #KEYS do
   local key = KEYS[i]
-  local at = 6 + (i - 4) * 3
-  local app, info = ARGV[at], ARGV[at + 1]
+  local at = 7 + (i - 4) * 4
+  local app, info, mark = ARGV[at], ARGV[at + 1], ARGV[at + 3]
+  local made = mark ~= '' and redis.call('GET', mark)
   local wait = 0
-  if rate > 0 then
+  if made then
+    local bar = string.find(made, '|', 1, true)
+    answer('ok', string.sub(made, 1, bar - 1), string.sub(made, bar + 1))
+  elseif rate > 0 then
     local bucket = buckets[app]
     if not bucket then
       bucket = gcra_load('ch:rl:n:' .. app)
@@ -257,7 +264,9 @@ for i = 4, #KEYS do
     end
     wait = gcra_take(bucket, now, rate, burst)
   end
-  if wait > 0 then
+  if made then
+    -- Answered above.
+  elseif wait > 0 then
     answer('rate', int(wait), '')
   else
     if plan == nil then plan = read_plan() end
@@ -279,6 +288,7 @@ for i = 4, #KEYS do
       keep(key, app, now, ttl, granule)
       hints[#hints + 1] = hint('n', seq, string.sub(key, 6), info)
       if fields then sum = waiting(fields, key, KEYS[3], now, own, ARGV[at + 2], alive) end
+      if mark ~= '' then redis.call('SET', mark, seq .. '|' .. int(sum), 'PX', window) end
       answer('ok', seq, int(sum))
     end
   end
@@ -400,3 +410,29 @@ for i = 3, #KEYS do
 end
 publish(KEYS[1], epoch(KEYS[2]), now, hints)
 return #hints
+
+--@ idem_begin
+-- An Idempotency-Key's record (src/idempotency.rs): 'P' or 'D', the request's fingerprint
+-- (32 bytes), and for 'D' the answer's status (3 digits) and body.
+-- KEYS: the record. ARGV: the fingerprint, how long a request being answered holds it (ms).
+-- Returns {'fresh'} (now held for this request), {'pending'}, {'reused'} or
+-- {'done', status, body}.
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], 'P' .. ARGV[1], 'PX', ARGV[2])
+  return {'fresh'}
+end
+if string.sub(v, 2, 33) ~= ARGV[1] then return {'reused'} end
+if string.sub(v, 1, 1) == 'P' then return {'pending'} end
+return {'done', string.sub(v, 34, 36), string.sub(v, 37)}
+
+--@ idem_finish
+-- KEYS: the record. ARGV: the fingerprint, the status ('' to forget the key), the body, the
+-- window (ms). Only the request holding the record finishes it.
+if redis.call('GET', KEYS[1]) ~= 'P' .. ARGV[1] then return 0 end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+redis.call('SET', KEYS[1], 'D' .. ARGV[1] .. ARGV[2] .. ARGV[3], 'PX', ARGV[4])
+return 1

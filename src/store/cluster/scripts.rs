@@ -35,6 +35,10 @@ pub struct Scripts {
     pub registry_put: Script,
     /// Deletes the ids of a removed app among one step of a scan.
     pub purge: Script,
+    /// Looks up or holds an `Idempotency-Key`.
+    pub idem_begin: Script,
+    /// Keeps the answer of an `Idempotency-Key`'s request, or frees the key.
+    pub idem_finish: Script,
 }
 
 /// The scripts.
@@ -53,12 +57,14 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
         ensure_epoch: script("ensure_epoch"),
         registry_put: script("registry_put"),
         purge: script("purge"),
+        idem_begin: script("idem_begin"),
+        idem_finish: script("idem_finish"),
     }
 });
 
 impl Scripts {
     /// Every script, for loading them all on a new connection.
-    pub fn all(&self) -> [&Script; 11] {
+    pub fn all(&self) -> [&Script; 13] {
         [
             &self.create,
             &self.census,
@@ -71,6 +77,8 @@ impl Scripts {
             &self.ensure_epoch,
             &self.registry_put,
             &self.purge,
+            &self.idem_begin,
+            &self.idem_finish,
         ]
     }
 }
@@ -107,6 +115,8 @@ mod tests {
             "ensure_epoch",
             "registry_put",
             "purge",
+            "idem_begin",
+            "idem_finish",
         ] {
             let text = section(name);
             assert!(!text.trim().is_empty(), "{name}");
