@@ -38,7 +38,7 @@ use axum::response::IntoResponse as _;
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use hyper::body::Body as _;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tower::ServiceExt as _;
@@ -70,12 +70,18 @@ const LINGER: Duration = Duration::from_secs(1);
 /// Most bytes read and dropped while lingering.
 const LINGER_BYTES: usize = 64 * 1024;
 
+/// A client's byte stream: a TCP socket, or the TLS session on one. Generic rather than boxed,
+/// so the plain path compiles to exactly what it was before TLS existed.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
+
 /// Serves `stream` from `peer` until the client closes it, breaks the protocol, is too slow
 /// (`header_timeout`, `idle_timeout`, `body_timeout`, `send_timeout`) or the server shuts down.
 /// Held requests are not cut by any of these: they wait after their head has arrived.
 /// `permit` is the connection's place in `max_connections`, given back when this returns.
-pub async fn serve(
-    stream: TcpStream,
+pub async fn serve<S: Stream>(
+    stream: S,
     peer: SocketAddr,
     permit: Permit,
     state: AppState,
@@ -157,8 +163,8 @@ pub fn refuse(stream: TcpStream, state: &AppState, refusing: &Arc<AtomicUsize>) 
     });
 }
 
-struct Connection {
-    stream: TcpStream,
+struct Connection<S> {
+    stream: S,
     peer: SocketAddr,
     /// Bytes read but not yet used. Empty (and unallocated) while a request waits.
     buf: Vec<u8>,
@@ -239,7 +245,7 @@ enum After {
     Gone,
 }
 
-impl Connection {
+impl<S: Stream> Connection<S> {
     async fn run(&mut self, state: &AppState, router: &Router) -> io::Result<End> {
         // Every connection's task is as large as the largest state this loop can be in, for as
         // long as the connection lives. Waiting is the state that lasts, so the other steps
@@ -444,7 +450,7 @@ impl Connection {
             response = std::future::poll_fn(|cx| {
                 transport::poll_noting_wait(respond.as_mut(), cx, &mut began)
             }) => return (Some(response), After::KeepAlive),
-            () = closed(&self.stream, &mut self.buf) => {}
+            () = closed(&mut self.stream, &mut self.buf) => {}
         }
         // The client has gone, or half-closed its side. A lookup still in flight (Redis) may
         // finish for it; a wait that has begun is given up at once, so its place is free for
@@ -680,7 +686,7 @@ impl Connection {
         loop {
             let frame = tokio::select! {
                 frame = body.frame() => frame,
-                () = closed(&self.stream, &mut self.buf) => return Ok(After::Gone),
+                () = closed(&mut self.stream, &mut self.buf) => return Ok(After::Gone),
             };
             match frame {
                 None => break,
@@ -724,17 +730,25 @@ fn header_value<'h>(head: &'h Head, name: &HeaderName) -> Option<&'h HeaderValue
 /// Resolves when the peer closes the connection (or it fails). Bytes the client sends
 /// meanwhile (a pipelined request) are kept in `buf` for later; past [`MAX_HEAD`] of them it
 /// stops reading and never resolves, leaving the rest in the socket.
-async fn closed(stream: &TcpStream, buf: &mut Vec<u8>) {
-    loop {
-        if buf.len() >= MAX_HEAD || stream.readable().await.is_err() {
-            return std::future::pending().await;
+///
+/// Polled by hand so the read's scratch space lives on the stack only while it is polled: a
+/// waiting connection's task does not grow by it. On a TCP socket this is the readiness
+/// wait and non-blocking read `readable` and `try_read` would do.
+async fn closed<S: Stream>(stream: &mut S, buf: &mut Vec<u8>) {
+    std::future::poll_fn(|cx| {
+        loop {
+            if buf.len() >= MAX_HEAD {
+                return Poll::Pending; // never woken: the rest stays in the socket
+            }
+            let mut chunk = [0u8; 512];
+            let mut read = ReadBuf::new(&mut chunk);
+            match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut read) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => buf.extend_from_slice(read.filled()),
+            }
         }
-        let mut chunk = [0u8; 512];
-        match stream.try_read(&mut chunk) {
-            Ok(0) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
-        }
-    }
+    })
+    .await;
 }
