@@ -41,6 +41,7 @@ use hyper::body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use crate::api;
@@ -76,6 +77,18 @@ pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
 
+/// How the protocol on a connection is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Plain TCP: HTTP/1.1, or HTTP/2 by prior knowledge when `http2_cleartext` is on.
+    Plain,
+    /// TLS whose ALPN chose HTTP/1.1 (or nothing): HTTP/1.1 only, as RFC 9113 has HTTP/2
+    /// over TLS agreed by ALPN.
+    Http1,
+    /// TLS whose ALPN chose `h2`.
+    Http2,
+}
+
 /// Serves `stream` from `peer` until the client closes it, breaks the protocol, is too slow
 /// (`header_timeout`, `idle_timeout`, `body_timeout`, `send_timeout`) or the server shuts down.
 /// Held requests are not cut by any of these: they wait after their head has arrived.
@@ -83,17 +96,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
 pub async fn serve<S: Stream>(
     stream: S,
     peer: SocketAddr,
+    protocol: Protocol,
     permit: Permit,
     state: AppState,
     router: Router,
 ) {
-    let served = if state.http.lean_path {
+    let prior_knowledge = protocol == Protocol::Plain && state.http.http2_cleartext;
+    let served = if protocol == Protocol::Http2 {
+        Box::pin(handoff::hand_off(
+            stream,
+            Vec::new(),
+            peer,
+            Mode::Http2,
+            &state,
+            &router,
+        ))
+        .await
+    } else if state.http.lean_path {
         let mut conn = Connection {
             stream,
             peer,
             buf: Vec::new(),
         };
-        match conn.run(&state, &router).await {
+        match conn.run(prior_knowledge, &state, &router).await {
             Ok(End::Close) => Ok(()),
             Ok(End::Linger) => {
                 Box::pin(conn.linger()).await;
@@ -107,7 +132,7 @@ pub async fn serve<S: Stream>(
             Err(e) => Err(e),
         }
     } else {
-        let mode = if state.http.http2_cleartext {
+        let mode = if prior_knowledge {
             Mode::Any
         } else {
             Mode::Http1
@@ -128,6 +153,45 @@ pub async fn serve<S: Stream>(
         Ok(()) => {}
     }
     drop(permit);
+}
+
+/// Serves a TLS connection: the handshake first, here in the connection's own task (the
+/// accept loop never waits for one) and within `header_timeout`, so a client that never
+/// finishes it holds its place no longer than one that never finishes a request head; then
+/// HTTP/2 or HTTP/1.1, as ALPN agreed. `permit` was taken before the handshake, as for a
+/// plain connection.
+pub async fn serve_tls(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: Permit,
+    state: AppState,
+    router: Router,
+) {
+    let handshake = tokio::time::timeout(state.limits.header_timeout, acceptor.accept(stream));
+    let handshake = tokio::select! {
+        handshake = handshake => handshake,
+        () = state.shutdown.cancelled() => return,
+    };
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            state.metrics.tls.handshake_failed.inc();
+            tracing::debug!(error = %e, %peer, "tls handshake failed");
+            return;
+        }
+        Err(_) => {
+            state.metrics.tls.handshake_timeout.inc();
+            tracing::debug!(%peer, "tls handshake too slow");
+            return;
+        }
+    };
+    let protocol = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        Protocol::Http2
+    } else {
+        Protocol::Http1
+    };
+    serve(stream, peer, protocol, permit, state, router).await;
 }
 
 /// Answers a connection over `max_connections` with `503 too_many_connections` and closes it,
@@ -246,7 +310,14 @@ enum After {
 }
 
 impl<S: Stream> Connection<S> {
-    async fn run(&mut self, state: &AppState, router: &Router) -> io::Result<End> {
+    /// Serves requests until the connection ends. `prior_knowledge`: the HTTP/2 preface is
+    /// handed to hyper (plain TCP with `http2_cleartext` on) rather than refused.
+    async fn run(
+        &mut self,
+        prior_knowledge: bool,
+        state: &AppState,
+        router: &Router,
+    ) -> io::Result<End> {
         // Every connection's task is as large as the largest state this loop can be in, for as
         // long as the connection lives. Waiting is the state that lasts, so the other steps
         // (reading a body, routing, writing, hyper) are boxed: their memory exists only while
@@ -261,9 +332,11 @@ impl<S: Stream> Connection<S> {
                 Next::Request(head) => head,
                 Next::Closed => return Ok(End::Close),
                 Next::Chunked => return Ok(End::HandOff(Mode::OneRequest)),
-                Next::Http2 if state.http.http2_cleartext => return Ok(End::HandOff(Mode::Http2)),
+                Next::Http2 if prior_knowledge => return Ok(End::HandOff(Mode::Http2)),
                 Next::Http2 => {
-                    let refusal = Refusal::Malformed("HTTP/2 without TLS is not enabled here");
+                    let refusal = Refusal::Malformed(
+                        "HTTP/2 without TLS is not enabled here (over TLS it is agreed by ALPN)",
+                    );
                     return Ok(End::Refuse(refusal));
                 }
                 Next::Refuse(refusal) => return Ok(End::Refuse(refusal)),

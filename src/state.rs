@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::permit::Budget;
 use crate::rate_limit::RateLimiters;
 use crate::store::{Memory, Store};
+use crate::tls::Tls;
 
 /// File descriptors kept back from `max_connections = 0` (automatic) for everything else the
 /// process opens: the listener, snapshot files, the runtime's own, a backplane.
@@ -66,6 +67,8 @@ pub struct Shared {
     pub limiters: RateLimiters,
     /// Everything `/metrics` shows.
     pub metrics: Metrics,
+    /// TLS on the listener (`[tls]`), with the certificate new handshakes get.
+    pub tls: Option<Arc<Tls>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -95,9 +98,14 @@ impl AppState {
         store: Store,
         metrics: Metrics,
     ) -> Self {
+        let scheme = if settings.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let public_url = settings
             .public_url
-            .unwrap_or_else(|| format!("http://{local_addr}"));
+            .unwrap_or_else(|| format!("{scheme}://{local_addr}"));
         let body_limit = settings.limits.body_limit();
         let mut rates = settings.rate_limits;
         if store.as_memory().is_none() {
@@ -127,6 +135,7 @@ impl AppState {
             rates: configured_rates,
             limiters,
             metrics,
+            tls: settings.tls,
         }))
     }
 

@@ -31,3 +31,4 @@ mod routing;
 mod sharing;
 mod support;
 mod tenants;
+mod tls;
