@@ -15,6 +15,10 @@
 //! chunked request hyper serves that one request and closes, so no second parser ever reads a
 //! head on a connection this module started.
 //!
+//! Over TLS (`serve_tls`) the same code runs on the TLS session instead of the socket: it is
+//! generic over the byte stream ([`Stream`]), so the plain path pays nothing for it. A
+//! connection whose ALPN agreed on `h2` goes to hyper from the start.
+//!
 //! What this module does not do: decide anything about the API. Every request other than the
 //! held ones and notifies becomes an `http::Request` for the same router the tests use; held
 //! requests and notifies (the busiest backend request: building a request and routing it was
