@@ -10,6 +10,21 @@
 # and its well-known key: for real use mount your own config over
 # /etc/callhome/callhome.toml (or point CALLHOME_CONFIG elsewhere) and give app keys with
 # key_env.
+#
+# TLS in the container itself (docs/deploy.md, "TLS in the daemon"): mount the certificate
+# directory read-only and name the files; the port then speaks HTTPS (HTTP/2 and HTTP/1.1)
+# only, and renewed files on the host are picked up within tls.reload_interval (30s):
+#
+#   docker run -p 443:8080 \
+#     -v /etc/letsencrypt:/etc/letsencrypt:ro \
+#     -e CALLHOME_TLS__CERT_PATH=/etc/letsencrypt/live/push.example.com/fullchain.pem \
+#     -e CALLHOME_TLS__KEY_PATH=/etc/letsencrypt/live/push.example.com/privkey.pem \
+#     -e CALLHOME_PUBLIC_URL=https://push.example.com callhome
+#
+# Mount the whole /etc/letsencrypt, not live/ alone: live/ holds symlinks into archive/. The
+# files must be readable by the container's callhome user (a group of its own with read
+# access, or copies made readable by a deploy hook). Behind a proxy that terminates TLS,
+# leave [tls] out.
 
 # ---- build -------------------------------------------------------------------------------
 FROM rust:1-bookworm AS build
@@ -53,11 +68,14 @@ ENV CALLHOME_CONFIG=/etc/callhome/callhome.toml \
     CALLHOME_STORE__SNAPSHOT_PATH=/var/lib/callhome/callhome.snapshot
 VOLUME /var/lib/callhome
 
+# The one port: plain HTTP, or TLS only when [tls] is set (published as 443, say).
 EXPOSE 8080
 
-# Assumes the default port; change it here too if CALLHOME_LISTEN changes.
+# Assumes the default port; change it here too if CALLHOME_LISTEN changes. Plain HTTP, or
+# HTTPS when [tls] is set (-k: the certificate names the public host, not 127.0.0.1).
 HEALTHCHECK --interval=30s --timeout=3s --start-period=5s --retries=3 \
-    CMD curl -fsS http://127.0.0.1:8080/healthz || exit 1
+    CMD curl -fsS http://127.0.0.1:8080/healthz || curl -kfsS https://127.0.0.1:8080/healthz \
+        || exit 1
 
 USER callhome
 ENTRYPOINT ["/usr/local/bin/callhome"]

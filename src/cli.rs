@@ -220,6 +220,9 @@ pub struct Outcome {
 /// Runs `command` against `target`.
 pub async fn run(target: &Target, command: &AppsCommand) -> anyhow::Result<Outcome> {
     let (method, path, body) = command.request()?;
+    // The one crypto provider of this binary (src/tls.rs), for an https server; a second
+    // install (there is nothing else to install) changes nothing.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .build()

@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use figment::Figment;
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{App, AppKey, Apps};
 use crate::client_ip::TrustedProxies;
 use crate::origin::Origin;
+use crate::tls::{self, Tls};
 
 /// Keys an app key shorter than this is warned about at start-up.
 pub const WEAK_KEY_LEN: usize = 16;
@@ -92,6 +94,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `Idempotency-Key` on creates and notifies: safe retries.
     pub idempotency: IdempotencyConfig,
+    /// TLS served by the daemon itself; off unless both files are given.
+    pub tls: TlsConfig,
     /// The registered web applications.
     pub apps: Vec<AppConfig>,
 }
@@ -239,6 +243,73 @@ impl Default for HttpConfig {
             http2_cleartext: false,
         }
     }
+}
+
+/// TLS served by the daemon itself. With both files given, the `listen` port speaks TLS and
+/// nothing else (a public daemon must not also answer in plaintext by mistake), offering
+/// HTTP/2 and HTTP/1.1 by ALPN. Without them, plain HTTP, for a proxy in front to secure.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The PEM certificate chain, the server's certificate first (certbot's
+    /// `fullchain.pem`).
+    pub cert_path: Option<PathBuf>,
+    /// The PEM private key of that certificate (certbot's `privkey.pem`).
+    pub key_path: Option<PathBuf>,
+    /// How often both files are looked at; when one changed they are read again and new
+    /// connections get the new certificate. A file that does not load keeps the old one.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_path: None,
+            key_path: None,
+            reload_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `tls.reload_interval` at least: each check is a `stat` of two files, but more often than
+/// every second buys nothing a renewal needs.
+pub const MIN_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+/// `tls.reload_interval` at most: a day, so a renewed certificate is in use well before the
+/// old one expires.
+pub const MAX_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+/// Checks `[tls]` and loads its files: a daemon that cannot serve its certificate does not
+/// start.
+fn validate_tls(tls: &TlsConfig) -> Result<Option<Arc<Tls>>, ConfigError> {
+    let (cert_path, key_path) = match (&tls.cert_path, &tls.key_path) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => {
+            return Err(invalid(
+                "tls.key_path",
+                "missing: cert_path needs the key_path of its private key",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "tls.cert_path",
+                "missing: key_path needs the cert_path of its certificate chain",
+            ));
+        }
+        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+    };
+    if tls.reload_interval < MIN_TLS_RELOAD_INTERVAL
+        || tls.reload_interval > MAX_TLS_RELOAD_INTERVAL
+    {
+        return Err(invalid("tls.reload_interval", "must be between 1s and 24h"));
+    }
+    let files = tls::Files {
+        cert_path,
+        key_path,
+    };
+    Tls::load(files, tls.reload_interval)
+        .map(|loaded| Some(Arc::new(loaded)))
+        .map_err(|e| invalid(e.field(), e.to_string()))
 }
 
 /// How log lines are written.
@@ -510,6 +581,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             idempotency: IdempotencyConfig::default(),
             admin: AdminConfig::default(),
+            tls: TlsConfig::default(),
             apps: Vec::new(),
         }
     }
@@ -586,6 +658,8 @@ pub struct Settings {
     pub admin: Option<Admin>,
     /// `Idempotency-Key` handling.
     pub idempotency: IdempotencyConfig,
+    /// TLS on the listener, with its certificate loaded.
+    pub tls: Option<Arc<Tls>>,
     /// Things worth a warning at start-up (weak keys and the like), already worded.
     pub warnings: Vec<String>,
 }
@@ -630,6 +704,8 @@ const ENV_KEYS: &[&str] = &[
     "limits",
     "rate_limits",
     "store",
+    "tls",
+    "idempotency",
 ];
 
 impl Config {
@@ -686,6 +762,7 @@ impl Config {
         validate_limits(&self.limits)?;
         validate_rate_limits(&self.rate_limits)?;
         let (store, store_warnings) = validate_store(self.store, &env)?;
+        let tls = validate_tls(&self.tls)?;
 
         let (admin, admin_warnings) = validate_admin(&self.admin, &self.limits, &env)?;
         let (apps, app_warnings) = validate_apps(&self.apps, &self.limits, env)?;
@@ -719,6 +796,7 @@ impl Config {
             apps,
             admin,
             idempotency: self.idempotency,
+            tls,
             warnings,
         })
     }
@@ -1541,6 +1619,7 @@ mod tests {
         assert_eq!(shipped.workers, Config::default().workers);
         assert_eq!(shipped.drain_timeout, Config::default().drain_timeout);
         assert_eq!(shipped.http, HttpConfig::default());
+        assert_eq!(shipped.tls, TlsConfig::default());
         assert_eq!(
             shipped.store.snapshot_interval,
             StoreConfig::default().snapshot_interval
@@ -1592,6 +1671,106 @@ mod tests {
                 Some(Path::new("/tmp/elsewhere"))
             );
             assert_eq!(c.listen, "127.0.0.1:2222");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn tls_needs_both_files_readable_and_a_key_that_fits_the_certificate() {
+        let dir = std::env::temp_dir().join(format!("callhome-config-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let one = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = write("cert.pem", &one.cert.pem());
+        let key = write("key.pem", &one.signing_key.serialize_pem());
+        let other_key = write("other-key.pem", &other.signing_key.serialize_pem());
+        let garbage = write("garbage.pem", "not a certificate\n");
+        let with = |cert: Option<&Path>, key: Option<&Path>| {
+            let mut c = config(vec![]);
+            c.tls.cert_path = cert.map(Path::to_owned);
+            c.tls.key_path = key.map(Path::to_owned);
+            c.validate(no_env)
+        };
+        let reason = |err: ConfigError| match err {
+            ConfigError::Invalid { field, reason } => (field, reason),
+            other => panic!("expected Invalid, got {other}"),
+        };
+
+        assert!(with(None, None).unwrap().tls.is_none());
+        assert!(with(Some(&cert), Some(&key)).unwrap().tls.is_some());
+        let cases: [(Option<&Path>, Option<&Path>, &str, &str); 6] = [
+            (Some(&cert), None, "tls.key_path", "missing"),
+            (None, Some(&key), "tls.cert_path", "missing"),
+            (
+                Some(&dir.join("nope.pem")),
+                Some(&key),
+                "tls.cert_path",
+                "cannot read",
+            ),
+            (
+                Some(&cert),
+                Some(&dir.join("nope.pem")),
+                "tls.key_path",
+                "cannot read",
+            ),
+            (
+                Some(&garbage),
+                Some(&key),
+                "tls.cert_path",
+                "no usable PEM certificate",
+            ),
+            (
+                Some(&cert),
+                Some(&other_key),
+                "tls.key_path",
+                "does not fit",
+            ),
+        ];
+        for (cert, key, field, says) in cases {
+            let (got, why) = reason(with(cert, key).unwrap_err());
+            assert_eq!(got, field, "{cert:?} {key:?}: {why}");
+            assert!(why.contains(says), "{cert:?} {key:?}: {why}");
+        }
+        // A key file that is not a key says so without quoting it.
+        let (got, why) = reason(with(Some(&cert), Some(&garbage)).unwrap_err());
+        assert_eq!(got, "tls.key_path");
+        assert!(why.contains("no usable PEM private key"), "{why}");
+        assert!(!why.contains("not a certificate"), "{why}");
+
+        let mut c = config(vec![]);
+        c.tls.cert_path = Some(cert.clone());
+        c.tls.key_path = Some(key.clone());
+        c.tls.reload_interval = Duration::from_millis(10);
+        assert_eq!(
+            field_of(c.validate(no_env).unwrap_err()),
+            "tls.reload_interval"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    // figment's Jail API returns its own large error type; not ours to shrink.
+    #[allow(clippy::result_large_err)]
+    fn tls_is_set_from_the_environment_like_every_other_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CALLHOME_TLS__CERT_PATH", "/etc/callhome/fullchain.pem");
+            jail.set_env("CALLHOME_TLS__KEY_PATH", "/etc/callhome/privkey.pem");
+            jail.set_env("CALLHOME_TLS__RELOAD_INTERVAL", "5m");
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/callhome.toml");
+            let c = Config::load(&path, &Overrides::default()).unwrap();
+            assert_eq!(
+                c.tls,
+                TlsConfig {
+                    cert_path: Some("/etc/callhome/fullchain.pem".into()),
+                    key_path: Some("/etc/callhome/privkey.pem".into()),
+                    reload_interval: Duration::from_secs(300),
+                }
+            );
             Ok(())
         });
     }

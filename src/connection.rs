@@ -15,6 +15,10 @@
 //! chunked request hyper serves that one request and closes, so no second parser ever reads a
 //! head on a connection this module started.
 //!
+//! Over TLS (`serve_tls`) the same code runs on the TLS session instead of the socket: it is
+//! generic over the byte stream ([`Stream`]), so the plain path pays nothing for it. A
+//! connection whose ALPN agreed on `h2` goes to hyper from the start.
+//!
 //! What this module does not do: decide anything about the API. Every request other than the
 //! held ones and notifies becomes an `http::Request` for the same router the tests use; held
 //! requests and notifies (the busiest backend request: building a request and routing it was
@@ -38,9 +42,10 @@ use axum::response::IntoResponse as _;
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use hyper::body::Body as _;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use crate::api;
@@ -70,24 +75,54 @@ const LINGER: Duration = Duration::from_secs(1);
 /// Most bytes read and dropped while lingering.
 const LINGER_BYTES: usize = 64 * 1024;
 
+/// A client's byte stream: a TCP socket, or the TLS session on one. Generic rather than boxed,
+/// so the plain path compiles to exactly what it was before TLS existed.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
+
+/// How the protocol on a connection is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Plain TCP: HTTP/1.1, or HTTP/2 by prior knowledge when `http2_cleartext` is on.
+    Plain,
+    /// TLS whose ALPN chose HTTP/1.1 (or nothing): HTTP/1.1 only, as RFC 9113 has HTTP/2
+    /// over TLS agreed by ALPN.
+    Http1,
+    /// TLS whose ALPN chose `h2`.
+    Http2,
+}
+
 /// Serves `stream` from `peer` until the client closes it, breaks the protocol, is too slow
 /// (`header_timeout`, `idle_timeout`, `body_timeout`, `send_timeout`) or the server shuts down.
 /// Held requests are not cut by any of these: they wait after their head has arrived.
 /// `permit` is the connection's place in `max_connections`, given back when this returns.
-pub async fn serve(
-    stream: TcpStream,
+pub async fn serve<S: Stream>(
+    stream: S,
     peer: SocketAddr,
+    protocol: Protocol,
     permit: Permit,
     state: AppState,
     router: Router,
 ) {
-    let served = if state.http.lean_path {
+    let prior_knowledge = protocol == Protocol::Plain && state.http.http2_cleartext;
+    let served = if protocol == Protocol::Http2 {
+        Box::pin(handoff::hand_off(
+            stream,
+            Vec::new(),
+            peer,
+            Mode::Http2,
+            &state,
+            &router,
+        ))
+        .await
+    } else if state.http.lean_path {
         let mut conn = Connection {
             stream,
             peer,
             buf: Vec::new(),
         };
-        match conn.run(&state, &router).await {
+        match conn.run(prior_knowledge, &state, &router).await {
             Ok(End::Close) => Ok(()),
             Ok(End::Linger) => {
                 Box::pin(conn.linger()).await;
@@ -101,7 +136,7 @@ pub async fn serve(
             Err(e) => Err(e),
         }
     } else {
-        let mode = if state.http.http2_cleartext {
+        let mode = if prior_knowledge {
             Mode::Any
         } else {
             Mode::Http1
@@ -122,6 +157,45 @@ pub async fn serve(
         Ok(()) => {}
     }
     drop(permit);
+}
+
+/// Serves a TLS connection: the handshake first, here in the connection's own task (the
+/// accept loop never waits for one) and within `header_timeout`, so a client that never
+/// finishes it holds its place no longer than one that never finishes a request head; then
+/// HTTP/2 or HTTP/1.1, as ALPN agreed. `permit` was taken before the handshake, as for a
+/// plain connection.
+pub async fn serve_tls(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: Permit,
+    state: AppState,
+    router: Router,
+) {
+    let handshake = tokio::time::timeout(state.limits.header_timeout, acceptor.accept(stream));
+    let handshake = tokio::select! {
+        handshake = handshake => handshake,
+        () = state.shutdown.cancelled() => return,
+    };
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            state.metrics.tls.handshake_failed.inc();
+            tracing::debug!(error = %e, %peer, "tls handshake failed");
+            return;
+        }
+        Err(_) => {
+            state.metrics.tls.handshake_timeout.inc();
+            tracing::debug!(%peer, "tls handshake too slow");
+            return;
+        }
+    };
+    let protocol = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        Protocol::Http2
+    } else {
+        Protocol::Http1
+    };
+    serve(stream, peer, protocol, permit, state, router).await;
 }
 
 /// Answers a connection over `max_connections` with `503 too_many_connections` and closes it,
@@ -157,8 +231,8 @@ pub fn refuse(stream: TcpStream, state: &AppState, refusing: &Arc<AtomicUsize>) 
     });
 }
 
-struct Connection {
-    stream: TcpStream,
+struct Connection<S> {
+    stream: S,
     peer: SocketAddr,
     /// Bytes read but not yet used. Empty (and unallocated) while a request waits.
     buf: Vec<u8>,
@@ -245,8 +319,15 @@ enum After {
     Gone,
 }
 
-impl Connection {
-    async fn run(&mut self, state: &AppState, router: &Router) -> io::Result<End> {
+impl<S: Stream> Connection<S> {
+    /// Serves requests until the connection ends. `prior_knowledge`: the HTTP/2 preface is
+    /// handed to hyper (plain TCP with `http2_cleartext` on) rather than refused.
+    async fn run(
+        &mut self,
+        prior_knowledge: bool,
+        state: &AppState,
+        router: &Router,
+    ) -> io::Result<End> {
         // Every connection's task is as large as the largest state this loop can be in, for as
         // long as the connection lives. Waiting is the state that lasts, so the other steps
         // (reading a body, routing, writing, hyper) are boxed: their memory exists only while
@@ -261,9 +342,11 @@ impl Connection {
                 Next::Request(head) => head,
                 Next::Closed => return Ok(End::Close),
                 Next::Chunked => return Ok(End::HandOff(Mode::OneRequest)),
-                Next::Http2 if state.http.http2_cleartext => return Ok(End::HandOff(Mode::Http2)),
+                Next::Http2 if prior_knowledge => return Ok(End::HandOff(Mode::Http2)),
                 Next::Http2 => {
-                    let refusal = Refusal::Malformed("HTTP/2 without TLS is not enabled here");
+                    let refusal = Refusal::Malformed(
+                        "HTTP/2 without TLS is not enabled here (over TLS it is agreed by ALPN)",
+                    );
                     return Ok(End::Refuse(refusal));
                 }
                 Next::Refuse(refusal) => return Ok(End::Refuse(refusal)),
@@ -450,7 +533,7 @@ impl Connection {
             response = std::future::poll_fn(|cx| {
                 transport::poll_noting_wait(respond.as_mut(), cx, &mut began)
             }) => return (Some(response), After::KeepAlive),
-            () = closed(&self.stream, &mut self.buf) => {}
+            () = closed(&mut self.stream, &mut self.buf) => {}
         }
         // The client has gone, or half-closed its side. A lookup still in flight (Redis) may
         // finish for it; a wait that has begun is given up at once, so its place is free for
@@ -688,7 +771,7 @@ impl Connection {
         loop {
             let frame = tokio::select! {
                 frame = body.frame() => frame,
-                () = closed(&self.stream, &mut self.buf) => return Ok(After::Gone),
+                () = closed(&mut self.stream, &mut self.buf) => return Ok(After::Gone),
             };
             match frame {
                 None => break,
@@ -732,17 +815,25 @@ fn header_value<'h>(head: &'h Head, name: &HeaderName) -> Option<&'h HeaderValue
 /// Resolves when the peer closes the connection (or it fails). Bytes the client sends
 /// meanwhile (a pipelined request) are kept in `buf` for later; past [`MAX_HEAD`] of them it
 /// stops reading and never resolves, leaving the rest in the socket.
-async fn closed(stream: &TcpStream, buf: &mut Vec<u8>) {
-    loop {
-        if buf.len() >= MAX_HEAD || stream.readable().await.is_err() {
-            return std::future::pending().await;
+///
+/// Polled by hand so the read's scratch space lives on the stack only while it is polled: a
+/// waiting connection's task does not grow by it. On a TCP socket this is the readiness
+/// wait and non-blocking read `readable` and `try_read` would do.
+async fn closed<S: Stream>(stream: &mut S, buf: &mut Vec<u8>) {
+    std::future::poll_fn(|cx| {
+        loop {
+            if buf.len() >= MAX_HEAD {
+                return Poll::Pending; // never woken: the rest stays in the socket
+            }
+            let mut chunk = [0u8; 512];
+            let mut read = ReadBuf::new(&mut chunk);
+            match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut read) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => buf.extend_from_slice(read.filled()),
+            }
         }
-        let mut chunk = [0u8; 512];
-        match stream.try_read(&mut chunk) {
-            Ok(0) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
-        }
-    }
+    })
+    .await;
 }

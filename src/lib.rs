@@ -17,7 +17,8 @@
 //! (store, apps, limits, metrics), `routes` the router and its middleware, `server` the accept
 //! loop and the shutdown; the arrows point one way: handlers import `state`, never `server`.
 //! `config` loads and validates settings; `error` is the one place errors become HTTP;
-//! `connection` frames HTTP/1.1 so a waiting client holds no buffers (docs/performance.md).
+//! `connection` frames HTTP/1.1 so a waiting client holds no buffers (docs/performance.md),
+//! over plain TCP or over the TLS of `tls` (certificates reloaded as they are renewed).
 //!
 //! # Running it
 //! `snapshot` keeps the store across restarts; `housekeeping` expires idle ids in the
@@ -59,4 +60,5 @@ pub mod snapshot;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod transport;

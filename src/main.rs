@@ -127,7 +127,18 @@ async fn serve(settings: callhome::config::Settings) -> anyhow::Result<()> {
     let listener = server::bind(settings.listen)
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, apps = settings.apps.view().len(), "callhome listening on http://{addr}");
+    let scheme = if settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(%addr, apps = settings.apps.view().len(), "callhome listening on {scheme}://{addr}");
+    if let Some(tls) = &settings.tls {
+        tracing::info!(
+            cert = %tls.files().cert_path.display(),
+            "tls: serving HTTP/2 and HTTP/1.1 over TLS only on {addr}"
+        );
+    }
 
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown::cancel_on_signal(shutdown.clone()));

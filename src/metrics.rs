@@ -62,6 +62,22 @@ pub struct Metrics {
     pub snapshots: SnapshotOutcomes,
     /// The Redis backplane (cluster mode; all zero with the memory engine).
     pub backplane: Backplane,
+    /// TLS in the daemon (all zero without `[tls]`).
+    pub tls: TlsMetrics,
+}
+
+/// TLS handshakes that failed and certificate reloads.
+#[derive(Debug, Clone)]
+pub struct TlsMetrics {
+    /// `callhome_tls_handshake_failures_total{reason="error"}`: a client that is not TLS, a
+    /// protocol or certificate error, or a client that went away.
+    pub handshake_failed: Counter,
+    /// `{reason="timeout"}`: a handshake not done within `header_timeout`.
+    pub handshake_timeout: Counter,
+    /// `callhome_tls_reloads_total{outcome="loaded"}`: a changed certificate taken into use.
+    pub reloaded: Counter,
+    /// `{outcome="failed"}`: changed files that did not load; the old certificate stays.
+    pub reload_failed: Counter,
 }
 
 /// The Redis backplane's health.
@@ -505,8 +521,32 @@ impl Metrics {
             },
         };
 
+        let [handshake_failed, handshake_timeout] = family(
+            &mut registry,
+            "tls_handshake_failures",
+            "TLS handshakes that failed: error (not TLS, a protocol error, the client left) or \
+             timeout (not done within header_timeout)",
+            |reason| Reason { reason },
+            ["error", "timeout"],
+        );
+        let [reloaded, reload_failed] = family(
+            &mut registry,
+            "tls_reloads",
+            "Certificate files found changed: loaded (in use for new connections) or failed \
+             (the old certificate stays)",
+            |outcome| Outcome { outcome },
+            ["loaded", "failed"],
+        );
+        let tls = TlsMetrics {
+            handshake_failed,
+            handshake_timeout,
+            reloaded,
+            reload_failed,
+        };
+
         Self {
             backplane,
+            tls,
             registry,
             ids,
             ids_created,
@@ -596,6 +636,8 @@ mod tests {
             "callhome_delivery_seconds_count 1",
             "callhome_connections_total{outcome=\"refused\"} 0",
             "callhome_snapshot_size_bytes 0",
+            "callhome_tls_handshake_failures_total{reason=\"timeout\"} 0",
+            "callhome_tls_reloads_total{outcome=\"failed\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -2,7 +2,9 @@
 //!
 //! `run` takes an already-bound listener and a shutdown token, so tests bind port 0 and
 //! shut a server down by cancelling its token. Each accepted connection is served by
-//! `connection`, which frames HTTP/1.1 itself and calls the router (`routes`). There is
+//! `connection`, which frames HTTP/1.1 itself and calls the router (`routes`); with `[tls]`
+//! every connection is TLS (`tls` holds the certificate, the connection's task does the
+//! handshake). There is
 //! deliberately no global request timeout: held polls last `poll_timeout` by design and would
 //! be cut by one.
 
@@ -17,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Backend, Settings};
+use crate::connection::Protocol;
 use crate::metrics::Metrics;
 use crate::snapshot::{self, SnapshotError};
 use crate::state::AppState;
@@ -102,6 +105,9 @@ pub async fn run(
         background.spawn(registry::follow(state.clone(), stop.clone()));
     }
     background.spawn(housekeeping::run(state.clone()));
+    if let Some(tls) = &state.tls {
+        background.spawn(Arc::clone(tls).watch(state.metrics.tls.clone(), stop.clone()));
+    }
     background.spawn(begin_shutdown(shutdown, state.clone(), stop.clone()));
     background.close();
     let router = routes::router(state.clone());
@@ -116,19 +122,35 @@ pub async fn run(
             Ok((stream, peer)) => {
                 let Some(permit) = state.connections.try_take() else {
                     state.metrics.connections.refused.inc();
-                    connection::refuse(stream, &state, &refusing);
+                    // Over TLS, closed unanswered: an answer would cost a handshake, the
+                    // dearest thing a client asks of the server, when it has least to spare.
+                    if state.tls.is_none() {
+                        connection::refuse(stream, &state, &refusing);
+                    }
                     continue;
                 };
                 state.metrics.connections.accepted.inc();
                 // Answers are small and written whole; do not let Nagle hold them back.
                 let _ = stream.set_nodelay(true);
-                connections.spawn(connection::serve(
-                    stream,
-                    peer,
-                    permit,
-                    state.clone(),
-                    router.clone(),
-                ));
+                let (state, router) = (state.clone(), router.clone());
+                match &state.tls {
+                    None => connections.spawn(connection::serve(
+                        stream,
+                        peer,
+                        Protocol::Plain,
+                        permit,
+                        state,
+                        router,
+                    )),
+                    Some(tls) => connections.spawn(connection::serve_tls(
+                        tls.acceptor(),
+                        stream,
+                        peer,
+                        permit,
+                        state,
+                        router,
+                    )),
+                };
             }
             Err(e) => {
                 // Out of file descriptors, most likely: spinning would not free any.

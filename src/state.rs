@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::permit::Budget;
 use crate::rate_limit::RateLimiters;
 use crate::store::{Memory, Store};
+use crate::tls::Tls;
 
 /// File descriptors kept back from `max_connections = 0` (automatic) for everything else the
 /// process opens: the listener, snapshot files, the runtime's own, a backplane.
@@ -74,6 +75,8 @@ pub struct Shared {
     pub idempotency: crate::config::IdempotencyConfig,
     /// The memory engine's idempotency keys (cluster mode keeps them in Redis).
     pub idempotency_keys: crate::idempotency::Keys,
+    /// TLS on the listener (`[tls]`), with the certificate new handshakes get.
+    pub tls: Option<Arc<Tls>>,
 }
 
 impl Shared {
@@ -114,9 +117,14 @@ impl AppState {
         store: Store,
         metrics: Metrics,
     ) -> Self {
+        let scheme = if settings.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let public_url = settings
             .public_url
-            .unwrap_or_else(|| format!("http://{local_addr}"));
+            .unwrap_or_else(|| format!("{scheme}://{local_addr}"));
         let body_limit = settings.limits.body_limit();
         let batch_body_limit = settings.limits.batch_body_limit();
         let mut rates = settings.rate_limits;
@@ -151,6 +159,7 @@ impl AppState {
             metrics,
             idempotency: settings.idempotency,
             idempotency_keys: crate::idempotency::Keys::new(settings.idempotency),
+            tls: settings.tls,
         }))
     }
 

@@ -487,6 +487,9 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let cli = Cli::parse();
+    // reqwest's rustls comes without a crypto provider (CallHome's tree uses ring alone):
+    // name it once, before the first client, so an https CallHome works too.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 
     let state = AppState {
         // Only loopback or a known host is contacted: never go through an env proxy.

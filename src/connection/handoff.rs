@@ -22,11 +22,11 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
+use super::Stream;
 use super::head::{MAX_HEAD, MAX_HEADERS};
 use crate::error::ApiError;
 use crate::extract::PeerAddr;
@@ -56,8 +56,8 @@ pub enum Mode {
 /// and header count, the same header, idle, body and send timeouts. On HTTP/2 each stream
 /// takes a place of its own in `max_connections` for as long as it is open, so a waiting
 /// stream costs what a waiting connection costs.
-pub async fn hand_off(
-    stream: TcpStream,
+pub async fn hand_off<S: Stream>(
+    stream: S,
     read: Vec<u8>,
     peer: SocketAddr,
     mode: Mode,
@@ -324,16 +324,16 @@ impl hyper::body::Body for ScopedBody {
 ///
 /// Writes that make no progress for `send_timeout` fail, so hyper drops a client that does
 /// not read (an event stream above all) as the in-place path does; hyper has no such timeout.
-struct Rewind {
+struct Rewind<S> {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: S,
     send_timeout: Duration,
     /// Armed while a write waits for the client to read.
     stalled: Option<Pin<Box<Sleep>>>,
     timed_out: Counter,
 }
 
-impl Rewind {
+impl<S> Rewind<S> {
     /// Passes on a write's result, or fails a write stalled for `send_timeout`.
     fn bound_write<T>(
         &mut self,
@@ -357,7 +357,7 @@ impl Rewind {
     }
 }
 
-impl AsyncRead for Rewind {
+impl<S: Stream> AsyncRead for Rewind<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -373,7 +373,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<S: Stream> AsyncWrite for Rewind<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -214,8 +214,7 @@ fn value(scraped: &str, series: &str) -> i64 {
 /// A client that opens a connection per request and closes it after the answer, so no idle
 /// pooled connection is there for a short `idle_timeout` to close (and count) under it.
 fn unpooled_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
+    crate::support::client_builder()
         .pool_max_idle_per_host(0)
         .timeout(HANG)
         .build()
@@ -425,8 +424,7 @@ async fn browser_requests_are_limited_per_client_ip() {
     until_refused("iframe", 200, async |_| iframe(&s, &s.client, &id).await).await;
 
     // Another address has a bucket of its own, full.
-    let elsewhere = reqwest::Client::builder()
-        .no_proxy()
+    let elsewhere = crate::support::client_builder()
         .local_address(IpAddr::from([127, 0, 0, 2]))
         .timeout(HANG)
         .build()

@@ -31,8 +31,7 @@ fn config(dir: &std::path::Path) -> PathBuf {
 
 /// A client whose connections come from 127.0.0.2: loopback, but not the trusted proxy.
 fn untrusted_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
+    crate::support::client_builder()
         .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))
         .timeout(Duration::from_secs(60))
         .build()

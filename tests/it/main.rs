@@ -35,3 +35,4 @@ mod routing;
 mod sharing;
 mod support;
 mod tenants;
+mod tls;

@@ -30,8 +30,7 @@ async fn setup(adjust: impl FnOnce(&mut Config)) -> Option<(TestServer, Nginx)> 
 /// A client whose connections come from `ip`, a loopback address other than 127.0.0.1, so
 /// nginx sees another client.
 fn client_from(ip: &str) -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
+    crate::support::client_builder()
         .local_address(ip.parse::<IpAddr>().unwrap())
         .timeout(Duration::from_secs(60))
         .build()

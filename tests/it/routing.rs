@@ -52,8 +52,7 @@ async fn wrong_methods_are_json_405() {
 async fn the_connection_survives_bad_requests() {
     // One keep-alive connection: bad requests get answers and the next request still works.
     let s = TestServer::spawn();
-    let client = reqwest::Client::builder()
-        .no_proxy()
+    let client = crate::support::client_builder()
         .pool_max_idle_per_host(1)
         .build()
         .unwrap();

@@ -71,19 +71,6 @@ async fn close_tabs(b: &Browser, tabs: Vec<Tab>) {
     b.switch_to(&first).await;
 }
 
-/// Waits until `series` of `/metrics` is `n`.
-async fn wait_for_metric(s: &TestServer, series: &str, n: u64) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let now = s.metric(series).await;
-        if now == n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{series} stayed {now}, not {n}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// How many clients wait on `id` (from its status).
 async fn waiting(s: &TestServer, key: &str, id: &str) -> u64 {
     s.id_status(key, id).await["waiting"].as_u64().unwrap()
@@ -144,13 +131,21 @@ async fn notify_and_check_all(b: &Browser, s: &TestServer, key: &str, tabs: &[Ta
 
 /// A server whose app "one" serves `page`, with `adjust` applied.
 fn server_for(page: &PageServer, adjust: impl FnOnce(&mut callhome::config::Config)) -> TestServer {
+    TestServer::spawn_with(for_page(page, adjust))
+}
+
+/// The config changes of [`server_for`].
+fn for_page(
+    page: &PageServer,
+    adjust: impl FnOnce(&mut callhome::config::Config),
+) -> impl FnOnce(&mut callhome::config::Config) {
     let origin = page.origin();
-    TestServer::spawn_with(|c| {
+    move |c| {
         c.apps[0].origins = vec![origin];
         // 60 subscriptions of one browser on one address.
         crate::support::unlimited(c);
         adjust(c);
-    })
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,7 +162,7 @@ async fn twenty_tabs_with_three_subscriptions_each_share_one_connection() {
             wait_for_waiting(&s, KEY, id, 1).await;
         }
     }
-    wait_for_metric(&s, EVENTS, 1).await;
+    s.wait_for_metric(EVENTS, 1).await;
     assert_eq!(s.metric(POLLS).await, 0);
     b.switch_to(&tabs[7].handle).await;
     let shown = status(&b).await;
@@ -199,7 +194,7 @@ async fn without_sharing_http1_lets_six_of_sixty_subscriptions_wait() {
     let page = PageServer::spawn();
     let s = server_for(&page, |_| {});
     let tabs = open_tabs(&b, &page, &s, KEY, (20, 3), "&share=off", false).await;
-    wait_for_metric(&s, EVENTS, 6).await;
+    s.wait_for_metric(EVENTS, 6).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut waiting_ids = 0;
     for id in tabs.iter().flat_map(|t| &t.ids) {
@@ -225,7 +220,7 @@ async fn more_subscriptions_than_a_stream_carries_take_one_more_stream() {
     for id in &tabs[0].ids {
         wait_for_waiting(&s, KEY, id, 1).await;
     }
-    wait_for_metric(&s, EVENTS, 2).await;
+    s.wait_for_metric(EVENTS, 2).await;
     notify_and_check_all(&b, &s, KEY, &tabs, "split").await;
 }
 
@@ -263,7 +258,7 @@ async fn when_the_tab_holding_the_connection_closes_the_others_keep_receiving() 
         for tab in &tabs {
             wait_for_waiting(&s, KEY, &tab.ids[0], 1).await;
         }
-        wait_for_metric(&s, EVENTS, 1).await;
+        s.wait_for_metric(EVENTS, 1).await;
         let n = holder(&b, &tabs, share).await;
         let closed = tabs.remove(n);
         b.switch_to(&closed.handle).await;
@@ -278,10 +273,10 @@ async fn when_the_tab_holding_the_connection_closes_the_others_keep_receiving() 
         );
         // The closed tab's id is no longer watched, and the others on one stream again.
         wait_for_waiting(&s, KEY, &closed.ids[0], 0).await;
-        wait_for_metric(&s, EVENTS, 1).await;
+        s.wait_for_metric(EVENTS, 1).await;
         notify_and_check_all(&b, &s, KEY, &tabs, "later").await;
         close_tabs(&b, tabs).await;
-        wait_for_metric(&s, EVENTS, 0).await;
+        s.wait_for_metric(EVENTS, 0).await;
     }
 }
 
@@ -327,7 +322,7 @@ async fn a_frozen_tab_lets_the_others_receive_and_catches_up_when_it_resumes() {
         wait_for_info(&b, 0, "for the frozen tab").await;
         wait_for_waiting(&s, KEY, &frozen.ids[0], 1).await;
         close_tabs(&b, tabs).await;
-        wait_for_metric(&s, EVENTS, 0).await;
+        s.wait_for_metric(EVENTS, 0).await;
     }
 }
 
@@ -356,7 +351,7 @@ async fn apps_on_other_origins_do_not_see_each_others_news() {
         tabs.push((opened.remove(0), key));
     }
     // One connection per site: localhost's two apps share one, 127.0.0.2 has its own.
-    wait_for_metric(&s, EVENTS, 2).await;
+    s.wait_for_metric(EVENTS, 2).await;
     for (n, (tab, key)) in tabs.iter().enumerate() {
         let r = s
             .notify(key, &tab.ids[0], &format!("only for tab {n}"))
@@ -379,4 +374,41 @@ async fn apps_on_other_origins_do_not_see_each_others_news() {
             1
         );
     }
+}
+
+/// The daemon serving TLS itself: Chromium speaks HTTP/2 to it, and one connection carries
+/// every frame's stream, so even without sharing all 60 subscriptions wait (compare the six
+/// of [`without_sharing_http1_lets_six_of_sixty_subscriptions_wait`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_http2_alone_carries_twenty_tabs_without_sharing() {
+    let Some(b) = Browser::start_with(Options {
+        // The test's own certificate authority, which this browser does not know.
+        args: vec!["--ignore-certificate-errors".into()],
+        ..Options::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let page = PageServer::spawn();
+    let s = TestServer::spawn_tls_with(for_page(&page, |_| {}));
+    let tabs = open_tabs(&b, &page, &s, KEY, (20, 3), "&share=off", true).await;
+    for tab in &tabs {
+        for id in &tab.ids {
+            wait_for_waiting(&s, KEY, id, 1).await;
+        }
+    }
+    s.wait_for_metric(EVENTS, 60).await;
+    assert_eq!(s.metric(POLLS).await, 0);
+    b.switch_to(&tabs[7].handle).await;
+    let shown = status(&b).await;
+    assert_eq!(shown["share"], "off", "{shown}");
+    eprintln!(
+        "20 tabs x 3 subscriptions over TLS without sharing: waiting streams {}, open \
+         connections and streams {}",
+        s.metric(EVENTS).await,
+        s.metric("callhome_connections_open").await
+    );
+    notify_and_check_all(&b, &s, KEY, &tabs, "over-h2").await;
+    assert_eq!(s.metric(EVENTS).await, 60, "every frame still waits");
 }

@@ -11,6 +11,7 @@ pub mod nginx;
 mod page;
 pub mod redis;
 pub mod tap;
+pub mod tls;
 
 pub use daemon::{Daemon, Output};
 pub use page::PageServer;
@@ -37,14 +38,12 @@ pub const ORIGIN_TWO_B: &str = "https://www.two.example";
 /// A counter or gauge series of the `/metrics` of the server at `addr`, read on a connection
 /// of its own.
 pub async fn metric_at(addr: SocketAddr, series: &str) -> u64 {
-    let text = client()
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    metric_from(&client(), &format!("http://{addr}/metrics"), series).await
+}
+
+/// A counter or gauge series of the `/metrics` at `url`, read with `client`.
+pub async fn metric_from(client: &reqwest::Client, url: &str, series: &str) -> u64 {
+    let text = client.get(url).send().await.unwrap().text().await.unwrap();
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
@@ -54,7 +53,10 @@ pub async fn metric_at(addr: SocketAddr, series: &str) -> u64 {
 /// A server on a free loopback port, shut down on drop.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// A client for this server: over TLS (offering HTTP/2 and HTTP/1.1) for a TLS server.
     pub client: reqwest::Client,
+    /// The certificates of a TLS server ([`TestServer::spawn_tls_with`]).
+    pub tls: Option<tls::Certs>,
     shutdown: CancellationToken,
     /// This server's own Redis, in a cluster-mode run.
     _redis: Option<engine::RedisProcess>,
@@ -105,10 +107,21 @@ pub fn unlimited(config: &mut Config) {
     };
 }
 
+/// A client builder that never goes through a proxy from the environment. Every client of
+/// the suite starts here: reqwest's TLS is built without a crypto provider of its own (ring
+/// is the tree's one, and reqwest's default would be aws-lc-rs), so ring is installed as the
+/// process's default first, or building any client, TLS or not, would panic.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    static RING: Once = Once::new();
+    RING.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder().no_proxy()
+}
+
 /// An HTTP client that never goes through a proxy from the environment.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
+    client_builder()
         .timeout(Duration::from_secs(60))
         .build()
         .expect("a plain HTTP client builds")
@@ -121,6 +134,16 @@ impl TestServer {
 
     /// A server whose config `adjust` may change first. Call it inside a tokio runtime.
     pub fn spawn_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::spawn_on(None, adjust)
+    }
+
+    /// A server that speaks TLS with a certificate of a test authority of its own (in
+    /// [`TestServer::tls`]); `url` and `client` are https.
+    pub fn spawn_tls_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::spawn_on(Some(tls::Certs::new("callhome test server")), adjust)
+    }
+
+    fn spawn_on(certs: Option<tls::Certs>, adjust: impl FnOnce(&mut Config)) -> Self {
         init_logs();
         let mut config = Config {
             listen: "127.0.0.1:0".into(),
@@ -137,6 +160,10 @@ impl TestServer {
             // share two cores: a thousand notifies at once can then take over a second.
             config.store.command_timeout = engine::SUITE_COMMAND_TIMEOUT;
         }
+        if let Some(certs) = &certs {
+            config.tls.cert_path = Some(certs.cert_path.clone());
+            config.tls.key_path = Some(certs.key_path.clone());
+        }
         adjust(&mut config);
         let settings = config.validate(|_| None).expect("test config is valid");
         let listener = server::bind(settings.listen).expect("bind 127.0.0.1:0");
@@ -145,14 +172,18 @@ impl TestServer {
         tokio::spawn(server::run(listener, settings, shutdown.clone()));
         Self {
             addr,
-            client: client(),
+            client: certs
+                .as_ref()
+                .map_or_else(client, |c| c.client(tls::Alpn::Both)),
+            tls: certs,
             shutdown,
             _redis: redis,
         }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
     }
 
     /// `POST /v1/ids` with `body` (None: no body at all).
@@ -192,7 +223,29 @@ impl TestServer {
     /// A counter or gauge series of `/metrics` (`name{labels}` as printed), read on a
     /// connection of its own.
     pub async fn metric(&self, series: &str) -> u64 {
-        metric_at(self.addr, series).await
+        match &self.tls {
+            None => metric_at(self.addr, series).await,
+            Some(certs) => {
+                let fresh = certs.client(tls::Alpn::Http1);
+                metric_from(&fresh, &self.url("/metrics"), series).await
+            }
+        }
+    }
+
+    /// Waits (bounded: 20 s) until `series` of `/metrics` is `n`.
+    pub async fn wait_for_metric(&self, series: &str, n: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = self.metric(series).await;
+            if now == n {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{series} stayed {now}, not {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// `GET /v1/ids/{id}` with app `key`, as JSON.

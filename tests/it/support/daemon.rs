@@ -92,7 +92,7 @@ impl Daemon {
                 if std::env::var_os("TEST_LOG").is_some() {
                     println!("daemon: {line}");
                 }
-                if !sent && let Some(rest) = line.split("listening on http://").nth(1) {
+                if !sent && let Some(rest) = announced(&line) {
                     let addr: SocketAddr = rest
                         .split_whitespace()
                         .next()
@@ -155,6 +155,13 @@ impl Daemon {
         }
         panic!("the daemon did not exit within 6 s of SIGTERM");
     }
+}
+
+/// What follows `listening on http://` (or `https://`) in a log line.
+fn announced(line: &str) -> Option<&str> {
+    let rest = line.split("listening on ").nth(1)?;
+    rest.strip_prefix("http://")
+        .or_else(|| rest.strip_prefix("https://"))
 }
 
 impl Drop for Daemon {
@@ -229,7 +236,7 @@ impl Daemon {
                 if std::env::var_os("TEST_LOG").is_some() {
                     println!("daemon: {line}");
                 }
-                if let Some(rest) = line.split("listening on http://").nth(1) {
+                if let Some(rest) = announced(&line) {
                     let addr: String = rest
                         .chars()
                         .take_while(|c| c.is_ascii_alphanumeric() || ".:[]".contains(*c))
