@@ -82,32 +82,7 @@ pub async fn run(
         max_connections = state.connections.size(),
         "connection limit"
     );
-    if let Some(path) = state.snapshot.snapshot_path.clone()
-        && let Some(memory) = state.store.as_memory()
-    {
-        let started = std::time::Instant::now();
-        let restored = snapshot::restore(&path, memory, &state.apps)?;
-        tracing::info!(
-            ids = restored.ids,
-            unknown_app = restored.unknown_app,
-            over_limit = restored.over_limit,
-            took = ?started.elapsed(),
-            "restored {}", path.display()
-        );
-        background.spawn(snapshot::run_periodic(
-            path,
-            state.snapshot.snapshot_interval,
-            state.clone(),
-        ));
-    }
-    if state.store.as_cluster().is_some() {
-        registry::load(&state).await;
-        background.spawn(registry::follow(state.clone(), stop.clone()));
-    }
-    background.spawn(housekeeping::run(state.clone()));
-    if let Some(tls) = &state.tls {
-        background.spawn(Arc::clone(tls).watch(state.metrics.tls.clone(), stop.clone()));
-    }
+    restore_and_start(&state, &background, &stop).await?;
     background.spawn(begin_shutdown(shutdown, state.clone(), stop.clone()));
     background.close();
     let router = routes::router(state.clone());
@@ -174,6 +149,43 @@ pub async fn run(
     if let Some(path) = state.snapshot.snapshot_path.clone() {
         let (bytes, took) = snapshot::save_measured(path, &state).await?;
         tracing::info!(bytes, took = ?took, "final snapshot written");
+    }
+    Ok(())
+}
+
+/// Puts back what was kept (the snapshot, or the registry in Redis) and starts the tasks
+/// that keep it: the periodic snapshot or the registry's follower, expiry, certificate
+/// reloads.
+async fn restore_and_start(
+    state: &AppState,
+    background: &TaskTracker,
+    stop: &CancellationToken,
+) -> Result<(), RunError> {
+    if let Some(path) = state.snapshot.snapshot_path.clone()
+        && let Some(memory) = state.store.as_memory()
+    {
+        let started = std::time::Instant::now();
+        let restored = snapshot::restore(&path, memory, &state.apps)?;
+        tracing::info!(
+            ids = restored.ids,
+            unknown_app = restored.unknown_app,
+            over_limit = restored.over_limit,
+            took = ?started.elapsed(),
+            "restored {}", path.display()
+        );
+        background.spawn(snapshot::run_periodic(
+            path,
+            state.snapshot.snapshot_interval,
+            state.clone(),
+        ));
+    }
+    if state.store.as_cluster().is_some() {
+        registry::load(state).await;
+        background.spawn(registry::follow(state.clone(), stop.clone()));
+    }
+    background.spawn(housekeeping::run(state.clone()));
+    if let Some(tls) = &state.tls {
+        background.spawn(Arc::clone(tls).watch(state.metrics.tls.clone(), stop.clone()));
     }
     Ok(())
 }
