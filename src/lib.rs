@@ -34,6 +34,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod challenge;
 pub mod client_ip;
 pub mod config;
 pub mod connection;
@@ -43,10 +44,12 @@ pub mod extract;
 pub mod health;
 pub mod housekeeping;
 pub mod id;
+pub mod invite;
 pub mod metrics;
 pub mod origin;
 pub mod permit;
 pub mod rate_limit;
+pub mod registration;
 pub mod request_id;
 pub mod routes;
 pub mod server;

@@ -37,11 +37,7 @@ async fn create(
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
-    let request: CreateRequest = if body.is_empty() {
-        CreateRequest::default()
-    } else {
-        extract::json(&headers, &body)?
-    };
+    let request: CreateRequest = extract::json_or_default(&headers, &body)?;
     let created = super::create(
         &state,
         &app,

@@ -7,13 +7,15 @@ pub mod browser;
 mod daemon;
 pub mod engine;
 pub mod faultproxy;
+mod kept;
 pub mod nginx;
 mod page;
 pub mod redis;
 pub mod tap;
 
 pub use daemon::{Daemon, Output};
-pub use page::PageServer;
+pub use kept::Kept;
+pub use page::{Answer, PageServer};
 
 use std::net::SocketAddr;
 use std::sync::Once;
