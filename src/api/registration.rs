@@ -1,8 +1,8 @@
 //! `/v1/apps`: self-registration (issue 12), when `[registration] policy` lets anyone (`open`)
 //! or anyone with an invite code (`invite`) register an app and get its key.
 //!
-//! No key is needed, so these are the only routes that read a body from anybody; both are
-//! rate-limited per client IP before they read it. `POST /v1/apps/challenges` hands out a
+//! No key is needed, so these are the only routes that read a body from anybody (up to the
+//! body limit, as every route); both are rate-limited per client IP before anything else. `POST /v1/apps/challenges` hands out a
 //! token for one origin; `POST /v1/apps` fetches each origin's token from
 //! `<origin>/.well-known/callhome-challenge/<token>` (see `challenge`) and, when every origin
 //! answered it, registers the app with the policy's quotas through the same registry as the

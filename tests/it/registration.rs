@@ -345,7 +345,7 @@ async fn each_way_a_challenge_fails_has_its_code_and_a_fixed_page_passes() {
     let origin = page.origin();
     let elsewhere = PageServer::spawn();
     let big = "x".repeat(1025);
-    let cases: [(Option<Answer>, &str); 7] = [
+    let cases: [(Option<Answer>, &str); 8] = [
         (None, "challenge_missing"),
         (Some(Answer::Status(500)), "challenge_missing"),
         (
@@ -353,6 +353,8 @@ async fn each_way_a_challenge_fails_has_its_code_and_a_fixed_page_passes() {
             "challenge_mismatch",
         ),
         (Some(Answer::Text(big)), "challenge_too_large"),
+        // No Content-Length, and more than anybody reads: the fetch stops at the limit.
+        (Some(Answer::Endless), "challenge_too_large"),
         (
             Some(Answer::Redirect(format!(
                 "{}/.well-known/callhome-challenge/x",
@@ -416,8 +418,11 @@ async fn private_and_loopback_addresses_are_refused_unless_the_operator_allows_t
         return;
     };
     let page = PageServer::spawn();
-    let by_ip = format!("http://127.0.0.1:{}", page.addr().port());
-    for origin in [by_ip, page.origin()] {
+    let port = page.addr().port();
+    let by_ip = format!("http://127.0.0.1:{port}");
+    let by_v6 = format!("http://[::1]:{port}");
+    let mapped = format!("http://[::ffff:127.0.0.1]:{port}");
+    for origin in [by_ip, by_v6, mapped, page.origin()] {
         let token = challenge(&s, &origin).await;
         page.serve(&challenge_path(&token), Answer::Text(token.clone()));
         let r = register(&s, "private", &origin, &token, json!({})).await;

@@ -34,6 +34,8 @@ pub enum Answer {
     Redirect(String),
     /// [`Answer::Text`] after this long.
     Slow(Duration, String),
+    /// `200` with a chunked body that never ends.
+    Endless,
 }
 
 #[derive(Debug, Default)]
@@ -53,6 +55,12 @@ async fn answer(State(paths): State<Arc<Paths>>, uri: Uri) -> Response {
         Some(Answer::Slow(wait, text)) => {
             tokio::time::sleep(wait).await;
             text.into_response()
+        }
+        Some(Answer::Endless) => {
+            let chunks = futures_util::stream::repeat_with(|| {
+                Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(&[b'x'; 512]))
+            });
+            axum::body::Body::from_stream(chunks).into_response()
         }
     }
 }
