@@ -6,6 +6,7 @@
 mod admin;
 mod batch;
 mod ids;
+mod registration;
 mod seed;
 
 use std::sync::Arc;
@@ -35,6 +36,7 @@ pub fn routes(batch_body_limit: usize) -> Router<AppState> {
         .merge(batch::routes(batch_body_limit))
         .merge(seed::routes())
         .merge(admin::routes())
+        .merge(registration::routes())
 }
 
 /// The app whose key is in `Authorization: Bearer <key>`; otherwise `401 unauthorized`.
@@ -64,10 +66,13 @@ fn bearer(authorization: Option<&HeaderValue>) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
 }
 
-/// True when a request with this `Authorization` may have its body read: it carries an
-/// app's key or the admin key. Every route that reads a body needs one of them.
-pub fn may_send_a_body(state: &AppState, authorization: Option<&HeaderValue>) -> bool {
-    authenticate(state, authorization).is_ok() || admin::is_admin(state, authorization)
+/// True when a request to `path` with this `Authorization` may have its body read: it
+/// carries an app's key or the admin key, or it is a self-registration while registration is
+/// not closed. Every other route that reads a body needs a key.
+pub fn may_send_a_body(state: &AppState, path: &str, authorization: Option<&HeaderValue>) -> bool {
+    registration::takes_a_body(state, path)
+        || authenticate(state, authorization).is_ok()
+        || admin::is_admin(state, authorization)
 }
 
 /// `POST /v1/ids/{id}/notify` served in place by `connection` (the busiest backend request),
@@ -235,7 +240,10 @@ async fn notify_checked(
     once: Option<&str>,
 ) -> Result<Notified, ApiError> {
     state.limiters.notify(app)?;
-    let limit = state.limits.info_max_bytes;
+    let limit = app
+        .limits()
+        .info_max_bytes
+        .unwrap_or(state.limits.info_max_bytes);
     if info.len() > limit {
         return Err(ApiError::InfoTooLarge {
             size: info.len(),

@@ -15,6 +15,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::TryRng as _;
 use sha2::{Digest, Sha256};
 
+use crate::config::RateLimit;
+use crate::invite::Invites;
 use crate::origin::Origin;
 
 /// An app's secret key. Its `Debug` never shows the secret.
@@ -98,6 +100,19 @@ impl KeyInfo {
     }
 }
 
+/// An app's own limits where they differ from the server's; `None` is the server's
+/// (`[rate_limits]`, `[limits] info_max_bytes`). Config apps have none of their own; apps
+/// registered at runtime get the ones the admin or the registration policy gave them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppLimits {
+    /// Id creations, instead of `rate_limits.create_per_app`.
+    pub create_per_app: Option<RateLimit>,
+    /// Notifies, instead of `rate_limits.notify_per_app`.
+    pub notify_per_app: Option<RateLimit>,
+    /// The largest info, at most `limits.info_max_bytes`.
+    pub info_max_bytes: Option<usize>,
+}
+
 /// A registered web application.
 #[derive(Debug)]
 pub struct App {
@@ -107,6 +122,8 @@ pub struct App {
     origins: Vec<Origin>,
     /// Ids the app may hold at once.
     max_ids: usize,
+    /// Rates and sizes of its own.
+    limits: AppLimits,
     source: Source,
 }
 
@@ -118,6 +135,7 @@ impl App {
             keys: vec![KeyInfo::of(key, 0)],
             origins,
             max_ids: usize::MAX,
+            limits: AppLimits::default(),
             source: Source::Config,
         }
     }
@@ -134,6 +152,7 @@ impl App {
             keys,
             origins,
             max_ids,
+            limits: AppLimits::default(),
             source: Source::Registered,
         }
     }
@@ -146,9 +165,21 @@ impl App {
         self
     }
 
+    /// The same app with limits of its own.
+    #[must_use]
+    pub fn with_limits(mut self, limits: AppLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// How many ids the app may hold at once.
     pub fn max_ids(&self) -> usize {
         self.max_ids
+    }
+
+    /// The limits the app has of its own.
+    pub fn limits(&self) -> &AppLimits {
+        &self.limits
     }
 
     /// The app's name, as written in the config.
@@ -187,6 +218,7 @@ impl App {
             keys: self.keys.clone(),
             origins: self.origins.clone(),
             max_ids: self.max_ids,
+            limits: self.limits,
             source: self.source,
         }
     }
@@ -262,9 +294,19 @@ pub enum RegistryError {
     /// A name, origin list or quota the registry does not take.
     #[error("{0}")]
     Invalid(String),
+    /// The origin is listed by another app: an origin is bound to one app only.
+    #[error("origin {0} is bound to another app")]
+    OriginTaken(String),
     /// The system's random number generator failed.
     #[error("no entropy for a key: {0}")]
     Entropy(String),
+    /// Invites and self-registration's challenge tokens are kept by one process (and its
+    /// snapshot); in cluster mode another node would not know them, so neither is offered.
+    #[error(
+        "invites and self-registration need [store] backend = \"memory\" for now; \
+         in cluster mode apps are added through the admin API"
+    )]
+    NeedsMemoryEngine,
 }
 
 /// What a new app is made of.
@@ -276,6 +318,8 @@ pub struct NewApp {
     pub origins: Vec<Origin>,
     /// Ids it may hold at once, at least 1.
     pub max_ids: usize,
+    /// Rates and sizes of its own.
+    pub limits: AppLimits,
 }
 
 /// A change to a registered app; `None` keeps what it has.
@@ -285,6 +329,12 @@ pub struct AppChange {
     pub origins: Option<Vec<Origin>>,
     /// The new quota (at least 1).
     pub max_ids: Option<usize>,
+    /// The new create rate.
+    pub create_per_app: Option<RateLimit>,
+    /// The new notify rate.
+    pub notify_per_app: Option<RateLimit>,
+    /// The new largest info.
+    pub info_max_bytes: Option<usize>,
 }
 
 /// A key made by the registry: shown once, then only its digest is kept.
@@ -304,6 +354,8 @@ pub struct Apps {
     view: ArcSwap<View>,
     /// Held by a change from its read of the view to its swap, so changes never race.
     writing: Mutex<()>,
+    /// The operator's invite codes for self-registration, kept with the apps.
+    invites: Invites,
 }
 
 impl Apps {
@@ -312,7 +364,21 @@ impl Apps {
         Self {
             view: ArcSwap::from_pointee(View::new(apps.into_iter().map(Arc::new).collect())),
             writing: Mutex::new(()),
+            invites: Invites::default(),
         }
+    }
+
+    /// The invite codes.
+    pub fn invites(&self) -> &Invites {
+        &self.invites
+    }
+
+    /// Checks `new` as [`Apps::register`] would, without registering it: for a caller that
+    /// has slow work to do (proving the origins) before it registers, to refuse early.
+    pub fn vet(&self, new: &NewApp) -> Result<(), RegistryError> {
+        check_new(new)?;
+        let view = self.view.load();
+        vet_against(&view.apps, new)
     }
 
     /// The apps as they are now.
@@ -358,20 +424,19 @@ impl Apps {
 
     /// Registers `new` with a fresh key; returns the app and its key (shown once).
     pub fn register(&self, new: &NewApp) -> Result<(Arc<App>, NewKey), RegistryError> {
-        check_name(&new.name)?;
-        check_origins(&new.origins)?;
-        check_max_ids(new.max_ids)?;
+        check_new(new)?;
         let key = NewKey::generate()?;
         self.change(|apps| {
-            if apps.iter().any(|a| *a.name == *new.name) {
-                return Err(RegistryError::AppExists(new.name.clone()));
-            }
-            let app = Arc::new(App::registered(
-                &new.name,
-                vec![key.info.clone()],
-                new.origins.clone(),
-                new.max_ids,
-            ));
+            vet_against(apps, new)?;
+            let app = Arc::new(
+                App::registered(
+                    &new.name,
+                    vec![key.info.clone()],
+                    new.origins.clone(),
+                    new.max_ids,
+                )
+                .with_limits(new.limits),
+            );
             apps.push(Arc::clone(&app));
             Ok(app)
         })
@@ -386,14 +451,25 @@ impl Apps {
         if let Some(max_ids) = change.max_ids {
             check_max_ids(max_ids)?;
         }
-        self.edit(name, |app| {
+        self.change(|apps| {
+            let at = registered(apps, name)?;
+            if let Some(origins) = &change.origins {
+                taken(apps, name, origins)?;
+            }
+            let mut app = apps[at].edit();
             if let Some(origins) = &change.origins {
                 app.origins.clone_from(origins);
             }
             if let Some(max_ids) = change.max_ids {
                 app.max_ids = max_ids;
             }
-            Ok(())
+            let limits = &mut app.limits;
+            limits.create_per_app = change.create_per_app.or(limits.create_per_app);
+            limits.notify_per_app = change.notify_per_app.or(limits.notify_per_app);
+            limits.info_max_bytes = change.info_max_bytes.or(limits.info_max_bytes);
+            let app = Arc::new(app);
+            apps[at] = Arc::clone(&app);
+            Ok(app)
         })
     }
 
@@ -497,6 +573,34 @@ impl Apps {
     }
 }
 
+/// The checks of a new app that need no other app.
+fn check_new(new: &NewApp) -> Result<(), RegistryError> {
+    check_name(&new.name)?;
+    check_origins(&new.origins)?;
+    check_max_ids(new.max_ids)
+}
+
+/// Refuses `new` when its name or one of its origins is another app's.
+fn vet_against(apps: &[Arc<App>], new: &NewApp) -> Result<(), RegistryError> {
+    if apps.iter().any(|a| *a.name == *new.name) {
+        return Err(RegistryError::AppExists(new.name.clone()));
+    }
+    taken(apps, &new.name, &new.origins)
+}
+
+/// Refuses `origins` when an app other than `name` lists one of them (config apps included;
+/// a `*` claims nothing). An origin is bound to one app, so one that proved it, or that the
+/// operator gave it, cannot be taken by another.
+fn taken(apps: &[Arc<App>], name: &str, origins: &[Origin]) -> Result<(), RegistryError> {
+    match origins.iter().find(|origin| {
+        apps.iter()
+            .any(|other| &*other.name != name && other.origins.contains(origin))
+    }) {
+        Some(origin) => Err(RegistryError::OriginTaken(origin.to_string())),
+        None => Ok(()),
+    }
+}
+
 /// Where the registered app `name` is in `apps`; a config app is not one to change.
 fn registered(apps: &[Arc<App>], name: &str) -> Result<usize, RegistryError> {
     let at = apps
@@ -544,6 +648,15 @@ fn check_name(name: &str) -> Result<(), RegistryError> {
 fn check_origins(origins: &[Origin]) -> Result<(), RegistryError> {
     if origins.is_empty() {
         return Err(RegistryError::Invalid("list at least one origin".into()));
+    }
+    if let Some(twice) = origins
+        .iter()
+        .enumerate()
+        .find_map(|(i, o)| origins[..i].contains(o).then_some(o))
+    {
+        return Err(RegistryError::Invalid(format!(
+            "origin {twice} is listed twice"
+        )));
     }
     if origins.iter().any(Origin::is_wildcard) {
         // `*` would let the app's ids be framed by any page nobody else claimed: for the
@@ -661,6 +774,7 @@ mod tests {
             name: name.into(),
             origins: vec![Origin::parse("https://new.example").unwrap()],
             max_ids: 10,
+            limits: AppLimits::default(),
         }
     }
 
@@ -690,6 +804,60 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn an_origin_is_bound_to_one_app() {
+        let apps = apps();
+        let origin = |text: &str| Origin::parse(text).unwrap();
+        let taken = |o: &str| Err(RegistryError::OriginTaken(o.into()));
+        let mut new = new_app("new");
+        new.origins = vec![
+            origin("https://other.example"),
+            origin("https://one.example"),
+        ];
+        assert_eq!(
+            apps.vet(&new),
+            taken("https://one.example"),
+            "a config app's"
+        );
+        assert_eq!(apps.register(&new).map(drop), taken("https://one.example"));
+        new.origins = vec![origin("https://new.example"), origin("https://new.example")];
+        assert!(
+            matches!(apps.vet(&new), Err(RegistryError::Invalid(_))),
+            "twice"
+        );
+        apps.register(&new_app("new")).unwrap();
+        assert_eq!(
+            apps.register(&NewApp {
+                name: "newer".into(),
+                ..new_app("x")
+            })
+            .map(drop),
+            taken("https://new.example"),
+            "a registered app's"
+        );
+        apps.register(&NewApp {
+            name: "other".into(),
+            origins: vec![origin("https://other.example")],
+            ..new_app("x")
+        })
+        .unwrap();
+        let change = |origins: &[&str]| AppChange {
+            origins: Some(origins.iter().map(|o| origin(o)).collect()),
+            ..AppChange::default()
+        };
+        assert_eq!(
+            apps.update("other", &change(&["https://new.example"]))
+                .map(drop),
+            taken("https://new.example")
+        );
+        // Its own origins it keeps, of course.
+        apps.update(
+            "new",
+            &change(&["https://new.example", "https://more.example"]),
+        )
+        .unwrap();
     }
 
     #[test]

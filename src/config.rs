@@ -14,9 +14,10 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{App, AppKey, Apps};
+use crate::auth::{App, AppKey, AppLimits, Apps};
 use crate::client_ip::TrustedProxies;
 use crate::origin::Origin;
+use crate::registration::{Policy, Terms};
 use crate::tls::{self, Tls};
 
 /// Keys an app key shorter than this is warned about at start-up.
@@ -96,6 +97,8 @@ pub struct Config {
     pub idempotency: IdempotencyConfig,
     /// TLS served by the daemon itself; off unless both files are given.
     pub tls: TlsConfig,
+    /// Self-registration: who may register an app, on which terms.
+    pub registration: RegistrationConfig,
     /// The registered web applications.
     pub apps: Vec<AppConfig>,
 }
@@ -171,6 +174,190 @@ pub struct Admin {
     pub rotation_grace: Duration,
     /// [`AdminConfig::default_max_ids`].
     pub default_max_ids: usize,
+}
+
+/// Self-registration (`POST /v1/apps`), closed by default.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationConfig {
+    /// `closed` (nobody), `invite` (with a code from the admin API) or `open` (anyone who
+    /// proves their origins).
+    pub policy: Policy,
+    /// How long fetching one origin's challenge may take, DNS and redirects included.
+    #[serde(with = "humantime_serde")]
+    pub challenge_timeout: Duration,
+    /// The longest challenge answer read, in bytes.
+    pub challenge_max_bytes: usize,
+    /// Fetch challenges from loopback and private addresses too. Only for tests and
+    /// intranets: on a public server it lets anyone make CallHome request internal URLs.
+    pub allow_private_origins: bool,
+    /// How long a challenge token waits to be used.
+    #[serde(with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// Tokens waiting at once, in all.
+    pub max_pending: usize,
+    /// Tokens waiting at once for one client IP (IPv6: per /64).
+    pub max_pending_per_ip: usize,
+    /// Origins one app may register with.
+    pub max_origins: usize,
+    /// Challenges and registrations per client IP (IPv6: per /64).
+    pub per_ip: SlowRate,
+    /// The id quota of a self-registered app (the smaller of this and `limits.max_ids`).
+    pub max_ids: usize,
+    /// The create rate of a self-registered app.
+    pub create_per_app: RateLimit,
+    /// The notify rate of a self-registered app.
+    pub notify_per_app: RateLimit,
+    /// The largest info a self-registered app may notify (the smaller of this and
+    /// `limits.info_max_bytes`).
+    pub info_max_bytes: usize,
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        Self {
+            policy: Policy::Closed,
+            challenge_timeout: Duration::from_secs(5),
+            challenge_max_bytes: 1024,
+            allow_private_origins: false,
+            token_ttl: Duration::from_secs(15 * 60),
+            max_pending: 10_000,
+            max_pending_per_ip: 10,
+            max_origins: 8,
+            per_ip: SlowRate {
+                per_minute: 10,
+                burst: 20,
+            },
+            max_ids: 1000,
+            create_per_app: RateLimit {
+                per_second: 10,
+                burst: 100,
+            },
+            notify_per_app: RateLimit {
+                per_second: 100,
+                burst: 1000,
+            },
+            info_max_bytes: 1024,
+        }
+    }
+}
+
+/// A rate for rare requests: `burst` at once, refilled at `per_minute`; `per_minute` = 0
+/// turns it off.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SlowRate {
+    /// Sustained requests per minute; 0 for no limit.
+    pub per_minute: u32,
+    /// Requests allowed at once after a quiet spell; at least 1 when the limit is on.
+    pub burst: u32,
+}
+
+fn validate_registration(
+    registration: &RegistrationConfig,
+    limits: &Limits,
+    store: &StoreConfig,
+) -> Result<(Terms, Vec<String>), ConfigError> {
+    let r = registration;
+    let mut warnings = Vec::new();
+    let between = |field: &str, value: Duration, low: Duration, high: Duration, words: &str| {
+        if value < low || value > high {
+            Err(invalid(
+                format!("registration.{field}"),
+                format!("must be between {words}"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    between(
+        "challenge_timeout",
+        r.challenge_timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(60),
+        "100ms and 1m",
+    )?;
+    between(
+        "token_ttl",
+        r.token_ttl,
+        Duration::from_secs(1),
+        Duration::from_secs(24 * 3600),
+        "1s and 24h",
+    )?;
+    check_count(
+        "registration.challenge_max_bytes",
+        r.challenge_max_bytes,
+        64 * 1024,
+    )?;
+    check_count("registration.max_pending", r.max_pending, 1_000_000)?;
+    check_count(
+        "registration.max_pending_per_ip",
+        r.max_pending_per_ip,
+        r.max_pending,
+    )?;
+    check_count("registration.max_origins", r.max_origins, 64)?;
+    check_count("registration.max_ids", r.max_ids, MAX_IDS)?;
+    check_count(
+        "registration.info_max_bytes",
+        r.info_max_bytes,
+        MAX_INFO_BYTES,
+    )?;
+    if r.per_ip.per_minute > 0 && r.per_ip.burst == 0 {
+        return Err(invalid(
+            "registration.per_ip",
+            "burst must be at least 1 (or per_minute = 0 to turn the limit off)",
+        ));
+    }
+    if r.per_ip.per_minute > 60 * MAX_RATE_PER_SECOND || r.per_ip.burst > MAX_RATE_BURST {
+        return Err(invalid(
+            "registration.per_ip",
+            "per_minute or burst is too large",
+        ));
+    }
+    check_rate("registration.create_per_app", r.create_per_app)?;
+    check_rate("registration.notify_per_app", r.notify_per_app)?;
+    if r.policy != Policy::Closed {
+        if store.backend == Backend::Redis {
+            warnings.push(format!(
+                "registration.policy = \"{}\" is not served with backend = \"redis\" yet: \
+                 POST /v1/apps answers 501 registry_needs_memory_engine",
+                r.policy.as_str()
+            ));
+        } else if store.snapshot_path.is_none() {
+            warnings.push(
+                "self-registration is on without store.snapshot_path: apps registered here \
+                 are forgotten at the next restart"
+                    .into(),
+            );
+        }
+        if r.allow_private_origins {
+            warnings.push(
+                "registration.allow_private_origins = true: anyone may make this server fetch \
+                 URLs on loopback and private addresses; for tests and intranets only"
+                    .into(),
+            );
+        }
+    }
+    let terms = Terms {
+        policy: r.policy,
+        challenge: crate::challenge::Policy {
+            timeout: r.challenge_timeout,
+            max_bytes: r.challenge_max_bytes,
+            allow_private: r.allow_private_origins,
+            ..crate::challenge::Policy::default()
+        },
+        token_ttl: r.token_ttl,
+        max_pending: r.max_pending,
+        max_pending_per_ip: r.max_pending_per_ip,
+        max_origins: r.max_origins,
+        max_ids: r.max_ids.min(limits.max_ids),
+        limits: AppLimits {
+            create_per_app: Some(r.create_per_app),
+            notify_per_app: Some(r.notify_per_app),
+            info_max_bytes: Some(r.info_max_bytes.min(limits.info_max_bytes)),
+        },
+    };
+    Ok((terms, warnings))
 }
 
 /// The longest rotation grace: a month.
@@ -582,6 +769,7 @@ impl Default for Config {
             idempotency: IdempotencyConfig::default(),
             admin: AdminConfig::default(),
             tls: TlsConfig::default(),
+            registration: RegistrationConfig::default(),
             apps: Vec::new(),
         }
     }
@@ -660,6 +848,10 @@ pub struct Settings {
     pub idempotency: IdempotencyConfig,
     /// TLS on the listener, with its certificate loaded.
     pub tls: Option<Arc<Tls>>,
+    /// Self-registration.
+    pub registration: Terms,
+    /// Challenges and self-registrations per client IP.
+    pub registration_rate: SlowRate,
     /// Things worth a warning at start-up (weak keys and the like), already worded.
     pub warnings: Vec<String>,
 }
@@ -706,6 +898,8 @@ const ENV_KEYS: &[&str] = &[
     "store",
     "tls",
     "idempotency",
+    "admin",
+    "registration",
 ];
 
 impl Config {
@@ -763,6 +957,8 @@ impl Config {
         validate_rate_limits(&self.rate_limits)?;
         let (store, store_warnings) = validate_store(self.store, &env)?;
         let tls = validate_tls(&self.tls)?;
+        let (registration, registration_warnings) =
+            validate_registration(&self.registration, &self.limits, &store)?;
 
         let (admin, admin_warnings) = validate_admin(&self.admin, &self.limits, &env)?;
         let (apps, app_warnings) = validate_apps(&self.apps, &self.limits, env)?;
@@ -777,6 +973,7 @@ impl Config {
             .into_iter()
             .chain(store_warnings)
             .chain(admin_warnings)
+            .chain(registration_warnings)
             .chain(app_warnings)
             .collect();
 
@@ -797,6 +994,8 @@ impl Config {
             admin,
             idempotency: self.idempotency,
             tls,
+            registration,
+            registration_rate: self.registration.per_ip,
             warnings,
         })
     }
@@ -1138,24 +1337,30 @@ fn validate_rate_limits(rates: &RateLimits) -> Result<(), ConfigError> {
         ("rate_limits.notify_per_app", rates.notify_per_app),
         ("rate_limits.browser_per_ip", rates.browser_per_ip),
     ] {
-        if rate.is_on() && rate.burst == 0 {
-            return Err(invalid(
-                field,
-                "burst must be at least 1 (or per_second = 0 to turn the limit off)",
-            ));
-        }
-        if rate.per_second > MAX_RATE_PER_SECOND {
-            return Err(invalid(
-                field,
-                format!("per_second must be at most {MAX_RATE_PER_SECOND} (0 turns the limit off)"),
-            ));
-        }
-        if rate.burst > MAX_RATE_BURST {
-            return Err(invalid(
-                field,
-                format!("burst must be at most {MAX_RATE_BURST}"),
-            ));
-        }
+        check_rate(field, rate)?;
+    }
+    Ok(())
+}
+
+/// Checks one rate; the error names `field`. Also the admin API's check of an app's rates.
+pub fn check_rate(field: &str, rate: RateLimit) -> Result<(), ConfigError> {
+    if rate.is_on() && rate.burst == 0 {
+        return Err(invalid(
+            field,
+            "burst must be at least 1 (or per_second = 0 to turn the limit off)",
+        ));
+    }
+    if rate.per_second > MAX_RATE_PER_SECOND {
+        return Err(invalid(
+            field,
+            format!("per_second must be at most {MAX_RATE_PER_SECOND} (0 turns the limit off)"),
+        ));
+    }
+    if rate.burst > MAX_RATE_BURST {
+        return Err(invalid(
+            field,
+            format!("burst must be at most {MAX_RATE_BURST}"),
+        ));
     }
     Ok(())
 }
@@ -1309,6 +1514,90 @@ mod tests {
                 "{key:?} {key_env:?}"
             );
         }
+    }
+
+    #[test]
+    fn registration_terms_are_checked_and_name_their_field() {
+        type Set = fn(&mut RegistrationConfig);
+        let cases: [(&str, Set); 10] = [
+            ("registration.challenge_timeout", |r| {
+                r.challenge_timeout = Duration::from_millis(99);
+            }),
+            ("registration.challenge_timeout", |r| {
+                r.challenge_timeout = Duration::from_secs(61);
+            }),
+            ("registration.token_ttl", |r| r.token_ttl = Duration::ZERO),
+            ("registration.challenge_max_bytes", |r| {
+                r.challenge_max_bytes = 64 * 1024 + 1;
+            }),
+            ("registration.max_pending_per_ip", |r| {
+                r.max_pending = 5;
+                r.max_pending_per_ip = 6;
+            }),
+            ("registration.max_origins", |r| r.max_origins = 0),
+            ("registration.max_ids", |r| r.max_ids = 0),
+            ("registration.per_ip", |r| {
+                r.per_ip = SlowRate {
+                    per_minute: 1,
+                    burst: 0,
+                };
+            }),
+            ("registration.notify_per_app", |r| {
+                r.notify_per_app.per_second = MAX_RATE_PER_SECOND + 1;
+            }),
+            ("registration.info_max_bytes", |r| r.info_max_bytes = 0),
+        ];
+        for (field, set) in cases {
+            let mut c = config(vec![]);
+            set(&mut c.registration);
+            assert_eq!(field_of(c.validate(no_env).expect_err(field)), field);
+        }
+        // A new app's info size is at most the server's.
+        let mut c = config(vec![]);
+        c.registration.policy = Policy::Open;
+        c.limits.info_max_bytes = 100;
+        let s = c.validate(no_env).unwrap();
+        assert_eq!(s.registration.limits.info_max_bytes, Some(100));
+        assert_eq!(s.registration.policy, Policy::Open);
+        assert!(
+            s.warnings.iter().any(|w| w.contains("snapshot_path")),
+            "{:?}",
+            s.warnings
+        );
+        let mut c = config(vec![]);
+        c.registration.policy = Policy::Invite;
+        c.registration.allow_private_origins = true;
+        c.store.snapshot_path = Some("data/x".into());
+        let warnings = c.validate(no_env).unwrap().warnings;
+        assert!(
+            warnings.iter().any(|w| w.contains("allow_private_origins"))
+                && !warnings.iter().any(|w| w.contains("snapshot_path")),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    // figment's Jail API returns its own large error type; not ours to shrink.
+    #[allow(clippy::result_large_err)]
+    fn the_registration_policy_is_set_from_the_file_or_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "[registration]\npolicy = \"invite\"\nper_ip = { per_minute = 2, burst = 3 }\n",
+            )?;
+            let c = Config::load(Path::new("c.toml"), &Overrides::default()).unwrap();
+            assert_eq!(c.registration.policy, Policy::Invite);
+            assert_eq!(c.registration.per_ip.burst, 3);
+            jail.set_env("CALLHOME_REGISTRATION__POLICY", "open");
+            jail.set_env("CALLHOME_REGISTRATION__MAX_IDS", "5");
+            let c = Config::load(Path::new("c.toml"), &Overrides::default()).unwrap();
+            assert_eq!(c.registration.policy, Policy::Open);
+            assert_eq!(c.registration.max_ids, 5);
+            jail.set_env("CALLHOME_REGISTRATION__POLICY", "sometimes");
+            let err = Config::load(Path::new("c.toml"), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().to_lowercase().contains("policy"), "{err}");
+            Ok(())
+        });
     }
 
     #[test]
@@ -1620,6 +1909,7 @@ mod tests {
         assert_eq!(shipped.drain_timeout, Config::default().drain_timeout);
         assert_eq!(shipped.http, HttpConfig::default());
         assert_eq!(shipped.tls, TlsConfig::default());
+        assert_eq!(shipped.registration, RegistrationConfig::default());
         assert_eq!(
             shipped.store.snapshot_interval,
             StoreConfig::default().snapshot_interval

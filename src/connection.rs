@@ -594,8 +594,12 @@ impl<S: Stream> Connection<S> {
         router: &Router,
     ) -> io::Result<(Option<Response<Body>>, After)> {
         let has_body = head.framing.body != BodyLength::Length(0);
-        let unauthenticated =
-            has_body && !api::may_send_a_body(state, header_value(&head, &header::AUTHORIZATION));
+        let unauthenticated = has_body
+            && !api::may_send_a_body(
+                state,
+                path(&head.target),
+                header_value(&head, &header::AUTHORIZATION),
+            );
         let (body, after) = if unauthenticated {
             (Bytes::new(), self.skip_body(&head))
         } else {

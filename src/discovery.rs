@@ -13,6 +13,7 @@ use axum::routing::get;
 use serde_json::json;
 
 use crate::config::RateLimit;
+use crate::registration::Policy;
 use crate::state::AppState;
 
 /// Five minutes: a changed limit reaches the apps that cache it soon enough.
@@ -31,6 +32,30 @@ fn rate(limit: RateLimit) -> serde_json::Value {
     }
 }
 
+/// How apps come to exist here: the policy and, when one may register, where and on what
+/// terms. Cluster mode does not take registrations yet, so it says `closed` there.
+fn registration(state: &AppState) -> serde_json::Value {
+    let terms = &state.registration;
+    if terms.policy == Policy::Closed || state.store.as_memory().is_none() {
+        return json!({"policy": "closed"});
+    }
+    let limits = terms.limits;
+    json!({
+        "policy": terms.policy.as_str(),
+        "apps_url": format!("{}/v1/apps", state.public_url),
+        "challenges_url": format!("{}/v1/apps/challenges", state.public_url),
+        "challenge_path": crate::challenge::PATH,
+        "token_ttl_seconds": terms.token_ttl.as_secs(),
+        "max_origins": terms.max_origins,
+        "new_app": {
+            "max_ids": terms.max_ids,
+            "create_per_app": limits.create_per_app.map_or(serde_json::Value::Null, rate),
+            "notify_per_app": limits.notify_per_app.map_or(serde_json::Value::Null, rate),
+            "info_max_bytes": limits.info_max_bytes,
+        },
+    })
+}
+
 async fn discover(State(state): State<AppState>) -> Response {
     let limits = &state.limits;
     let body = json!({
@@ -44,8 +69,7 @@ async fn discover(State(state): State<AppState>) -> Response {
             "max_ids_per_stream": limits.max_ids_per_stream,
             "callhome_js": format!("{}/callhome.js", state.public_url),
         },
-        // Apps are written into the operator's config; nobody registers here (yet).
-        "registration": {"policy": "closed"},
+        "registration": registration(&state),
         "limits": {
             "info_max_bytes": limits.info_max_bytes,
             "max_waiters_per_id": limits.max_waiters_per_id,

@@ -13,13 +13,19 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::auth::RegistryError;
+use crate::challenge::ChallengeError;
 use crate::connection::head::Refusal;
 use crate::id::IdError;
+use crate::invite::InviteError;
 use crate::origin::OriginError;
+use crate::registration::PendingError;
 use crate::store::{CreateError, StoreError, UnknownId};
 
 /// How long a client told "too many ids" should wait before trying again.
 const RETRY_FULL: Duration = Duration::from_secs(30);
+/// How long a client refused for too many waiting challenges should wait: tokens expire
+/// or get used within minutes.
+const RETRY_CHALLENGES: Duration = Duration::from_secs(60);
 /// How long a client refused for too many connections should wait.
 const RETRY_CONNECTIONS: Duration = Duration::from_secs(1);
 /// How long a backend told the backplane is unavailable should wait: about what a Redis
@@ -134,6 +140,24 @@ pub enum ApiError {
     /// The app registry refused a change (admin API).
     #[error(transparent)]
     Registry(#[from] crate::auth::RegistryError),
+    /// Self-registration is closed (`[registration] policy = "closed"`).
+    #[error("this server does not take self-registrations; its operator adds apps")]
+    RegistrationClosed,
+    /// The `invite` policy and no invite code.
+    #[error("registration here needs an invite code from the operator: \"invite\": \"chi_...\"")]
+    InviteRequired,
+    /// An invite code refused, or an invite not found.
+    #[error(transparent)]
+    Invite(#[from] InviteError),
+    /// An origin's challenge failed.
+    #[error(transparent)]
+    Challenge(#[from] ChallengeError),
+    /// A registration named no waiting token for an origin, or a token of another origin.
+    #[error("{0}")]
+    ChallengeUnknown(String),
+    /// No token handed out: too many wait.
+    #[error(transparent)]
+    Pending(#[from] PendingError),
     /// A bug or an environment failure; the cause goes to the log, not to the client.
     #[error("internal error")]
     Internal(String),
@@ -171,16 +195,28 @@ impl ApiError {
             | Self::InvalidJson(_)
             | Self::InvalidParameters(_)
             | Self::InvalidIdempotencyKey
+            | Self::ChallengeUnknown(_)
             | Self::Framing(Refusal::Malformed(_)) => StatusCode::BAD_REQUEST,
             Self::Framing(Refusal::HeadTooLarge) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Framing(Refusal::Expectation) => StatusCode::EXPECTATION_FAILED,
             Self::Framing(Refusal::TransferCoding) => StatusCode::NOT_IMPLEMENTED,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::OriginNotAllowed(_) | Self::RegistrationClosed | Self::InviteRequired => {
+                StatusCode::FORBIDDEN
+            }
+            Self::Invite(e) => match e {
+                InviteError::Invalid | InviteError::Used => StatusCode::FORBIDDEN,
+                InviteError::Unknown(_) => StatusCode::NOT_FOUND,
+                InviteError::Entropy => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            Self::Challenge(_) | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Pending(e) => match e {
+                PendingError::TooMany => StatusCode::TOO_MANY_REQUESTS,
+                PendingError::Entropy => StatusCode::INTERNAL_SERVER_ERROR,
+            },
             Self::UnknownId | Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::IdTaken | Self::IdempotencyInProgress => StatusCode::CONFLICT,
-            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Gone => StatusCode::GONE,
             Self::InfoTooLarge { .. } | Self::BodyTooLarge(_) | Self::BatchTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
@@ -196,9 +232,12 @@ impl ApiError {
                 RegistryError::UnknownApp(_) | RegistryError::UnknownKey { .. } => {
                     StatusCode::NOT_FOUND
                 }
-                RegistryError::AppExists(_) | RegistryError::ConfigApp(_) => StatusCode::CONFLICT,
+                RegistryError::AppExists(_)
+                | RegistryError::ConfigApp(_)
+                | RegistryError::OriginTaken(_) => StatusCode::CONFLICT,
                 RegistryError::Invalid(_) => StatusCode::BAD_REQUEST,
                 RegistryError::Entropy(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                RegistryError::NeedsMemoryEngine => StatusCode::NOT_IMPLEMENTED,
             },
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -241,9 +280,25 @@ impl ApiError {
                 RegistryError::UnknownApp(_) => "unknown_app",
                 RegistryError::UnknownKey { .. } => "unknown_key",
                 RegistryError::AppExists(_) => "app_exists",
+                RegistryError::OriginTaken(_) => "origin_taken",
                 RegistryError::ConfigApp(_) => "config_app",
                 RegistryError::Invalid(_) => "invalid_app",
                 RegistryError::Entropy(_) => "internal",
+                RegistryError::NeedsMemoryEngine => "registry_needs_memory_engine",
+            },
+            Self::RegistrationClosed => "registration_closed",
+            Self::InviteRequired => "invite_required",
+            Self::Invite(e) => match e {
+                InviteError::Invalid => "invite_invalid",
+                InviteError::Used => "invite_used",
+                InviteError::Unknown(_) => "unknown_invite",
+                InviteError::Entropy => "internal",
+            },
+            Self::Challenge(e) => e.code(),
+            Self::ChallengeUnknown(_) => "challenge_unknown",
+            Self::Pending(e) => match e {
+                PendingError::TooMany => "too_many_challenges",
+                PendingError::Entropy => "internal",
             },
             Self::Internal(_) => "internal",
         }
@@ -269,6 +324,7 @@ impl ApiError {
             Self::RateLimited(after) => Some(*after),
             Self::TooManyConnections(_) | Self::IdempotencyInProgress => Some(RETRY_CONNECTIONS),
             Self::BackplaneUnavailable(_) => Some(RETRY_BACKPLANE),
+            Self::Pending(PendingError::TooMany) => Some(RETRY_CHALLENGES),
             _ => None,
         }
     }
@@ -442,10 +498,111 @@ mod tests {
             (ApiError::MethodNotAllowed, 405, "method_not_allowed"),
             (ApiError::Internal("x".into()), 500, "internal"),
         ];
+
         for (error, status, code) in table {
             assert_eq!(
                 (error.status().as_u16(), error.code()),
                 (status, code),
+                "{error:?}"
+            );
+        }
+    }
+
+    /// Self-registration's rows of the table; every failed challenge is `422` with a code
+    /// of its own (docs/api.md).
+    #[test]
+    fn registration_codes() {
+        let table: Vec<(ApiError, u16, &str)> = vec![
+            (
+                ApiError::Registry(RegistryError::OriginTaken("o".into())),
+                409,
+                "origin_taken",
+            ),
+            (ApiError::RegistrationClosed, 403, "registration_closed"),
+            (ApiError::InviteRequired, 403, "invite_required"),
+            (
+                ApiError::Invite(InviteError::Invalid),
+                403,
+                "invite_invalid",
+            ),
+            (ApiError::Invite(InviteError::Used), 403, "invite_used"),
+            (
+                ApiError::Invite(InviteError::Unknown("x".into())),
+                404,
+                "unknown_invite",
+            ),
+            (
+                ApiError::ChallengeUnknown("x".into()),
+                400,
+                "challenge_unknown",
+            ),
+            (
+                ApiError::Pending(PendingError::TooMany),
+                429,
+                "too_many_challenges",
+            ),
+        ];
+        for (error, status, code) in table {
+            assert_eq!(
+                (error.status().as_u16(), error.code()),
+                (status, code),
+                "{error:?}"
+            );
+        }
+        let origin = || "https://app.example".to_owned();
+        let challenges = [
+            (
+                ChallengeError::Unreachable {
+                    origin: origin(),
+                    why: "x".into(),
+                },
+                "challenge_unreachable",
+            ),
+            (
+                ChallengeError::Missing {
+                    origin: origin(),
+                    status: 404,
+                },
+                "challenge_missing",
+            ),
+            (
+                ChallengeError::Mismatch { origin: origin() },
+                "challenge_mismatch",
+            ),
+            (
+                ChallengeError::TooLarge {
+                    origin: origin(),
+                    max_bytes: 1,
+                },
+                "challenge_too_large",
+            ),
+            (
+                ChallengeError::Timeout {
+                    origin: origin(),
+                    timeout: Duration::from_secs(1),
+                },
+                "challenge_timeout",
+            ),
+            (
+                ChallengeError::Redirect {
+                    origin: origin(),
+                    why: "x".into(),
+                },
+                "challenge_redirect",
+            ),
+            (
+                ChallengeError::PrivateAddress {
+                    origin: origin(),
+                    address: std::net::Ipv4Addr::LOCALHOST.into(),
+                },
+                "challenge_private_address",
+            ),
+        ];
+        for (error, code) in challenges {
+            let error = ApiError::Challenge(error);
+            assert_eq!(
+                (error.status().as_u16(), error.code()),
+                (422, code),
                 "{error:?}"
             );
         }

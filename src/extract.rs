@@ -108,6 +108,19 @@ pub fn json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, 
     json_of(headers.get(header::CONTENT_TYPE), body)
 }
 
+/// [`json`], or the default for an empty body (an optional body whose fields all have
+/// defaults).
+pub fn json_or_default<T: DeserializeOwned + Default>(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    if body.is_empty() {
+        Ok(T::default())
+    } else {
+        json(headers, body)
+    }
+}
+
 /// [`json`] given the `Content-Type` value.
 pub fn json_of<T: DeserializeOwned>(
     content_type: Option<&HeaderValue>,

@@ -1,5 +1,5 @@
 //! Background chores: deleting ids that went idle, and forgetting rate-limit buckets of
-//! clients that went quiet. Each runs off the request threads (`spawn_blocking`) and touches
+//! clients that went quiet and challenge tokens that expired. Each runs off the request threads (`spawn_blocking`) and touches
 //! one shard of a map at a time, so requests never wait behind a whole sweep.
 
 use std::time::Duration;
@@ -34,6 +34,7 @@ pub async fn run(state: AppState) {
                 let _ = tokio::task::spawn_blocking(move || {
                     limiters.limiters.forget_idle();
                     limiters.idempotency_keys.sweep();
+                    limiters.challenges.forget_expired(std::time::Instant::now());
                 })
                 .await;
             }

@@ -5,7 +5,9 @@
 //! - **Backends** (`api`): `POST /v1/ids` creates an id, `POST /v1/ids/{id}/notify` stores a
 //!   short string as the id's newest value and wakes its waiting clients; status and delete
 //!   beside them; `/idcreate` and `/notify` keep the original proposal's URLs. Authenticated
-//!   with an app key (`auth`).
+//!   with an app key (`auth`). `/v1/admin` is the operator's (apps and invites, with the admin
+//!   key); `/v1/apps` lets an app register itself where `registration` allows it, once
+//!   `challenge` fetched a token from each of its origins.
 //! - **Browsers** (`transport`): the hidden iframe page, the long poll it runs, and
 //!   `callhome.js` for the parent page. No key: the id is the capability, and the iframe only
 //!   ever posts to the origin the id is bound to.
@@ -35,6 +37,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod challenge;
 pub mod cli;
 pub mod client_ip;
 pub mod config;
@@ -46,10 +49,12 @@ pub mod health;
 pub mod housekeeping;
 pub mod id;
 pub mod idempotency;
+pub mod invite;
 pub mod metrics;
 pub mod origin;
 pub mod permit;
 pub mod rate_limit;
+pub mod registration;
 pub mod registry;
 pub mod request_id;
 pub mod routes;

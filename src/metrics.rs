@@ -230,6 +230,8 @@ pub struct RateLimited {
     pub notify_per_app: Counter,
     /// `rate_limits.browser_per_ip`.
     pub browser_per_ip: Counter,
+    /// `registration.per_ip`: challenges and self-registrations per client IP.
+    pub registration_per_ip: Counter,
 }
 
 /// `callhome_connections_total{outcome}`.
@@ -405,17 +407,28 @@ impl Metrics {
             delivery.clone(),
         );
 
-        let [create_per_app, notify_per_app, browser_per_ip] = family(
+        let [
+            create_per_app,
+            notify_per_app,
+            browser_per_ip,
+            registration_per_ip,
+        ] = family(
             &mut registry,
             "rate_limited",
             "Requests refused with 429 by a rate limit",
             |limit| Limit { limit },
-            ["create_per_app", "notify_per_app", "browser_per_ip"],
+            [
+                "create_per_app",
+                "notify_per_app",
+                "browser_per_ip",
+                "registration_per_ip",
+            ],
         );
         let rate_limited = RateLimited {
             create_per_app,
             notify_per_app,
             browser_per_ip,
+            registration_per_ip,
         };
 
         let connections_open = Gauge::default();

@@ -22,8 +22,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::auth::{App, Apps, KeyInfo, Source, View};
+use crate::auth::{App, AppLimits, Apps, KeyInfo, Source, View};
+use crate::config::RateLimit;
 use crate::id::Id;
+use crate::invite::Invite;
 use crate::origin::Origin;
 use crate::slot::{Saved, Slot};
 use crate::state::AppState;
@@ -31,16 +33,78 @@ use crate::store::Memory;
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 16] = b"CALLHOME-SNAPSHT";
-/// Bumped whenever the body's shape changes. Version 1 (ids only) is still read; any other
-/// is refused, not guessed at.
-pub const VERSION: u32 = 2;
+/// Bumped whenever the body's shape changes. Versions 1 (ids only) and 2 (ids and apps
+/// without limits of their own or invites) are still read; any other is refused, not
+/// guessed at.
+pub const VERSION: u32 = 3;
 const HEADER: usize = 16 + 4 + 4;
 
-/// The body of a snapshot file: the ids, then the apps registered at runtime (version 2).
+/// The body of a snapshot file: the ids, then the apps registered at runtime, then the
+/// invites (version 3).
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 struct Body {
     ids: Vec<SavedId>,
     apps: Vec<SavedApp>,
+    invites: Vec<SavedInvite>,
+}
+
+/// The body of a version 2 file: ids and apps, the apps without limits of their own.
+#[derive(Debug, Deserialize)]
+struct BodyV2 {
+    ids: Vec<SavedId>,
+    apps: Vec<SavedAppV2>,
+}
+
+/// An app of a version 2 file.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct SavedAppV2 {
+    name: String,
+    origins: Vec<String>,
+    max_ids: u64,
+    keys: Vec<SavedKey>,
+}
+
+/// An invite: its code as a digest only.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct SavedInvite {
+    digest: [u8; 32],
+    used: u32,
+    uses: u32,
+    created_ms: u64,
+    expires_ms: Option<u64>,
+}
+
+impl SavedInvite {
+    fn of(invite: &Invite) -> Self {
+        Self {
+            digest: invite.digest,
+            used: invite.used,
+            uses: invite.uses,
+            created_ms: invite.created_ms,
+            expires_ms: invite.expires_ms,
+        }
+    }
+
+    fn into_invite(self) -> Invite {
+        Invite {
+            digest: self.digest,
+            used: self.used,
+            uses: self.uses,
+            created_ms: self.created_ms,
+            expires_ms: self.expires_ms,
+        }
+    }
+}
+
+/// A rate as saved: `(per_second, burst)`.
+type SavedRate = (u32, u32);
+
+fn save_rate(rate: RateLimit) -> SavedRate {
+    (rate.per_second, rate.burst)
+}
+
+fn load_rate((per_second, burst): SavedRate) -> RateLimit {
+    RateLimit { per_second, burst }
 }
 
 /// The body of a version 1 file: ids only.
@@ -56,6 +120,23 @@ struct SavedApp {
     origins: Vec<String>,
     max_ids: u64,
     keys: Vec<SavedKey>,
+    create_per_app: Option<SavedRate>,
+    notify_per_app: Option<SavedRate>,
+    info_max_bytes: Option<u64>,
+}
+
+impl From<SavedAppV2> for SavedApp {
+    fn from(old: SavedAppV2) -> Self {
+        Self {
+            name: old.name,
+            origins: old.origins,
+            max_ids: old.max_ids,
+            keys: old.keys,
+            create_per_app: None,
+            notify_per_app: None,
+            info_max_bytes: None,
+        }
+    }
 }
 
 /// The registered apps of `view` as bytes, for a registry kept outside the snapshot (Redis,
@@ -113,6 +194,9 @@ impl SavedApp {
                     expires_ms: k.expires_ms,
                 })
                 .collect(),
+            create_per_app: app.limits().create_per_app.map(save_rate),
+            notify_per_app: app.limits().notify_per_app.map(save_rate),
+            info_max_bytes: app.limits().info_max_bytes.map(|n| n as u64),
         }
     }
 
@@ -132,7 +216,14 @@ impl SavedApp {
             })
             .collect();
         let max_ids = usize::try_from(self.max_ids).unwrap_or(usize::MAX);
-        Ok(App::registered(&self.name, keys, origins, max_ids))
+        let limits = AppLimits {
+            create_per_app: self.create_per_app.map(load_rate),
+            notify_per_app: self.notify_per_app.map(load_rate),
+            info_max_bytes: self
+                .info_max_bytes
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        };
+        Ok(App::registered(&self.name, keys, origins, max_ids).with_limits(limits))
     }
 }
 
@@ -396,6 +487,12 @@ pub fn restore(path: &Path, store: &Memory, apps: &Apps) -> Result<Restored, Sna
         .map_err(unusable)?;
     apps.restore(registered)
         .map_err(|e| unusable(format!("{e}; the config now has an app of that name")))?;
+    apps.invites().restore(
+        body.invites
+            .into_iter()
+            .map(SavedInvite::into_invite)
+            .collect(),
+    );
     let mut restored = Restored::default();
     for saved in body.ids {
         let Some(app) = apps.get(&saved.app) else {
@@ -462,6 +559,8 @@ pub fn save(path: &Path, store: &Memory, apps: &Apps) -> Result<u64, SnapshotErr
         .map(|app| SavedApp::of(app))
         .collect();
     payload = postcard::to_extend(&registered, payload).expect("strings and numbers serialise");
+    let invites: Vec<SavedInvite> = apps.invites().list().iter().map(SavedInvite::of).collect();
+    payload = postcard::to_extend(&invites, payload).expect("strings and numbers serialise");
     let bytes = frame(&payload);
     write_atomically(path, &bytes).map_err(|source| SnapshotError::Io {
         path: path.to_owned(),
@@ -565,9 +664,9 @@ fn decode(bytes: &[u8]) -> Result<Body, String> {
     let word =
         |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
     let version = word(16);
-    if version != VERSION && version != 1 {
+    if !(1..=VERSION).contains(&version) {
         return Err(format!(
-            "it is format version {version}; this CallHome reads versions 1 and {VERSION}"
+            "it is format version {version}; this CallHome reads versions 1 to {VERSION}"
         ));
     }
     let payload = &bytes[HEADER..];
@@ -580,6 +679,15 @@ fn decode(bytes: &[u8]) -> Result<Body, String> {
         return Ok(Body {
             ids: old.ids,
             apps: Vec::new(),
+            invites: Vec::new(),
+        });
+    }
+    if version == 2 {
+        let old: BodyV2 = postcard::from_bytes(payload).map_err(undecodable)?;
+        return Ok(Body {
+            ids: old.ids,
+            apps: old.apps.into_iter().map(SavedApp::from).collect(),
+            invites: Vec::new(),
         });
     }
     postcard::from_bytes(payload).map_err(undecodable)
@@ -689,6 +797,7 @@ mod tests {
                 slot: slot.save(),
             }],
             apps: Vec::new(),
+            invites: Vec::new(),
         };
         assert_eq!(body, expected);
         assert_eq!(&bytes[HEADER..], postcard::to_allocvec(&expected).unwrap());
@@ -722,6 +831,14 @@ mod tests {
                 name: "later".into(),
                 origins: vec![Origin::parse("https://later.example").unwrap()],
                 max_ids: 7,
+                limits: AppLimits {
+                    notify_per_app: Some(RateLimit {
+                        per_second: 3,
+                        burst: 4,
+                    }),
+                    info_max_bytes: Some(99),
+                    ..AppLimits::default()
+                },
             })
             .unwrap();
         let store = Memory::new(10);
@@ -736,6 +853,16 @@ mod tests {
             (&**later.name(), later.max_ids(), later.source()),
             ("later", 7, Source::Registered)
         );
+        assert_eq!(
+            (later.limits().notify_per_app, later.limits().info_max_bytes),
+            (
+                Some(RateLimit {
+                    per_second: 3,
+                    burst: 4
+                }),
+                Some(99)
+            )
+        );
         // Restored beside a config that now has an app of that name: refused, not guessed.
         let clash = Apps::new(vec![App::new(
             "later",
@@ -746,6 +873,49 @@ mod tests {
             restore(&path, &Memory::new(10), &clash),
             Err(SnapshotError::Unusable { .. })
         ));
+        fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_version_2_file_is_still_read_and_invites_round_trip() {
+        let key = AppKey::new("old-registered-key".into());
+        let old = (
+            Vec::<SavedId>::new(),
+            vec![SavedAppV2 {
+                name: "older".into(),
+                origins: vec!["https://older.example".into()],
+                max_ids: 5,
+                keys: vec![SavedKey {
+                    digest: key.digest(),
+                    created_ms: 1,
+                    expires_ms: None,
+                }],
+            }],
+        );
+        let payload = postcard::to_allocvec(&old).unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&2u32.to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        let path = temp("version-2");
+        fs::write(&path, &bytes).unwrap();
+        let apps = apps();
+        restore(&path, &Memory::new(10), &apps).unwrap();
+        let older = apps.authenticate(key.expose()).expect("its key works");
+        assert_eq!(
+            (older.max_ids(), *older.limits()),
+            (5, AppLimits::default()),
+            "no limits of its own: the server's"
+        );
+
+        let (invite, code) = apps.invites().issue(2, None).unwrap();
+        apps.invites().take(&code).unwrap();
+        save(&path, &Memory::new(10), &apps).unwrap();
+        let fresh = self::apps();
+        restore(&path, &Memory::new(10), &fresh).unwrap();
+        assert_eq!(fresh.invites().list(), [Invite { used: 1, ..invite }]);
+        fresh.invites().take(&code).unwrap();
+        assert!(fresh.invites().take(&code).is_err(), "both uses spent");
         fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 

@@ -18,6 +18,7 @@ use crate::config::{HttpConfig, Limits, RateLimits, Settings, StoreConfig};
 use crate::metrics::Metrics;
 use crate::permit::Budget;
 use crate::rate_limit::RateLimiters;
+use crate::registration::{Challenges, Terms};
 use crate::store::{Memory, Store};
 use crate::tls::Tls;
 
@@ -41,6 +42,10 @@ pub struct Shared {
     pub registry: crate::registry::Registry,
     /// The admin API, when it has a key.
     pub admin: Option<crate::config::Admin>,
+    /// Self-registration's terms.
+    pub registration: Terms,
+    /// Challenge tokens handed out and not used yet.
+    pub challenges: Challenges,
     /// Resource limits.
     pub limits: Limits,
     /// The base URL browsers reach us at, without a trailing slash.
@@ -132,13 +137,15 @@ impl AppState {
             rates.create_per_app = crate::config::RateLimit::OFF;
             rates.notify_per_app = crate::config::RateLimit::OFF;
         }
-        let limiters = RateLimiters::new(&rates, &metrics);
+        let limiters = RateLimiters::new(&rates, settings.registration_rate, &metrics);
         let configured_rates = settings.rate_limits;
         Self(Arc::new(Shared {
             store,
             apps: settings.apps,
             registry: crate::registry::Registry::default(),
             admin: settings.admin,
+            registration: settings.registration,
+            challenges: Challenges::default(),
             limits: settings.limits,
             public_url,
             body_limit,

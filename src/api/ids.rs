@@ -45,13 +45,9 @@ async fn create(
     let media_type = extract::media_type(&headers);
     let fingerprint = idempotency::fingerprint("POST", "/v1/ids", media_type.as_deref(), &body);
     idempotency::once(&state, &app, key, fingerprint, |_| async {
-        let request: CreateRequest = if body.is_empty() {
-            CreateRequest::default()
-        } else {
-            match extract::json(&headers, &body) {
-                Ok(request) => request,
-                Err(e) => return e.into_response(),
-            }
+        let request: CreateRequest = match extract::json_or_default(&headers, &body) {
+            Ok(request) => request,
+            Err(e) => return e.into_response(),
         };
         match super::create(
             &state,

@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{Daemon, KEY, TestServer, client, error_code};
+use crate::support::{KEY, Kept, TestServer, client, error_code};
 
 const ADMIN: &str = "admin-key-0123456789-abcdefghij";
 const ORIGIN: &str = "https://new.example";
@@ -346,64 +346,55 @@ async fn the_registry_survives_kill_9_and_a_graceful_restart() {
     if !crate::support::engine::memory_engine_feature("snapshots") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("callhome-admin-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("callhome.toml");
-    std::fs::write(&config, format!("[admin]\nkey = \"{ADMIN}\"\n")).unwrap();
-    let snapshot = dir.join("state");
+    let kept = Kept::new("admin", &format!("[admin]\nkey = \"{ADMIN}\"\n"));
     let http = client();
-    let start = || Daemon::start_on(&config, "127.0.0.1:0", Some(&snapshot), &[]);
-    let mut daemon = start();
-    let base = format!("http://{}", daemon.addr);
-    let made: Value = http
-        .post(format!("{base}/v1/admin/apps"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"name": "kept", "origins": [ORIGIN]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let old = made["key"].as_str().unwrap().to_owned();
-    let rotated: Value = http
-        .post(format!("{base}/v1/admin/apps/kept/keys"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"grace": "1h"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let new = rotated["key"].as_str().unwrap().to_owned();
-    daemon.send_signal("KILL");
-    daemon.wait_exit();
-    drop(daemon);
-
-    let creates = |base: String, key: String| {
-        let http = http.clone();
+    let keys = std::sync::Mutex::new(Vec::new());
+    kept.then_kill_9(|base| {
+        let (http, keys) = (&http, &keys);
         async move {
-            http.post(format!("{base}/v1/ids"))
-                .bearer_auth(key)
+            let made: Value = http
+                .post(format!("{base}/v1/admin/apps"))
+                .bearer_auth(ADMIN)
+                .json(&json!({"name": "kept", "origins": [ORIGIN]}))
                 .send()
                 .await
                 .unwrap()
-                .status()
+                .json()
+                .await
+                .unwrap();
+            let rotated: Value = http
+                .post(format!("{base}/v1/admin/apps/kept/keys"))
+                .bearer_auth(ADMIN)
+                .json(&json!({"grace": "1h"}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            for answer in [made, rotated] {
+                keys.lock()
+                    .unwrap()
+                    .push(answer["key"].as_str().unwrap().to_owned());
+            }
         }
-    };
-    for round in ["after kill -9", "after a graceful restart"] {
-        let mut daemon = start();
-        let base = format!("http://{}", daemon.addr);
-        for key in [&old, &new] {
-            assert_eq!(
-                creates(base.clone(), key.clone()).await,
-                StatusCode::CREATED,
-                "{round}"
-            );
+    })
+    .await;
+    let keys = keys.into_inner().unwrap();
+    kept.check_restarts(|base, round| {
+        let (http, keys) = (&http, &keys);
+        async move {
+            for key in keys {
+                let status = http
+                    .post(format!("{base}/v1/ids"))
+                    .bearer_auth(key)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+                assert_eq!(status, StatusCode::CREATED, "{round}");
+            }
         }
-        assert!(daemon.terminate(), "{round}: graceful exit");
-    }
-    std::fs::remove_dir_all(&dir).unwrap();
+    })
+    .await;
 }

@@ -28,7 +28,7 @@ async fn iframe_url(s: &TestServer, body: Value) -> String {
         .to_owned()
 }
 
-fn id_of(iframe_url: &str) -> String {
+pub(crate) fn id_of(iframe_url: &str) -> String {
     url::Url::parse(iframe_url)
         .unwrap()
         .query_pairs()
@@ -39,7 +39,7 @@ fn id_of(iframe_url: &str) -> String {
 }
 
 /// Opens the test page subscribed to `iframes` and waits until callhome.js ran.
-async fn open(b: &Browser, page: &PageServer, iframes: &[&str]) {
+pub(crate) async fn open(b: &Browser, page: &PageServer, iframes: &[&str]) {
     b.client.goto(&page.url(iframes)).await.unwrap();
     b.wait_for(
         "callhome.js loaded and connected",

@@ -30,6 +30,7 @@ mod metrics;
 mod parser;
 mod proxy;
 mod redis_support;
+mod registration;
 mod restart;
 mod routing;
 mod sharing;

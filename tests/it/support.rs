@@ -7,6 +7,7 @@ pub mod browser;
 mod daemon;
 pub mod engine;
 pub mod faultproxy;
+mod kept;
 pub mod nginx;
 mod page;
 pub mod redis;
@@ -14,7 +15,8 @@ pub mod tap;
 pub mod tls;
 
 pub use daemon::{Daemon, Output};
-pub use page::PageServer;
+pub use kept::Kept;
+pub use page::{Answer, PageServer};
 
 use std::net::SocketAddr;
 use std::sync::Once;

@@ -5,13 +5,65 @@
 //! connects to each; `window.received[i]` collects `{info, seq}` for subscription `i` and
 //! `window.errors[i]` its errors, `window.statuses[i]` the newest status (how the
 //! subscription shares its connection).
+//!
+//! Any other path answers what the test put there with [`PageServer::serve`] (`404` until
+//! then): the challenge of a self-registration, served the ways a real app might get it
+//! right or wrong. [`PageServer::requests`] counts what was asked for besides the page.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
-use axum::response::Html;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
+
+/// What a path of the page server answers.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// `200` with this body.
+    Text(String),
+    /// This status, no body.
+    Status(u16),
+    /// `302` to this location (a path, or another server's URL).
+    Redirect(String),
+    /// [`Answer::Text`] after this long.
+    Slow(Duration, String),
+    /// `200` with a chunked body that never ends.
+    Endless,
+}
+
+#[derive(Debug, Default)]
+struct Paths {
+    answers: Mutex<HashMap<String, Answer>>,
+    requests: AtomicUsize,
+}
+
+async fn answer(State(paths): State<Arc<Paths>>, uri: Uri) -> Response {
+    paths.requests.fetch_add(1, Ordering::SeqCst);
+    let answer = paths.answers.lock().unwrap().get(uri.path()).cloned();
+    match answer {
+        None => StatusCode::NOT_FOUND.into_response(),
+        Some(Answer::Text(text)) => text.into_response(),
+        Some(Answer::Status(status)) => StatusCode::from_u16(status).unwrap().into_response(),
+        Some(Answer::Redirect(to)) => (StatusCode::FOUND, [(header::LOCATION, to)]).into_response(),
+        Some(Answer::Slow(wait, text)) => {
+            tokio::time::sleep(wait).await;
+            text.into_response()
+        }
+        Some(Answer::Endless) => {
+            let chunks = futures_util::stream::repeat_with(|| {
+                Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(&[b'x'; 512]))
+            });
+            axum::body::Body::from_stream(chunks).into_response()
+        }
+    }
+}
 
 const PAGE: &str = r#"<!doctype html>
 <html><head><meta charset="utf-8"><title>CallHome test page</title></head>
@@ -44,6 +96,7 @@ document.head.appendChild(script);
 pub struct PageServer {
     addr: SocketAddr,
     host: String,
+    paths: Arc<Paths>,
     shutdown: CancellationToken,
 }
 
@@ -62,15 +115,39 @@ impl PageServer {
         let addr = listener.local_addr().unwrap();
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         let shutdown = CancellationToken::new();
-        let app = Router::new().route("/", get(|| async { Html(PAGE) }));
+        let paths = Arc::new(Paths::default());
+        let app = Router::new()
+            .route("/", get(|| async { Html(PAGE) }))
+            .fallback(answer)
+            .with_state(Arc::clone(&paths));
         let serve =
             axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
         tokio::spawn(async move { serve.await });
         Self {
             addr,
             host: host.to_owned(),
+            paths,
             shutdown,
         }
+    }
+
+    /// Answers `answer` at `path` from now on.
+    pub fn serve(&self, path: &str, answer: Answer) {
+        self.paths
+            .answers
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), answer);
+    }
+
+    /// How many requests for other paths than the page arrived.
+    pub fn requests(&self) -> usize {
+        self.paths.requests.load(Ordering::SeqCst)
+    }
+
+    /// The page server's address, for origins by IP.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// The page's origin, by name rather than address so it differs from CallHome's.
