@@ -342,6 +342,8 @@ impl Cluster {
         };
         let name = app.name();
         let quota = app.max_ids();
+        // The app's own rate when it has one (self-registered apps), else the server's.
+        let create_rate = app.limits().create_per_app.unwrap_or(self.create_rate);
         let origin_arg = origin.as_ref().map_or("", |o| o.as_str()).to_owned();
         let id_ref = &id;
         let reply: Vec<String> = self
@@ -363,8 +365,8 @@ impl Cluster {
                     .arg(self.granule_ms)
                     .arg(quota)
                     .arg(self.max_ids)
-                    .arg(self.create_rate.per_second)
-                    .arg(self.create_rate.burst.max(1));
+                    .arg(create_rate.per_second)
+                    .arg(create_rate.burst.max(1));
                 invocation.invoke_async(&mut conn.redis).await
             })
             .await
@@ -404,6 +406,7 @@ impl Cluster {
             info: info.into(),
             waiters: self.local_waiters(id),
             once: once.map(|record| format!("ch:in:{record}").into()),
+            rate: app.limits().notify_per_app.unwrap_or(self.notify_rate),
             reply,
         };
         let outcome = batch::submit(&self.notifies, job, answer, self.link.timeout(), |jobs| {
@@ -442,8 +445,6 @@ impl Cluster {
                 notify
                     .arg(self.ttl_ms())
                     .arg(self.granule_ms)
-                    .arg(self.notify_rate.per_second)
-                    .arg(self.notify_rate.burst.max(1))
                     .arg(&self.node)
                     .arg(self.idempotency_window_ms);
                 for job in jobs {
@@ -451,7 +452,9 @@ impl Cluster {
                         .arg(&*job.app)
                         .arg(&*job.info)
                         .arg(job.waiters)
-                        .arg(job.once.as_deref().unwrap_or(""));
+                        .arg(job.once.as_deref().unwrap_or(""))
+                        .arg(job.rate.per_second)
+                        .arg(job.rate.burst.max(1));
                 }
                 notify.invoke_async(&mut conn.redis).await
             })
@@ -1008,6 +1011,8 @@ struct Notify {
     waiters: u32,
     /// The Redis key of its idempotency record, if it has one.
     once: Option<Box<str>>,
+    /// The app's notify rate (its own, or the server's).
+    rate: RateLimit,
     reply: batch::Answer<Notified>,
 }
 

@@ -275,3 +275,66 @@ async fn max_ids_counts_the_ids_of_apps_registered_at_runtime() {
         assert_eq!(error_code(r).await, "too_many_ids");
     }
 }
+
+/// An app's own rates (set through the admin API) hold across nodes, as the server's do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apps_own_rates_hold_across_nodes() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start(RedisOptions::default()).await;
+    let [a, b] = nodes(&redis.url(), ["a", "b"], |c| {
+        c.admin.key = Some(callhome::auth::AppKey::new(ADMIN.into()));
+    })
+    .await;
+    let made = admin(
+        &a,
+        Method::POST,
+        "/v1/admin/apps",
+        Some(json!({
+            "name": "slow",
+            "origins": ["https://slow.example"],
+            "limits": {
+                "create_per_app": {"per_second": 1, "burst": 2},
+                "notify_per_app": {"per_second": 1, "burst": 3},
+            },
+        })),
+    )
+    .await;
+    let key = made["key"].as_str().unwrap().to_owned();
+    // Known on b once a status of a missing id answers 404 (not 401).
+    within(A_SECOND, "the app on b", async || {
+        let r = b
+            .client
+            .get(b.url("/v1/ids/abcdefghijklmnopqrstuv"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        (r.status() == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    let first = a.create(&key, None).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let id = first.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The create bucket had 2: one left, on either node; then refused.
+    assert_eq!(create_status(&b, &key).await, StatusCode::CREATED);
+    let r = a.create(&key, None).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(error_code(r).await, "rate_limited");
+    // Notifies: 3 across both nodes, then refused; app one keeps the server's (none here).
+    let statuses = join_all(
+        [&a, &b, &a, &b].map(|n| async { n.notify(&key, &id, "x").await.status().as_u16() }),
+    )
+    .await;
+    let mut sorted = statuses.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, [200, 200, 200, 429], "{statuses:?}");
+    let one = a.new_id().await;
+    for _ in 0..5 {
+        assert_eq!(b.notify(KEY, &one, "y").await.status(), StatusCode::OK);
+    }
+}

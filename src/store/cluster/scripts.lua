@@ -214,15 +214,16 @@ return prune(KEYS[1], KEYS[2], now_ms())
 -- Notifies in a batch (the ones a node's publishers made while its previous batches were in
 -- Redis): each one as if alone, in order, in one atomic step, with one hint message for all.
 -- KEYS: hint counter, epoch, nodes, then one id hash per notify.
--- ARGV: idle ttl ms, granule ms, rate, burst, node, idempotency window ms, then per notify:
--- app, info, this node's waiters on the id, and its idempotency record ('' for none: see
--- src/idempotency.rs). A notify whose record exists was made before: it is answered as it
--- was then and not made again.
+-- ARGV: idle ttl ms, granule ms, node, idempotency window ms, then per notify: app, info,
+-- this node's waiters on the id, its idempotency record ('' for none: see
+-- src/idempotency.rs), and its app's notify rate and burst (every notify of one app carries
+-- the same). A notify whose record exists was made before: it is answered as it was then
+-- and not made again.
 -- Returns the epoch, then per notify three values: 'ok', seq, waiting; 'unknown', '', '';
 -- or 'rate', the milliseconds to wait, ''.
 local now = now_ms()
 local ttl, granule = tonumber(ARGV[1]), tonumber(ARGV[2])
-local rate, burst, own = tonumber(ARGV[3]), tonumber(ARGV[4]), 'w.' .. ARGV[5]
+local own = 'w.' .. ARGV[3]
 local ep = epoch(KEYS[2])
 local out = {ep}
 local hints, buckets, alive = {}, {}, {}
@@ -246,11 +247,12 @@ local function read_plan()
   if #fields > 2 + READ_NODES then return false end
   return fields
 end
-local window = ARGV[6]
+local window = ARGV[4]
 for i = 4, #KEYS do
   local key = KEYS[i]
-  local at = 7 + (i - 4) * 4
+  local at = 5 + (i - 4) * 6
   local app, info, mark = ARGV[at], ARGV[at + 1], ARGV[at + 3]
+  local rate, burst = tonumber(ARGV[at + 4]), tonumber(ARGV[at + 5])
   local made = mark ~= '' and redis.call('GET', mark)
   local wait = 0
   if made then
@@ -260,6 +262,7 @@ for i = 4, #KEYS do
     local bucket = buckets[app]
     if not bucket then
       bucket = gcra_load('ch:rl:n:' .. app)
+      bucket.rate, bucket.burst = rate, burst
       buckets[app] = bucket
     end
     wait = gcra_take(bucket, now, rate, burst)
@@ -293,7 +296,7 @@ for i = 4, #KEYS do
     end
   end
 end
-for _, bucket in pairs(buckets) do gcra_save(bucket, rate, burst) end
+for _, bucket in pairs(buckets) do gcra_save(bucket, bucket.rate, bucket.burst) end
 publish(KEYS[1], ep, now, hints)
 return out
 
