@@ -37,7 +37,8 @@
 //! ```sh
 //! CALLHOME_REGISTRATION__POLICY=open CALLHOME_REGISTRATION__ALLOW_PRIVATE_ORIGINS=true \
 //!   cargo run --release -- --config config/callhome.toml
-//! cargo run --release --example demo -- --register notes-demo --listen 127.0.0.1:3001
+//! cargo run --release --example demo -- --register notes-demo --listen 127.0.0.1:3001 \
+//!   --origin http://127.0.0.1:3001
 //! ```
 //!
 //! To keep it short, everything is in memory, and every page view gets its own id, kept

@@ -35,6 +35,11 @@ impl Drop for Demo {
 }
 
 async fn start_demo(port: u16, callhome: &str) -> Demo {
+    start_demo_with(port, callhome, &["--key", KEY]).await
+}
+
+/// The demo on `port` with CallHome at `callhome` and `args` (its key, or how to register).
+async fn start_demo_with(port: u16, callhome: &str, args: &[&str]) -> Demo {
     let demo = Demo(
         Command::new(demo_binary())
             .args([
@@ -42,9 +47,8 @@ async fn start_demo(port: u16, callhome: &str) -> Demo {
                 &format!("127.0.0.1:{port}"),
                 "--callhome",
                 callhome,
-                "--key",
-                KEY,
             ])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -207,4 +211,97 @@ async fn holding_tab(b: &Browser, tabs: &[WindowHandle], frames: u64) -> usize {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The demo with no key: it registers itself with a CallHome whose policy is `open` (with
+/// loopback origins allowed, as a local trial needs), proving its origin by serving the
+/// challenge, and then works as with a configured key, in two real windows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demo_that_registers_itself_works_without_a_configured_key() {
+    if !crate::support::engine::memory_engine_feature("self-registration") {
+        return;
+    }
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let demo_port = free_port();
+    let origin = format!("http://127.0.0.1:{demo_port}");
+    let dir = std::env::temp_dir().join(format!("callhome-demo-reg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("callhome.toml");
+    std::fs::write(
+        &config,
+        "[registration]\npolicy = \"open\"\nallow_private_origins = true\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(&config);
+    let callhome = format!("http://{}", daemon.addr);
+    let _demo = start_demo_with(
+        demo_port,
+        &callhome,
+        &["--register", "notes-demo", "--origin", &origin],
+    )
+    .await;
+    // Registered once its page gets an id (before, live updates are off).
+    let http = client();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let page = http
+            .get(&origin)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if page.contains("/v1/iframe?") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the demo never registered: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The app exists on CallHome with the demo's origin, bound to it.
+    let discovery: serde_json::Value = http
+        .get(format!("{callhome}/.well-known/callhome"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(discovery["registration"]["policy"], "open");
+    let taken = http
+        .post(format!("{callhome}/v1/apps/challenges"))
+        .json(&serde_json::json!({ "origin": origin }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        taken.status(),
+        reqwest::StatusCode::CONFLICT,
+        "origin bound"
+    );
+
+    let first = b.client.window().await.unwrap();
+    b.client.goto(&origin).await.unwrap();
+    b.wait_for(
+        "the first window connected",
+        "return window.demoReady === true",
+    )
+    .await;
+    let second = b.client.new_window(false).await.unwrap().handle;
+    b.client.switch_to_window(second).await.unwrap();
+    b.client.goto(&origin).await.unwrap();
+    b.wait_for(
+        "the second window connected",
+        "return window.demoReady === true",
+    )
+    .await;
+    add_note(&b, "Registered by itself").await;
+    b.client.switch_to_window(first).await.unwrap();
+    wait_for_note(&b, "Registered by itself").await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
