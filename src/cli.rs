@@ -58,6 +58,9 @@ pub enum AppsCommand {
         /// The app's id quota (default: the server's `[admin] default_max_ids`).
         #[arg(long)]
         max_ids: Option<usize>,
+        /// The app's own rates and info size (default: the server's).
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Changes a registered app's origins (all of them, as given) or quota.
     Update {
@@ -69,6 +72,9 @@ pub enum AppsCommand {
         /// The app's id quota from now on.
         #[arg(long)]
         max_ids: Option<usize>,
+        /// The app's own rates and info size from now on.
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Gives an app a new key (printed once); its old keys work for the grace period.
     Rotate {
@@ -92,6 +98,48 @@ pub enum AppsCommand {
     },
 }
 
+/// An app's own limits, as `PATCH`/`POST /v1/admin/apps` take them in `"limits"`.
+#[derive(Debug, Default, Args)]
+pub struct LimitArgs {
+    /// Id creations: `PER_SECOND/BURST`, e.g. `10/100`.
+    #[arg(long, value_parser = rate)]
+    pub create_rate: Option<(u32, u32)>,
+    /// Notifies: `PER_SECOND/BURST`, e.g. `100/1000`.
+    #[arg(long, value_parser = rate)]
+    pub notify_rate: Option<(u32, u32)>,
+    /// The largest info a notify may carry, in bytes.
+    #[arg(long)]
+    pub info_max_bytes: Option<usize>,
+}
+
+impl LimitArgs {
+    /// The `"limits"` object, or `None` when no limit was given.
+    fn json(&self) -> Option<Value> {
+        let mut limits = serde_json::Map::new();
+        let rate =
+            |(per_second, burst): (u32, u32)| json!({"per_second": per_second, "burst": burst});
+        if let Some(r) = self.create_rate {
+            limits.insert("create_per_app".into(), rate(r));
+        }
+        if let Some(r) = self.notify_rate {
+            limits.insert("notify_per_app".into(), rate(r));
+        }
+        if let Some(n) = self.info_max_bytes {
+            limits.insert("info_max_bytes".into(), json!(n));
+        }
+        (!limits.is_empty()).then_some(Value::Object(limits))
+    }
+}
+
+/// `PER_SECOND/BURST`.
+fn rate(text: &str) -> Result<(u32, u32), String> {
+    let (per_second, burst) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?}: write PER_SECOND/BURST, e.g. 10/100"))?;
+    let number = |n: &str| n.trim().parse::<u32>().map_err(|e| format!("{n:?}: {e}"));
+    Ok((number(per_second)?, number(burst)?))
+}
+
 impl AppsCommand {
     /// The request this command makes: method, path below the server, JSON body.
     fn request(&self) -> anyhow::Result<(Method, String, Option<Value>)> {
@@ -103,10 +151,14 @@ impl AppsCommand {
                 name,
                 origins,
                 max_ids,
+                limits,
             } => {
                 let mut body = json!({ "name": name, "origins": origins });
                 if let Some(max_ids) = max_ids {
                     body["max_ids"] = json!(max_ids);
+                }
+                if let Some(limits) = limits.json() {
+                    body["limits"] = limits;
                 }
                 (Method::POST, "/v1/admin/apps".into(), Some(body))
             }
@@ -114,9 +166,14 @@ impl AppsCommand {
                 name,
                 origins,
                 max_ids,
+                limits,
             } => {
-                if origins.is_empty() && max_ids.is_none() {
-                    bail!("nothing to change: give --origin or --max-ids");
+                let limits = limits.json();
+                if origins.is_empty() && max_ids.is_none() && limits.is_none() {
+                    bail!(
+                        "nothing to change: give --origin, --max-ids, --create-rate, \
+                         --notify-rate or --info-max-bytes"
+                    );
                 }
                 let mut body = json!({});
                 if !origins.is_empty() {
@@ -124,6 +181,9 @@ impl AppsCommand {
                 }
                 if let Some(max_ids) = max_ids {
                     body["max_ids"] = json!(max_ids);
+                }
+                if let Some(limits) = limits {
+                    body["limits"] = limits;
                 }
                 (Method::PATCH, path(name), Some(body))
             }
@@ -297,6 +357,7 @@ mod tests {
                     name: "chat".into(),
                     origins: vec!["https://chat.example".into()],
                     max_ids: Some(5),
+                    limits: LimitArgs::default(),
                 },
                 "POST /v1/admin/apps",
                 Some(json!({"name":"chat","origins":["https://chat.example"],"max_ids":5})),
@@ -306,9 +367,13 @@ mod tests {
                     name: "chat".into(),
                     origins: vec![],
                     max_ids: Some(9),
+                    limits: LimitArgs {
+                        notify_rate: Some((5, 50)),
+                        ..LimitArgs::default()
+                    },
                 },
                 "PATCH /v1/admin/apps/chat",
-                Some(json!({"max_ids":9})),
+                Some(json!({"max_ids":9,"limits":{"notify_per_app":{"per_second":5,"burst":50}}})),
             ),
             (
                 AppsCommand::Rotate {
@@ -336,8 +401,11 @@ mod tests {
             name: "chat".into(),
             origins: vec![],
             max_ids: None,
+            limits: LimitArgs::default(),
         };
         assert!(nothing.request().is_err());
+        assert_eq!(rate("10/100"), Ok((10, 100)));
+        assert!(rate("10").is_err() && rate("x/1").is_err());
     }
 
     #[test]

@@ -136,10 +136,17 @@ async fn every_apps_subcommand_works_against_the_real_daemon() {
         ORIGIN,
         "--max-ids",
         "9",
+        "--notify-rate",
+        "5/50",
     ]);
     assert_eq!(updated.status, 0, "{}", updated.stderr);
     let shown = s.apps(&["show", "chat"]).json();
     assert_eq!(shown["max_ids"], 9);
+    assert_eq!(
+        shown["limits"]["notify_per_app"],
+        serde_json::json!({"per_second": 5, "burst": 50}),
+        "{shown}"
+    );
     assert_eq!(
         shown["origins"],
         serde_json::json!(["https://chat.example", ORIGIN])
