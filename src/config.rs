@@ -896,6 +896,7 @@ const ENV_KEYS: &[&str] = &[
     "limits",
     "rate_limits",
     "store",
+    "http",
     "tls",
     "idempotency",
     "admin",
@@ -2061,6 +2062,24 @@ mod tests {
                     reload_interval: Duration::from_secs(300),
                 }
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn every_section_is_set_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CALLHOME_HTTP__LEAN_PATH", "false");
+            jail.set_env("CALLHOME_IDEMPOTENCY__WINDOW", "1m");
+            jail.set_env("CALLHOME_ADMIN__ROTATION_GRACE", "1h");
+            jail.set_env("CALLHOME_REGISTRATION__POLICY", "open");
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/callhome.toml");
+            let c = Config::load(&path, &Overrides::default()).unwrap();
+            assert!(!c.http.lean_path);
+            assert_eq!(c.idempotency.window, Duration::from_secs(60));
+            assert_eq!(c.admin.rotation_grace, Duration::from_secs(3600));
+            assert_eq!(c.registration.policy, crate::registration::Policy::Open);
             Ok(())
         });
     }
