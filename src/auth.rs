@@ -300,13 +300,6 @@ pub enum RegistryError {
     /// The system's random number generator failed.
     #[error("no entropy for a key: {0}")]
     Entropy(String),
-    /// Invites and self-registration's challenge tokens are kept by one process (and its
-    /// snapshot); in cluster mode another node would not know them, so neither is offered.
-    #[error(
-        "invites and self-registration need [store] backend = \"memory\" for now; \
-         in cluster mode apps are added through the admin API"
-    )]
-    NeedsMemoryEngine,
 }
 
 /// What a new app is made of.

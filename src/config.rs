@@ -317,13 +317,7 @@ fn validate_registration(
     check_rate("registration.create_per_app", r.create_per_app)?;
     check_rate("registration.notify_per_app", r.notify_per_app)?;
     if r.policy != Policy::Closed {
-        if store.backend == Backend::Redis {
-            warnings.push(format!(
-                "registration.policy = \"{}\" is not served with backend = \"redis\" yet: \
-                 POST /v1/apps answers 501 registry_needs_memory_engine",
-                r.policy.as_str()
-            ));
-        } else if store.snapshot_path.is_none() {
+        if store.backend == Backend::Memory && store.snapshot_path.is_none() {
             warnings.push(
                 "self-registration is on without store.snapshot_path: apps registered here \
                  are forgotten at the next restart"

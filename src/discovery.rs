@@ -33,10 +33,10 @@ fn rate(limit: RateLimit) -> serde_json::Value {
 }
 
 /// How apps come to exist here: the policy and, when one may register, where and on what
-/// terms. Cluster mode does not take registrations yet, so it says `closed` there.
+/// terms.
 fn registration(state: &AppState) -> serde_json::Value {
     let terms = &state.registration;
-    if terms.policy == Policy::Closed || state.store.as_memory().is_none() {
+    if terms.policy == Policy::Closed {
         return json!({"policy": "closed"});
     }
     let limits = terms.limits;

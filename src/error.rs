@@ -237,7 +237,6 @@ impl ApiError {
                 | RegistryError::OriginTaken(_) => StatusCode::CONFLICT,
                 RegistryError::Invalid(_) => StatusCode::BAD_REQUEST,
                 RegistryError::Entropy(_) => StatusCode::INTERNAL_SERVER_ERROR,
-                RegistryError::NeedsMemoryEngine => StatusCode::NOT_IMPLEMENTED,
             },
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -284,7 +283,6 @@ impl ApiError {
                 RegistryError::ConfigApp(_) => "config_app",
                 RegistryError::Invalid(_) => "invalid_app",
                 RegistryError::Entropy(_) => "internal",
-                RegistryError::NeedsMemoryEngine => "registry_needs_memory_engine",
             },
             Self::RegistrationClosed => "registration_closed",
             Self::InviteRequired => "invite_required",

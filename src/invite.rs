@@ -135,6 +135,12 @@ impl Invites {
         }
     }
 
+    /// Makes `invites` the invites, in place of the ones there are: how a node takes on
+    /// the registry another node changed (cluster mode).
+    pub fn replace(&self, invites: Vec<Invite>) {
+        *self.lock() = invites;
+    }
+
     /// Puts invites read from a snapshot back.
     pub fn restore(&self, invites: Vec<Invite>) {
         self.lock().extend(invites);

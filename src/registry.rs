@@ -2,7 +2,8 @@
 //!
 //! - **Memory engine**: the registry is this process's ([`crate::auth::Apps`]) and the
 //!   snapshot's; each change is written to the snapshot before it is answered.
-//! - **Redis engine**: the registered apps are one document in Redis (`ch:reg`, with its
+//! - **Redis engine**: the registered apps (and the invites of self-registration) are one
+//!   document in Redis (`ch:reg`, with its
 //!   version `ch:regv`). A change is made on the newest document and written back only if
 //!   nobody wrote another meanwhile (compare-and-set on the version, one script), and tried
 //!   again on the newer one if somebody did: changes made on several nodes at once never
@@ -22,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Apps, RegistryError};
+use crate::auth::Apps;
 use crate::error::ApiError;
 use crate::snapshot;
 use crate::state::AppState;
@@ -47,13 +48,13 @@ pub struct Registry {
 /// Makes the change `f` to the registry of `state` and keeps it (snapshot or Redis) before
 /// returning its result. `f` may run more than once (in cluster mode, when another node
 /// changed the registry first); only the last run's result is returned and kept.
-pub async fn change<T>(
+pub async fn change<T, E: Into<ApiError>>(
     state: &AppState,
-    f: impl Fn(&Apps) -> Result<T, RegistryError>,
+    f: impl Fn(&Apps) -> Result<T, E>,
 ) -> Result<T, ApiError> {
     let mut version = state.registry.version.lock().await;
     let Some(cluster) = state.store.as_cluster() else {
-        let out = f(&state.apps)?;
+        let out = f(&state.apps).map_err(Into::into)?;
         persist(state).await?;
         return Ok(out);
     };
@@ -62,8 +63,8 @@ pub async fn change<T>(
             tokio::time::sleep(BACKOFF * rand::random_range(1..=attempt)).await;
         }
         let read = converge(state, cluster, &mut version).await?;
-        let out = f(&state.apps)?;
-        let document = snapshot::encode_registered(&state.apps.view());
+        let out = f(&state.apps).map_err(Into::into)?;
+        let document = snapshot::encode_registered(&state.apps);
         match cluster.registry_put(read, &document, None).await {
             Ok(Some(written)) => {
                 *version = written;
@@ -94,7 +95,7 @@ async fn converge(state: &AppState, cluster: &Cluster, version: &mut u64) -> Res
             return Ok(remote);
         }
         if remote < *version && *version != u64::MAX {
-            let mine = snapshot::encode_registered(&state.apps.view());
+            let mine = snapshot::encode_registered(&state.apps);
             if let Some(written) = cluster.registry_put(remote, &mine, Some(*version)).await? {
                 tracing::warn!(
                     redis = remote,
@@ -112,14 +113,15 @@ async fn converge(state: &AppState, cluster: &Cluster, version: &mut u64) -> Res
         let unusable = |e: String| {
             ApiError::Internal(format!("the registry of apps in Redis is unusable: {e}"))
         };
-        let registered = match document.as_deref() {
-            None => Vec::new(),
+        let (registered, invites) = match document.as_deref() {
+            None => (Vec::new(), Vec::new()),
             Some(bytes) => snapshot::decode_registered(bytes).map_err(unusable)?,
         };
         state
             .apps
             .replace_registered(registered)
             .map_err(|e| unusable(e.to_string()))?;
+        state.apps.invites().replace(invites);
         state.metrics.backplane.registry_loads.inc();
         *version = remote;
         return Ok(remote);

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::auth::{App, AppLimits, Apps, KeyInfo, Source, View};
+use crate::auth::{App, AppLimits, Apps, KeyInfo, Source};
 use crate::config::RateLimit;
 use crate::id::Id;
 use crate::invite::Invite;
@@ -139,33 +139,44 @@ impl From<SavedAppV2> for SavedApp {
     }
 }
 
-/// The registered apps of `view` as bytes, for a registry kept outside the snapshot (Redis,
-/// in cluster mode: src/registry.rs): a format byte, then the apps as the snapshot has them.
+/// The registered apps and the invites of `apps` as bytes, for a registry kept outside the
+/// snapshot (Redis, in cluster mode: src/registry.rs): a format byte, then both as the
+/// snapshot has them.
 ///
 /// # Panics
 /// Never: strings and numbers always serialise.
-pub fn encode_registered(view: &View) -> Vec<u8> {
+pub fn encode_registered(apps: &Apps) -> Vec<u8> {
+    let view = apps.view();
     let registered: Vec<SavedApp> = view
         .iter()
         .filter(|app| app.source() == Source::Registered)
         .map(|app| SavedApp::of(app))
         .collect();
-    postcard::to_extend(&registered, vec![REGISTRY_FORMAT]).expect("strings and numbers serialise")
+    let invites: Vec<SavedInvite> = apps.invites().list().iter().map(SavedInvite::of).collect();
+    postcard::to_extend(&(registered, invites), vec![REGISTRY_FORMAT])
+        .expect("strings and numbers serialise")
 }
 
 /// The format byte [`encode_registered`] writes first.
-const REGISTRY_FORMAT: u8 = 1;
+const REGISTRY_FORMAT: u8 = 2;
 
-/// The apps [`encode_registered`] wrote.
-pub fn decode_registered(bytes: &[u8]) -> Result<Vec<App>, String> {
+/// The apps and invites [`encode_registered`] wrote.
+pub fn decode_registered(bytes: &[u8]) -> Result<(Vec<App>, Vec<Invite>), String> {
     let Some((&REGISTRY_FORMAT, body)) = bytes.split_first() else {
         return Err(format!(
             "the registry is not of format {REGISTRY_FORMAT} (written by another version?)"
         ));
     };
-    let saved: Vec<SavedApp> =
+    let (apps, invites): (Vec<SavedApp>, Vec<SavedInvite>) =
         postcard::from_bytes(body).map_err(|e| format!("the registry does not decode: {e}"))?;
-    saved.into_iter().map(SavedApp::into_app).collect()
+    let apps = apps
+        .into_iter()
+        .map(SavedApp::into_app)
+        .collect::<Result<_, _>>()?;
+    Ok((
+        apps,
+        invites.into_iter().map(SavedInvite::into_invite).collect(),
+    ))
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]

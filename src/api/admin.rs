@@ -129,27 +129,6 @@ async fn created(state: &AppState, app: &App, key: &NewKey) -> Response {
     (StatusCode::CREATED, Json(body)).into_response()
 }
 
-/// Invites are kept in this process and its snapshot only (the memory engine's); see
-/// [`RegistryError::NeedsMemoryEngine`].
-pub(super) fn memory_engine(state: &AppState) -> Result<(), ApiError> {
-    if state.store.as_memory().is_some() {
-        Ok(())
-    } else {
-        Err(RegistryError::NeedsMemoryEngine.into())
-    }
-}
-
-/// Writes the snapshot now, when there is one, so a change answered is a change kept.
-pub(super) async fn persist(state: &AppState) -> Result<(), ApiError> {
-    let Some(path) = state.snapshot.snapshot_path.clone() else {
-        return Ok(());
-    };
-    crate::snapshot::save_measured(path, state)
-        .await
-        .map(drop)
-        .map_err(|e| ApiError::Internal(format!("the registry change was not saved: {e}")))
-}
-
 /// An app's quota, refused over `limits.max_ids` (the store's own bound).
 fn within_max_ids(state: &AppState, max_ids: usize) -> Result<usize, ApiError> {
     if max_ids > state.limits.max_ids {
@@ -374,7 +353,6 @@ async fn invite(
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
-    memory_engine(&state)?;
     let request: InviteRequest = extract::json_or_default(&headers, &body)?;
     let uses = request.uses.unwrap_or(1);
     if uses == 0 || uses > MAX_INVITE_USES {
@@ -390,8 +368,8 @@ async fn invite(
             "expires_in must be between 1s and 365d".into(),
         ));
     }
-    let (invite, code) = state.apps.invites().issue(uses, Some(ttl))?;
-    persist(&state).await?;
+    let (invite, code) =
+        registry::change(&state, |apps| apps.invites().issue(uses, Some(ttl))).await?;
     tracing::info!(invite = %invite.id(), uses, "invite made");
     let mut body = invite_info(&invite);
     body["code"] = json!(code);
@@ -414,9 +392,7 @@ async fn uninvite(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    memory_engine(&state)?;
-    state.apps.invites().remove(&id)?;
-    persist(&state).await?;
+    registry::change(&state, |apps| apps.invites().remove(&id)).await?;
     tracing::info!(invite = %id, "invite removed");
     Ok(StatusCode::NO_CONTENT)
 }

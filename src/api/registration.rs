@@ -19,13 +19,14 @@ use futures_util::future::join_all;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::admin::{limits, memory_engine, persist};
+use super::admin::limits;
 use crate::auth::{NewApp, RegistryError};
 use crate::challenge;
 use crate::error::ApiError;
 use crate::extract::{self, Body, ClientIp};
 use crate::origin::Origin;
-use crate::registration::Policy;
+use crate::registration::{PendingError, Policy};
+use crate::registry;
 use crate::state::AppState;
 
 /// The paths anybody may send a body to (when registration is not closed).
@@ -49,7 +50,6 @@ fn admit(state: &AppState, ip: ClientIp) -> Result<(), ApiError> {
     if state.registration.policy == Policy::Closed {
         return Err(ApiError::RegistrationClosed);
     }
-    memory_engine(state)?;
     // A request that came over no socket (a router test) counts as one client.
     let ip = ip.0.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
     state.limiters.registration(ip)
@@ -89,9 +89,7 @@ async fn challenge(
     }
     let terms = &state.registration;
     let client = ip.0.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
-    let token = state
-        .challenges
-        .issue(&origin, client, terms, Instant::now())?;
+    let token = issue(&state, &origin, client).await?;
     let body = json!({
         "origin": origin.as_str(),
         "token": token,
@@ -139,12 +137,14 @@ async fn register(
         limits: terms.limits,
     };
     state.apps.vet(&new)?;
-    let tokens = tokens_for(&state, &new.origins, &request.tokens)?;
+    let tokens = tokens_for(&state, &new.origins, &request.tokens).await?;
     // The invite's use is taken before the slow part, so two registrations cannot both
     // spend its last one; it is given back if the registration fails.
     let invite = match (terms.policy, &request.invite) {
         (Policy::Invite, None) => return Err(ApiError::InviteRequired),
-        (Policy::Invite, Some(code)) => Some(state.apps.invites().take(code)?),
+        (Policy::Invite, Some(code)) => {
+            Some(registry::change(&state, |apps| apps.invites().take(code)).await?)
+        }
         _ => None,
     };
     let registered = prove_and_register(&state, &new, &tokens).await;
@@ -152,13 +152,19 @@ async fn register(
         Ok(done) => done,
         Err(e) => {
             if let Some(invite) = invite {
-                state.apps.invites().give_back(invite);
+                let given_back = registry::change(&state, |apps| {
+                    apps.invites().give_back(invite);
+                    Ok::<_, ApiError>(())
+                })
+                .await;
+                if let Err(lost) = given_back {
+                    tracing::warn!(error = %lost, "an invite's use was not given back");
+                }
             }
             return Err(e);
         }
     };
-    state.challenges.consume(tokens.iter().map(String::as_str));
-    persist(&state).await?;
+    consume(&state, &tokens).await;
     tracing::info!(
         app = %app.name(),
         key_id = %key.info.id(),
@@ -179,15 +185,14 @@ async fn register(
 
 /// The token for each of `origins`, in their order, from `tokens`: each must wait and have
 /// been handed out for one of the origins, one for each.
-fn tokens_for(
+async fn tokens_for(
     state: &AppState,
     origins: &[Origin],
     tokens: &[String],
 ) -> Result<Vec<String>, ApiError> {
-    let now = Instant::now();
     let mut by_origin: Vec<Option<String>> = vec![None; origins.len()];
     for token in tokens {
-        let Some(of) = state.challenges.origin_of(token, now) else {
+        let Some(of) = origin_of(state, token).await? else {
             return Err(ApiError::ChallengeUnknown(
                 "a token is not one handed out here, was used, or expired: ask \
                  POST /v1/apps/challenges for a new one"
@@ -231,5 +236,60 @@ async fn prove_and_register(
         proof?;
     }
     // Checked again, atomically: another app may have taken a name or origin meanwhile.
-    Ok(state.apps.register(new)?)
+    registry::change(state, |apps| apps.register(new)).await
+}
+
+/// A token for `origin`, asked for by `client`: kept in this process (memory engine) or in
+/// Redis (cluster mode, so that the registration may reach any node).
+async fn issue(
+    state: &AppState,
+    origin: &Origin,
+    client: std::net::IpAddr,
+) -> Result<String, ApiError> {
+    let terms = &state.registration;
+    let Some(cluster) = state.store.as_cluster() else {
+        return Ok(state
+            .challenges
+            .issue(origin, client, terms, Instant::now())?);
+    };
+    let token = challenge::new_token().ok_or(PendingError::Entropy)?;
+    let client = crate::client_ip::rate_key(client).to_string();
+    let kept = cluster
+        .challenge_issue(
+            &token,
+            origin.as_str(),
+            &client,
+            terms.token_ttl,
+            terms.max_pending_per_ip,
+            terms.max_pending,
+        )
+        .await?;
+    if kept {
+        Ok(token)
+    } else {
+        Err(PendingError::TooMany.into())
+    }
+}
+
+/// The origin `token` was handed out for, while it waits.
+async fn origin_of(state: &AppState, token: &str) -> Result<Option<Origin>, ApiError> {
+    let Some(cluster) = state.store.as_cluster() else {
+        return Ok(state.challenges.origin_of(token, Instant::now()));
+    };
+    Ok(cluster
+        .challenge_origin(token)
+        .await?
+        .and_then(|text| Origin::parse(&text).ok()))
+}
+
+/// Forgets `tokens`, used by a registration (one left in Redis expires by itself).
+async fn consume(state: &AppState, tokens: &[String]) {
+    match state.store.as_cluster() {
+        None => state.challenges.consume(tokens.iter().map(String::as_str)),
+        Some(cluster) => {
+            if let Err(e) = cluster.challenge_consume(tokens).await {
+                tracing::warn!(error = %e, "used challenge tokens not forgotten; they expire");
+            }
+        }
+    }
 }

@@ -109,8 +109,14 @@ fn granule(idle_ttl: Duration) -> Duration {
     (idle_ttl / 64).clamp(Duration::from_millis(10), Duration::from_secs(60))
 }
 
-fn bucket_key(kind: &str, app: &str) -> String {
-    format!("ch:rl:{kind}:{app}")
+/// The app's rate bucket of `kind` at `rate`: a changed rate starts a bucket of its own, so
+/// that it holds from the next request (the old one expires by itself).
+fn bucket_key(kind: &str, app: &str, rate: RateLimit) -> String {
+    format!(
+        "ch:rl:{kind}:{app}:{}/{}",
+        rate.per_second,
+        rate.burst.max(1)
+    )
 }
 
 /// The Redis engine of one node.
@@ -355,7 +361,7 @@ impl Cluster {
                     .key(id_key(id.as_str()))
                     .key(counts_key(name))
                     .key(ends_key(name))
-                    .key(bucket_key("c", name))
+                    .key(bucket_key("c", name, create_rate))
                     .key(ALL_COUNTS_KEY)
                     .key(ALL_ENDS_KEY);
                 invocation
@@ -700,6 +706,75 @@ impl Cluster {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    /// Keeps the self-registration `token` for `origin` for `ttl`, unless `client` (its rate
+    /// key) has `per_client` tokens waiting or all clients `all` (counted over the last
+    /// `ttl`); returns whether it was kept.
+    pub async fn challenge_issue(
+        &self,
+        token: &str,
+        origin: &str,
+        client: &str,
+        ttl: Duration,
+        per_client: usize,
+        all: usize,
+    ) -> Result<bool, StoreError> {
+        let keys = (
+            format!("ch:ct:{token}"),
+            format!("ch:ctc:{client}"),
+            "ch:ctn",
+        );
+        let keys = &keys;
+        let kept: i64 = self
+            .link
+            .call(|mut conn| async move {
+                SCRIPTS
+                    .challenge_issue
+                    .key(&keys.0)
+                    .key(&keys.1)
+                    .key(keys.2)
+                    .arg(origin)
+                    .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+                    .arg(per_client)
+                    .arg(all)
+                    .invoke_async(&mut conn.redis)
+                    .await
+            })
+            .await
+            .map_err(unavailable)?;
+        Ok(kept == 1)
+    }
+
+    /// The origin the self-registration `token` was handed out for, while it waits.
+    pub async fn challenge_origin(&self, token: &str) -> Result<Option<String>, StoreError> {
+        let key = format!("ch:ct:{token}");
+        let key = &key;
+        self.link
+            .call(|mut conn| async move {
+                redis::cmd("GET")
+                    .arg(key)
+                    .query_async(&mut conn.redis)
+                    .await
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Forgets the self-registration `tokens`: they were used.
+    pub async fn challenge_consume(&self, tokens: &[String]) -> Result<(), StoreError> {
+        let keys: Vec<String> = tokens.iter().map(|t| format!("ch:ct:{t}")).collect();
+        let keys = &keys;
+        self.link
+            .call(|mut conn| async move {
+                redis::cmd("DEL")
+                    .arg(keys)
+                    .query_async::<i64>(&mut conn.redis)
+                    .await
+            })
+            .await
+            .map(drop)
+            .map_err(unavailable)
     }
 
     /// What `app` may read about its `id`; `waiting` counts every live node's clients.

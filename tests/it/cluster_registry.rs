@@ -338,3 +338,81 @@ async fn an_apps_own_rates_hold_across_nodes() {
         assert_eq!(b.notify(KEY, &one, "y").await.status(), StatusCode::OK);
     }
 }
+
+/// A self-registration token for `origin`, handed out by `node`.
+async fn challenge_token(node: &TestServer, origin: &str) -> String {
+    let r = node
+        .client
+        .post(node.url("/v1/apps/challenges"))
+        .json(&json!({ "origin": origin }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Self-registration behind a load balancer: the token is handed out by one node and the
+/// registration reaches another; an invite made on one node is used on a second and is
+/// spent for the third; the new app's key works on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_registration_works_whichever_node_each_call_reaches() {
+    use crate::support::{Answer, PageServer};
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start(RedisOptions::default()).await;
+    let [a, b, c] = nodes(&redis.url(), ["a", "b", "c"], |c| {
+        c.admin.key = Some(callhome::auth::AppKey::new(ADMIN.into()));
+        c.registration.policy = callhome::registration::Policy::Invite;
+        c.registration.allow_private_origins = true;
+    })
+    .await;
+    let invite = admin(&a, Method::POST, "/v1/admin/invites", Some(json!({}))).await;
+    let code = invite["code"].as_str().unwrap().to_owned();
+    let page = PageServer::spawn();
+    let origin = page.origin();
+    let token = challenge_token(&a, &origin).await;
+    page.serve(
+        &format!("/.well-known/callhome-challenge/{token}"),
+        Answer::Text(token.clone()),
+    );
+    // The invite reaches b within a second of being made on a.
+    let register = |node: &TestServer, name: &str| {
+        node.client
+            .post(node.url("/v1/apps"))
+            .json(&json!({"name": name, "origins": [origin], "tokens": [token], "invite": code}))
+            .send()
+    };
+    let (made, _) = within(A_SECOND, "the registration on b", async || {
+        let r = register(&b, "balanced").await.unwrap();
+        (r.status() == StatusCode::CREATED).then_some(r)
+    })
+    .await;
+    let made: Value = made.json().await.unwrap();
+    let key = made["key"].as_str().unwrap().to_owned();
+    everywhere(&[&a, &b, &c], &key, StatusCode::CREATED, A_SECOND).await;
+    // The invite is spent on every node: c refuses it for another app.
+    within(A_SECOND, "the spent invite on c", async || {
+        let token = challenge_token(&c, "https://other.example").await;
+        let r = c
+            .client
+            .post(c.url("/v1/apps"))
+            .json(&json!({
+                "name": "other",
+                "origins": ["https://other.example"],
+                "tokens": [token],
+                "invite": code,
+            }))
+            .send()
+            .await
+            .unwrap();
+        (r.status() == StatusCode::FORBIDDEN && error_code(r).await == "invite_used").then_some(())
+    })
+    .await;
+    let listed = admin(&c, Method::GET, "/v1/admin/invites", None).await;
+    assert_eq!(listed["invites"][0]["used"], 1, "{listed}");
+}

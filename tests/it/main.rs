@@ -5,6 +5,7 @@
 
 mod admin;
 mod api;
+mod backends;
 mod batch;
 mod binary;
 mod browser;

@@ -11,7 +11,7 @@ use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::support::browser::Browser;
-use crate::support::engine::{memory_engine_feature, redis_engine};
+use crate::support::engine::memory_engine_feature;
 use crate::support::{Answer, KEY, Kept, ORIGIN, PageServer, TestServer, client, error_code};
 
 const ADMIN: &str = "admin-key-0123456789-abcdefghij";
@@ -29,24 +29,6 @@ fn server(policy: Policy, adjust: impl FnOnce(&mut Config)) -> TestServer {
         };
         adjust(c);
     })
-}
-
-/// [`server`], or `None` (after checking that it refuses registration) in a cluster-mode
-/// run: the registry needs the memory engine for now.
-async fn memory_server(policy: Policy, adjust: impl FnOnce(&mut Config)) -> Option<TestServer> {
-    let s = server(policy, adjust);
-    if !redis_engine() {
-        return Some(s);
-    }
-    let r = post(
-        &s,
-        "/v1/apps/challenges",
-        json!({"origin": "https://x.example"}),
-    )
-    .await;
-    assert_eq!(r.status(), StatusCode::NOT_IMPLEMENTED);
-    assert_eq!(error_code(r).await, "registry_needs_memory_engine");
-    None
 }
 
 async fn post(s: &TestServer, path: &str, body: Value) -> Response {
@@ -112,9 +94,7 @@ async fn refused(r: Response, status: u16, code: &str, what: &str) {
 
 #[tokio::test]
 async fn a_self_registered_app_proves_its_origin_and_works_like_any_other() {
-    let Some(s) = memory_server(Policy::Open, |c| c.registration.max_ids = 2).await else {
-        return;
-    };
+    let s = server(Policy::Open, |c| c.registration.max_ids = 2);
     let page = PageServer::spawn();
     let r = post(&s, "/v1/apps/challenges", json!({"origin": page.origin()})).await;
     assert_eq!(r.status(), StatusCode::CREATED);
@@ -175,9 +155,7 @@ async fn a_self_registered_app_proves_its_origin_and_works_like_any_other() {
 
 #[tokio::test]
 async fn bad_names_origins_and_tokens_are_refused_before_anything_is_fetched() {
-    let Some(s) = memory_server(Policy::Open, |c| c.registration.max_origins = 2).await else {
-        return;
-    };
+    let s = server(Policy::Open, |c| c.registration.max_origins = 2);
     let page = PageServer::spawn();
     let origin = page.origin();
     let token = challenge(&s, &origin).await;
@@ -268,9 +246,7 @@ async fn bad_names_origins_and_tokens_are_refused_before_anything_is_fetched() {
 
 #[tokio::test]
 async fn a_challenge_is_handed_out_for_a_real_origin_only() {
-    let Some(s) = memory_server(Policy::Open, |_| {}).await else {
-        return;
-    };
+    let s = server(Policy::Open, |_| {});
     for (body, code) in [
         (json!({"origin": "*"}), "invalid_app"),
         (json!({"origin": "ftp://x.example"}), "invalid_origin"),
@@ -286,9 +262,7 @@ async fn a_challenge_is_handed_out_for_a_real_origin_only() {
 
 #[tokio::test]
 async fn an_origin_is_bound_to_one_app_whoever_proved_or_configured_it() {
-    let Some(s) = memory_server(Policy::Open, |_| {}).await else {
-        return;
-    };
+    let s = server(Policy::Open, |_| {});
     // App one's, from the config.
     let r = post(&s, "/v1/apps/challenges", json!({"origin": ORIGIN})).await;
     refused(r, 409, "origin_taken", "a config app's origin").await;
@@ -333,14 +307,10 @@ async fn an_origin_is_bound_to_one_app_whoever_proved_or_configured_it() {
 
 #[tokio::test]
 async fn each_way_a_challenge_fails_has_its_code_and_a_fixed_page_passes() {
-    let Some(s) = memory_server(Policy::Open, |c| {
+    let s = server(Policy::Open, |c| {
         c.registration.challenge_timeout = Duration::from_millis(300);
         c.registration.max_pending_per_ip = 50;
-    })
-    .await
-    else {
-        return;
-    };
+    });
     let page = PageServer::spawn();
     let origin = page.origin();
     let elsewhere = PageServer::spawn();
@@ -410,13 +380,9 @@ async fn each_way_a_challenge_fails_has_its_code_and_a_fixed_page_passes() {
 
 #[tokio::test]
 async fn private_and_loopback_addresses_are_refused_unless_the_operator_allows_them() {
-    let Some(s) = memory_server(Policy::Open, |c| {
+    let s = server(Policy::Open, |c| {
         c.registration.allow_private_origins = false;
-    })
-    .await
-    else {
-        return;
-    };
+    });
     let page = PageServer::spawn();
     let port = page.addr().port();
     let by_ip = format!("http://127.0.0.1:{port}");
@@ -433,9 +399,7 @@ async fn private_and_loopback_addresses_are_refused_unless_the_operator_allows_t
 
 #[tokio::test]
 async fn under_the_invite_policy_each_code_is_used_once_and_a_failed_try_gives_it_back() {
-    let Some(s) = memory_server(Policy::Invite, |_| {}).await else {
-        return;
-    };
+    let s = server(Policy::Invite, |_| {});
     let invite = |body: Value| admin(&s, reqwest::Method::POST, "/v1/admin/invites", Some(body));
     let r = invite(json!({})).await;
     assert_eq!(r.status(), StatusCode::CREATED);
@@ -554,17 +518,13 @@ async fn when_closed_nobody_registers() {
 
 #[tokio::test]
 async fn challenges_and_registrations_are_limited_per_client_ip() {
-    let Some(s) = memory_server(Policy::Open, |c| {
+    let s = server(Policy::Open, |c| {
         c.registration.per_ip = SlowRate {
             per_minute: 1,
             burst: 3,
         };
         c.registration.max_pending_per_ip = 2;
-    })
-    .await
-    else {
-        return;
-    };
+    });
     challenge(&s, "https://a.example").await;
     challenge(&s, "https://b.example").await;
     let r = post(
@@ -594,18 +554,14 @@ async fn challenges_and_registrations_are_limited_per_client_ip() {
 
 #[tokio::test]
 async fn a_self_registered_app_gets_the_policys_quotas_and_the_operator_may_change_them() {
-    let Some(s) = memory_server(Policy::Open, |c| {
+    let s = server(Policy::Open, |c| {
         c.registration.max_ids = 1;
         c.registration.info_max_bytes = 8;
         c.registration.notify_per_app = RateLimit {
             per_second: 1,
             burst: 2,
         };
-    })
-    .await
-    else {
-        return;
-    };
+    });
     let page = PageServer::spawn();
     let made = registered(&s, &page, "limited", json!({})).await;
     assert_eq!(
@@ -689,10 +645,6 @@ async fn discovery_says_how_to_register_and_what_a_new_app_gets() {
         .json()
         .await
         .unwrap();
-    if redis_engine() {
-        assert_eq!(body["registration"], json!({"policy": "closed"}));
-        return;
-    }
     let base = s.url("");
     let base = base.trim_end_matches('/');
     assert_eq!(
@@ -790,9 +742,7 @@ async fn a_self_registered_apps_page_receives_its_notifies_in_a_browser() {
     let Some(b) = Browser::start().await else {
         return;
     };
-    let Some(s) = memory_server(Policy::Open, |_| {}).await else {
-        return;
-    };
+    let s = server(Policy::Open, |_| {});
     let page = PageServer::spawn();
     let made = registered(&s, &page, "browserapp", json!({})).await;
     let key = made["key"].as_str().unwrap();

@@ -261,7 +261,8 @@ for i = 4, #KEYS do
   elseif rate > 0 then
     local bucket = buckets[app]
     if not bucket then
-      bucket = gcra_load('ch:rl:n:' .. app)
+      -- One bucket per app and rate (src/store/cluster.rs, `bucket_key`).
+      bucket = gcra_load('ch:rl:n:' .. app .. ':' .. ARGV[at + 4] .. '/' .. ARGV[at + 5])
       bucket.rate, bucket.burst = rate, burst
       buckets[app] = bucket
     end
@@ -438,4 +439,21 @@ if ARGV[2] == '' then
   return 1
 end
 redis.call('SET', KEYS[1], 'D' .. ARGV[1] .. ARGV[2] .. ARGV[3], 'PX', ARGV[4])
+return 1
+
+--@ challenge_issue
+-- A self-registration token (src/registration.rs) for an origin, within the bounds on the
+-- tokens handed out: per client and in all, counted over the last token lifetime.
+-- KEYS: the token, the client's count, the count of all. ARGV: origin, lifetime (ms), the
+-- client's bound, the bound of all. Returns 1, or 0 when a bound is reached.
+local mine = redis.call('INCR', KEYS[2])
+local all = redis.call('INCR', KEYS[3])
+if mine > tonumber(ARGV[3]) or all > tonumber(ARGV[4]) then
+  redis.call('DECR', KEYS[2])
+  redis.call('DECR', KEYS[3])
+  return 0
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1

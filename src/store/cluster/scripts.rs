@@ -39,6 +39,8 @@ pub struct Scripts {
     pub idem_begin: Script,
     /// Keeps the answer of an `Idempotency-Key`'s request, or frees the key.
     pub idem_finish: Script,
+    /// Hands out a self-registration token within its bounds.
+    pub challenge_issue: Script,
 }
 
 /// The scripts.
@@ -59,12 +61,13 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
         purge: script("purge"),
         idem_begin: script("idem_begin"),
         idem_finish: script("idem_finish"),
+        challenge_issue: script("challenge_issue"),
     }
 });
 
 impl Scripts {
     /// Every script, for loading them all on a new connection.
-    pub fn all(&self) -> [&Script; 13] {
+    pub fn all(&self) -> [&Script; 14] {
         [
             &self.create,
             &self.census,
@@ -79,6 +82,7 @@ impl Scripts {
             &self.purge,
             &self.idem_begin,
             &self.idem_finish,
+            &self.challenge_issue,
         ]
     }
 }
@@ -117,6 +121,7 @@ mod tests {
             "purge",
             "idem_begin",
             "idem_finish",
+            "challenge_issue",
         ] {
             let text = section(name);
             assert!(!text.trim().is_empty(), "{name}");
