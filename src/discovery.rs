@@ -3,7 +3,8 @@
 //!
 //! Public and cacheable: API versions, the public URL, the transports and ways of sharing a
 //! connection the browser side offers, how apps come to exist here (`registration`), and the
-//! limits an app works within. It names no app, key or id.
+//! limits an app works within. It names no app, key or id. Beside it, `GET
+//! /v1/openapi.json`: the machine-readable description of the whole API.
 
 use axum::Router;
 use axum::extract::State;
@@ -19,9 +20,36 @@ use crate::state::AppState;
 /// Five minutes: a changed limit reaches the apps that cache it soon enough.
 const CACHE_CONTROL: &str = "public, max-age=300";
 
-/// The discovery route.
+/// The `OpenAPI` 3.1 document of the whole HTTP API (docs/openapi.json; tests/it/openapi.rs
+/// holds it to the routes, the error codes and docs/api.md).
+pub const OPENAPI: &str = include_str!("../docs/openapi.json");
+
+/// The discovery routes: the discovery document and the `OpenAPI` document.
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/.well-known/callhome", get(discover))
+    Router::new()
+        .route("/.well-known/callhome", get(discover))
+        .route("/v1/openapi.json", get(openapi))
+}
+
+async fn openapi() -> Response {
+    let mut response = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        OPENAPI,
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(CACHE_CONTROL),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    response
 }
 
 fn rate(limit: RateLimit) -> serde_json::Value {

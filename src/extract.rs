@@ -121,13 +121,20 @@ pub fn json_or_default<T: DeserializeOwned + Default>(
     }
 }
 
-/// [`json`] given the `Content-Type` value.
+/// [`json`] given the `Content-Type` value. Every body of this API is a JSON object: an
+/// array is refused even where serde would read a struct from it (`[null, null]` as
+/// `{"id": null, "origin": null}`), so a body means one thing only.
 pub fn json_of<T: DeserializeOwned>(
     content_type: Option<&HeaderValue>,
     body: &[u8],
 ) -> Result<T, ApiError> {
     match media_type_of(content_type).as_deref() {
         Some("application/json") => {
+            if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+                return Err(ApiError::InvalidJson(
+                    "the body must be a JSON object".into(),
+                ));
+            }
             serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))
         }
         other => Err(ApiError::UnsupportedMediaType(

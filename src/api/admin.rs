@@ -36,7 +36,7 @@ pub fn routes() -> Router<AppState> {
             get(show).patch(update).delete(remove),
         )
         .route("/v1/admin/apps/{name}/keys", axum::routing::post(rotate))
-        .route("/v1/admin/apps/{name}/keys/{key}", delete(revoke))
+        .route("/v1/admin/apps/{name}/keys/{key_id}", delete(revoke))
         .route("/v1/admin/invites", get(invites).post(invite))
         .route("/v1/admin/invites/{id}", delete(uninvite))
 }

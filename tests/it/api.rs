@@ -126,6 +126,20 @@ async fn create_errors() {
             StatusCode::BAD_REQUEST,
             "invalid_json",
         ),
+        // An array is not an object, though serde reads a struct from one (schemathesis
+        // found this one: `[null, null]` created an id).
+        (
+            KEY,
+            json!([null, null]),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            KEY,
+            json!(["chosen-by-the-backend-0123", null]),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
         (
             "wrong-key",
             json!({}),

@@ -203,6 +203,7 @@ async fn bad_batches_get_a_clear_error_and_change_nothing() {
         ),
         (json!({"notes": []}), "invalid_json"),
         (json!([{"id": id, "info": "x"}]), "invalid_json"),
+        (json!([[{"id": id, "info": "x"}]]), "invalid_json"),
     ];
     for (body, code) in cases {
         let r = batch(&s, KEY, &body).await;

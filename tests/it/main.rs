@@ -28,6 +28,7 @@ mod limits;
 mod logs;
 mod many;
 mod metrics;
+mod openapi;
 mod parser;
 mod proxy;
 mod redis_support;
