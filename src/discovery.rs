@@ -40,6 +40,12 @@ async fn openapi() -> Response {
         OPENAPI,
     )
         .into_response();
+    public(&mut response);
+    response
+}
+
+/// Cacheable, and readable by any page.
+fn public(response: &mut Response) {
     let headers = response.headers_mut();
     headers.insert(
         header::CACHE_CONTROL,
@@ -49,7 +55,6 @@ async fn openapi() -> Response {
         header::ACCESS_CONTROL_ALLOW_ORIGIN,
         HeaderValue::from_static("*"),
     );
-    response
 }
 
 fn rate(limit: RateLimit) -> serde_json::Value {
@@ -109,15 +114,6 @@ async fn discover(State(state): State<AppState>) -> Response {
         },
     });
     let mut response = axum::Json(body).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static(CACHE_CONTROL),
-    );
-    // Anyone may read it, from any page.
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
+    public(&mut response);
     response
 }
