@@ -628,10 +628,11 @@ case_ceiling() {
     sleep 0.3
     for name in evalsha publish; do
         csv=$TMP/ceiling-$name.csv
-        # KEYS: hint counter, epoch, nodes, the id. ARGV: idle ttl, granule, rate (0: off),
-        # burst, node, then the notify: app, info, this node's waiters.
+        # KEYS: hint counter, epoch, nodes, the id. ARGV: idle ttl, granule, node,
+        # idempotency window, then the notify: app, info, this node's waiters, its
+        # idempotency record (none), its app's rate (0: off) and burst.
         local cmd=(EVALSHA "$sha" 4 ch:hc ch:ep ch:nodes "ch:i:__rand_int__"
-            86400000 60000 0 1 cb cb "0123456789abcdef" 0)
+            86400000 60000 cb 300000 cb "0123456789abcdef" 0 "" 0 1)
         [[ $name == publish ]] && cmd=(PUBLISH cb:hints "cb:id:__rand_int__ 1")
         rc=0
         echo "### round $round ceiling $name: redis-benchmark -c $CEILING_CLIENTS -n $CEILING_REQS -r 100000 --csv ${cmd[*]}" >>"$OUT/bench.log"
