@@ -88,6 +88,27 @@ async fn add_note(b: &Browser, text: &str) {
         .unwrap();
 }
 
+/// The demo at `origin` in the browser's window and a new one, both connected; the second is
+/// the current one.
+async fn two_windows(b: &Browser, origin: &str) -> (WindowHandle, WindowHandle) {
+    let first = b.client.window().await.unwrap();
+    b.client.goto(origin).await.unwrap();
+    b.wait_for(
+        "the first window connected",
+        "return window.demoReady === true",
+    )
+    .await;
+    let second = b.client.new_window(false).await.unwrap().handle;
+    b.client.switch_to_window(second.clone()).await.unwrap();
+    b.client.goto(origin).await.unwrap();
+    b.wait_for(
+        "the second window connected",
+        "return window.demoReady === true",
+    )
+    .await;
+    (first, second)
+}
+
 async fn wait_for_note(b: &Browser, text: &str) {
     let script = format!(
         "return Array.from(document.querySelectorAll('#notes .note')).some(function (li) {{ return li.textContent.indexOf({text:?}) >= 0; }})"
@@ -119,21 +140,7 @@ async fn two_windows_see_each_others_notes() {
     };
     let (_daemon, _demo, origin, dir) = daemon_and_demo("demo").await;
 
-    let first = b.client.window().await.unwrap();
-    b.client.goto(&origin).await.unwrap();
-    b.wait_for(
-        "the first window connected",
-        "return window.demoReady === true",
-    )
-    .await;
-    let second = b.client.new_window(false).await.unwrap().handle;
-    b.client.switch_to_window(second.clone()).await.unwrap();
-    b.client.goto(&origin).await.unwrap();
-    b.wait_for(
-        "the second window connected",
-        "return window.demoReady === true",
-    )
-    .await;
+    let (first, second) = two_windows(&b, &origin).await;
 
     add_note(&b, "Hello from the second window").await;
     b.client.switch_to_window(first).await.unwrap();
@@ -285,21 +292,7 @@ async fn a_demo_that_registers_itself_works_without_a_configured_key() {
         "origin bound"
     );
 
-    let first = b.client.window().await.unwrap();
-    b.client.goto(&origin).await.unwrap();
-    b.wait_for(
-        "the first window connected",
-        "return window.demoReady === true",
-    )
-    .await;
-    let second = b.client.new_window(false).await.unwrap().handle;
-    b.client.switch_to_window(second).await.unwrap();
-    b.client.goto(&origin).await.unwrap();
-    b.wait_for(
-        "the second window connected",
-        "return window.demoReady === true",
-    )
-    .await;
+    let (first, _) = two_windows(&b, &origin).await;
     add_note(&b, "Registered by itself").await;
     b.client.switch_to_window(first).await.unwrap();
     wait_for_note(&b, "Registered by itself").await;
