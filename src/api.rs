@@ -10,6 +10,7 @@ mod registration;
 mod seed;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -17,7 +18,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::auth::App;
 use crate::error::ApiError;
@@ -25,7 +26,7 @@ use crate::id::Id;
 use crate::origin::Origin;
 use crate::slot::Published;
 use crate::state::AppState;
-use crate::store::{CreateError, StoreError};
+use crate::store::{CreateError, StoreError, Tracking};
 use crate::telemetry::Redacted;
 
 pub use batch::BATCH_PATH;
@@ -88,7 +89,7 @@ pub async fn notify_in_place(
     body: &[u8],
 ) -> Response {
     let answer = match app {
-        Ok(app) => ids::notify_body(state, &app, id, content_type, body, None).await,
+        Ok(app) => ids::notify_body(state, &app, id, content_type, body, None, None).await,
         Err(e) => Err(e),
     };
     match count_notify(state, answer) {
@@ -130,6 +131,21 @@ pub struct Notified {
     pub seq: u64,
     /// Clients waiting on the id when it was stored (woken by it).
     pub waiting: u32,
+    /// What became of the value: handed to waiting clients, or kept for the next poll.
+    pub delivery: Delivery,
+    /// With `?wait=`: the clients that got the value (or a newer one) before the answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<u32>,
+}
+
+/// What a notify did with its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// At least one client was waiting, and is woken with it now.
+    Woken,
+    /// Nobody was waiting: it is kept for the next poll or stream of the id.
+    Stored,
 }
 
 impl From<Published> for Notified {
@@ -137,8 +153,41 @@ impl From<Published> for Notified {
         Self {
             seq: p.seq,
             waiting: p.waiting,
+            delivery: if p.waiting > 0 {
+                Delivery::Woken
+            } else {
+                Delivery::Stored
+            },
+            delivered: None,
         }
     }
+}
+
+/// The longest `?wait=` a notify may ask for.
+pub const MAX_NOTIFY_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a notify waits for its deliveries: the `wait` of its query, if any.
+pub fn notify_wait(query: Option<&str>) -> Result<Option<Duration>, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct NotifyQuery {
+        wait: Option<String>,
+    }
+    let query: NotifyQuery = crate::extract::parse_query(query)?;
+    let Some(text) = query.wait else {
+        return Ok(None);
+    };
+    let invalid = || {
+        ApiError::InvalidParameters(format!(
+            "wait: a duration such as 500ms or 2s, above 0 and at most {}s",
+            MAX_NOTIFY_WAIT.as_secs()
+        ))
+    };
+    let wait = humantime::parse_duration(&text).map_err(|_| invalid())?;
+    if wait.is_zero() || wait > MAX_NOTIFY_WAIT {
+        return Err(invalid());
+    }
+    Ok(Some(wait))
 }
 
 /// Counts a notify by how it ended (`callhome_notifies_total`) and passes the answer on.
@@ -214,31 +263,54 @@ pub async fn notify(
     info: &str,
 ) -> Result<Notified, ApiError> {
     Id::check(id)?;
-    notify_checked(state, app, id, info, None).await
+    Ok(notify_checked(state, app, id, info, None, false).await?.0)
 }
 
 /// [`notify`] made at most once for the idempotency record `once` (`<app>:<key>`, and a
-/// batch's position after it), where the engine needs one to tell (src/idempotency.rs).
+/// batch's position after it), where the engine needs one to tell (src/idempotency.rs);
+/// with `track`, also how to count its deliveries (see [`await_deliveries`]).
 pub async fn notify_once(
     state: &AppState,
     app: &App,
     id: &str,
     info: &str,
     once: Option<&str>,
-) -> Result<Notified, ApiError> {
+    track: bool,
+) -> Result<(Notified, Option<Tracking>), ApiError> {
     Id::check(id)?;
-    notify_checked(state, app, id, info, once).await
+    notify_checked(state, app, id, info, once, track).await
+}
+
+/// Waits until the clients a notify woke got its value (or a newer one), or `until`, and
+/// says in the answer how many did. Nobody woken: at once, 0.
+pub async fn await_deliveries(
+    state: &AppState,
+    notified: &mut Notified,
+    tracking: Option<&Tracking>,
+    until: tokio::time::Instant,
+) {
+    let delivered = match tracking {
+        Some(tracking) if notified.waiting > 0 => {
+            state
+                .store
+                .deliveries(tracking, notified.waiting, until)
+                .await
+        }
+        _ => 0,
+    };
+    notified.delivered = Some(delivered);
 }
 
 /// [`notify`] of an id already checked (`ids::notify_body` checks it before reading the
 /// body, so every notify checks its id once).
-async fn notify_checked(
+pub(crate) async fn notify_checked(
     state: &AppState,
     app: &App,
     id: &str,
     info: &str,
     once: Option<&str>,
-) -> Result<Notified, ApiError> {
+    track: bool,
+) -> Result<(Notified, Option<Tracking>), ApiError> {
     state.limiters.notify(app)?;
     let limit = app
         .limits()
@@ -250,9 +322,9 @@ async fn notify_checked(
             limit,
         });
     }
-    let published = state
+    let (published, tracking) = state
         .store
-        .publish(app, id, info, once)
+        .publish(app, id, info, once, track)
         .await
         .inspect_err(|e| {
             if matches!(e, StoreError::RateLimited(_)) {
@@ -266,7 +338,7 @@ async fn notify_checked(
         woke = published.waiting,
         "notified"
     );
-    Ok(published.into())
+    Ok((published.into(), tracking))
 }
 
 #[cfg(test)]

@@ -276,7 +276,7 @@ enum Step {
 enum Dispatch {
     /// A poll or an event stream (`GET` or `HEAD`): waits holding no buffer.
     Held(Held),
-    /// `POST /v1/ids/{id}/notify` without an `Idempotency-Key`, served in place.
+    /// `POST /v1/ids/{id}/notify` without a query or an `Idempotency-Key`, served in place.
     Notify,
     /// Everything else, through the router.
     Route,
@@ -287,9 +287,11 @@ impl Dispatch {
         let path = path(&head.target);
         match head.method {
             Method::GET | Method::HEAD => Held::at(path).map_or(Self::Route, Self::Held),
-            // A notify with an idempotency key goes through the router, which keeps keys.
+            // A notify with an idempotency key goes through the router, which keeps keys; one
+            // with a query (`?wait=`) too, which reads it (and refuses what it does not know).
             Method::POST
                 if api::notify_id(path).is_some()
+                    && query(&head.target).is_none()
                     && header_value(head, &crate::idempotency::HEADER).is_none() =>
             {
                 Self::Notify
@@ -743,6 +745,7 @@ impl<S: Stream> Connection<S> {
         state: &AppState,
     ) -> io::Result<After> {
         let (mut parts, mut body) = response.into_parts();
+        let delivered = parts.extensions.remove::<transport::Delivered>();
         common_headers(&mut parts.headers);
         let encoded = response::encode(&parts, answering, body.size_hint().exact(), request_id);
         let after = if encoded.keep_alive {
@@ -763,6 +766,9 @@ impl<S: Stream> Connection<S> {
                 debug_assert_eq!(bytes.len() as u64, len);
                 out.extend_from_slice(&bytes);
                 self.send(&out, state).await?;
+                if let Some(delivered) = delivered {
+                    delivered.report(state);
+                }
                 return Ok(after);
             }
             BodyFraming::Chunked | BodyFraming::UntilClose => {}

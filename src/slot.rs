@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use compact_str::CompactString;
@@ -105,7 +105,8 @@ struct State {
 }
 
 /// Who holds a slot's waiting places, by ticket. Each join takes the next ticket, so `held`
-/// is in join order, oldest first; a released waiter's ticket is gone from it.
+/// is in join order, oldest first; a released waiter's ticket is gone from it. Also what
+/// was delivered: only ids that clients look at have one.
 #[derive(Debug, Default)]
 struct Places {
     /// The ticket of the next join. Never reused in the life of the slot, so a released
@@ -113,6 +114,67 @@ struct Places {
     next: u64,
     /// The tickets of the waiters holding places, ascending.
     held: VecDeque<u64>,
+    /// The newest delivery, if any.
+    delivered: Option<Delivery>,
+    /// The tallies of notifies that wait for their deliveries (`?wait=`); dead ones (their
+    /// notify has answered) are dropped at the next delivery or tallied publish.
+    tallies: Vec<Weak<Tally>>,
+}
+
+/// The newest value of an id that reached a client: its `seq`, first handed to a client's
+/// connection at `at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// The `seq` delivered.
+    pub seq: Seq,
+    /// When it first was handed to a client's connection.
+    pub at: SystemTime,
+}
+
+/// The deliveries of one notify's value (or a newer one) so far: what a notify with
+/// `?wait=` waits on. Counted by [`Slot::delivered`].
+#[derive(Debug)]
+pub struct Tally {
+    seq: Seq,
+    epoch: Epoch,
+    count: AtomicU32,
+    changed: Notify,
+}
+
+impl Tally {
+    /// A tally of the deliveries of `seq` (or newer) in `epoch`.
+    pub fn new(seq: Seq, epoch: Epoch) -> Self {
+        Self {
+            seq,
+            epoch,
+            count: AtomicU32::new(0),
+            changed: Notify::new(),
+        }
+    }
+
+    /// How many clients got the value (or a newer one) so far.
+    pub fn count(&self) -> u32 {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Waits until at least `want` clients got the value; may wait forever (callers bound it).
+    pub async fn reached(&self, want: u32) {
+        loop {
+            let mut changed = pin!(self.changed.notified());
+            changed.as_mut().enable();
+            if self.count() >= want {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    fn add(&self, seq: Seq, epoch: Epoch) {
+        if epoch == self.epoch && seq >= self.seq {
+            self.count.fetch_add(1, Ordering::AcqRel);
+            self.changed.notify_waiters();
+        }
+    }
 }
 
 /// The newest value of a slot.
@@ -296,19 +358,72 @@ impl Slot {
 
     /// Stores `info` as the newest value, bumps `seq` and wakes every waiting client.
     pub fn publish(&self, info: &str) -> Published {
-        let seq = {
-            let latest = &mut self.lock().latest;
+        self.publish_then(info, |_, _| ()).0
+    }
+
+    /// [`Slot::publish`], with a tally of the deliveries of the new value (or a newer one)
+    /// that begins before any waiter is woken, so that none is missed.
+    pub fn publish_tallied(&self, info: &str) -> (Published, Arc<Tally>) {
+        self.publish_then(info, |state, latest| {
+            let tally = Arc::new(Tally::new(latest.seq, latest.epoch));
+            let places = state.get_or_insert_with(Box::default);
+            places.tallies.retain(|t| t.strong_count() > 0);
+            places.tallies.push(Arc::downgrade(&tally));
+            tally
+        })
+    }
+
+    /// Publishes `info`, running `stored` on the places and the new value under the same lock,
+    /// before anyone is woken.
+    fn publish_then<T>(
+        &self,
+        info: &str,
+        stored: impl FnOnce(&mut Option<Box<Places>>, &Latest) -> T,
+    ) -> (Published, T) {
+        let (seq, then) = {
+            let mut state = self.lock();
+            let State { latest, places } = &mut *state;
             // Overflow would take 2^64 notifies; unreachable in the life of any deployment.
             latest.seq += 1;
             // A copy, never a slice of a request buffer: a stored value must not pin one.
             latest.info = Some(CompactString::from(info));
             self.published_at.store(micros(), Ordering::Relaxed);
-            latest.seq
+            (latest.seq, stored(places, latest))
         };
         self.touch();
         let waiting = self.waiting();
         self.changed.notify_waiters();
-        Published { seq, waiting }
+        (Published { seq, waiting }, then)
+    }
+
+    /// Records that a client's answer with `seq` (counted in `epoch`) was handed to its
+    /// connection: the newest delivery, and a delivery for every notify waiting on one. A
+    /// value of another epoch than the slot's is ignored.
+    pub fn delivered(&self, seq: Seq, epoch: Epoch) {
+        let mut state = self.lock();
+        if state.latest.epoch != epoch || seq > state.latest.seq {
+            return;
+        }
+        let places = state.places.get_or_insert_with(Box::default);
+        // The first time a `seq` reaches a client: later deliveries of it change nothing.
+        if places.delivered.is_none_or(|d| seq > d.seq) {
+            places.delivered = Some(Delivery {
+                seq,
+                at: SystemTime::now(),
+            });
+        }
+        places.tallies.retain(|tally| match tally.upgrade() {
+            Some(tally) => {
+                tally.add(seq, epoch);
+                true
+            }
+            None => false,
+        });
+    }
+
+    /// The newest delivery of a value of the slot's current epoch, if any.
+    pub fn last_delivery(&self) -> Option<Delivery> {
+        self.lock().places.as_ref().and_then(|p| p.delivered)
     }
 
     /// Marks the slot deleted and releases every waiting client with [`WaitOutcome::Gone`].
@@ -340,7 +455,14 @@ impl Slot {
     /// and reads may arrive in any order. Returns whether the value was taken.
     pub fn apply(&self, seq: Seq, info: Option<&str>, epoch: Epoch) -> bool {
         {
-            let latest = &mut self.lock().latest;
+            let mut state = self.lock();
+            if state.latest.epoch != epoch
+                && let Some(places) = state.places.as_mut()
+            {
+                // What was delivered in the old life says nothing of this one.
+                places.delivered = None;
+            }
+            let latest = &mut state.latest;
             if latest.epoch == epoch && seq <= latest.seq {
                 return false;
             }
@@ -530,6 +652,64 @@ mod tests {
             Arc::from("app"),
             None,
         ))
+    }
+
+    #[test]
+    fn a_tally_counts_deliveries_of_its_value_or_a_newer_one_in_its_epoch() {
+        let s = slot();
+        s.publish("a");
+        let (published, tally) = s.publish_tallied("b");
+        assert_eq!(published.seq, 2);
+        s.delivered(1, 0); // an older value: not this notify's
+        s.delivered(2, 0);
+        s.delivered(2, 7); // another epoch: ignored
+        s.publish("c");
+        s.delivered(3, 0); // a newer one counts: the client has this notify's news
+        assert_eq!(tally.count(), 2);
+        assert_eq!(s.last_delivery().map(|d| d.seq), Some(3));
+        // A value the slot has not got yet is no delivery.
+        s.delivered(9, 0);
+        assert_eq!(
+            (tally.count(), s.last_delivery().map(|d| d.seq)),
+            (2, Some(3))
+        );
+    }
+
+    #[test]
+    fn the_newest_delivery_keeps_the_time_a_seq_first_reached_a_client() {
+        let s = slot();
+        assert_eq!(s.last_delivery(), None);
+        s.publish("a");
+        s.delivered(1, 0);
+        let first = s.last_delivery().unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        s.delivered(1, 0);
+        assert_eq!(s.last_delivery(), Some(first));
+        // Another epoch (cluster mode, Redis lost writes) forgets it.
+        s.apply(1, Some("x"), 5);
+        assert_eq!(s.last_delivery(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tally_wakes_its_notify_when_enough_clients_got_the_value() {
+        let s = slot();
+        let (_, tally) = s.publish_tallied("a");
+        let waiting = tokio::spawn({
+            let tally = Arc::clone(&tally);
+            async move { tally.reached(2).await }
+        });
+        s.delivered(1, 0);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        s.delivered(1, 0);
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("woken")
+            .unwrap();
+        // Once its notify has answered, a tally is dropped at the next delivery.
+        drop(tally);
+        s.delivered(1, 0);
+        assert!(s.lock().places.as_ref().unwrap().tallies.is_empty());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use crate::auth::App;
 use crate::id::{EntropyError, Id};
 use crate::origin::Origin;
-use crate::slot::{Cursor, Joined, Latest, Published, Seq, Waiter};
+use crate::slot::{Cursor, Delivery, Epoch, Joined, Latest, Published, Seq, Tally, Waiter};
 
 pub use cluster::Cluster;
 pub use memory::Memory;
@@ -106,6 +106,24 @@ pub struct Status {
     pub created_at: SystemTime,
     /// Time since its last poll or notify.
     pub idle: Duration,
+    /// The newest value delivered to a client, if any (see [`Store::delivered`]).
+    pub delivered: Option<Delivery>,
+}
+
+/// How a notify that waits for its deliveries (`?wait=`) counts them.
+#[derive(Debug)]
+pub enum Tracking {
+    /// On this node's slot, as they happen.
+    Local(Arc<Tally>),
+    /// In Redis, where every node counts its own (see [`Cluster::delivered`]).
+    Cluster {
+        /// The id.
+        id: Id,
+        /// The notify's `seq`.
+        seq: Seq,
+        /// Its epoch.
+        epoch: Epoch,
+    },
 }
 
 /// What the browser side needs to know of an id to serve its page.
@@ -280,16 +298,74 @@ impl Store {
     /// `once` names the notify's idempotency record (src/idempotency.rs): with Redis, a
     /// notify whose record exists was made already and is answered as it was then; the
     /// memory engine, which always knows whether it made a notify, needs none.
+    ///
+    /// With `track`, also how to count the deliveries of the value (or a newer one) from
+    /// the moment it was stored, for [`Store::deliveries`].
     pub async fn publish(
         &self,
         app: &App,
         id: &str,
         info: &str,
         once: Option<&str>,
-    ) -> Result<Published, StoreError> {
+        track: bool,
+    ) -> Result<(Published, Option<Tracking>), StoreError> {
         match &self.engine {
-            Engine::Memory(memory) => Ok(memory.publish(app, id, info)?),
-            Engine::Cluster(cluster) => Box::pin(cluster.publish(app, id, info, once)).await,
+            Engine::Memory(memory) if track => {
+                let (published, tally) = memory.publish_tallied(app, id, info)?;
+                Ok((published, Some(Tracking::Local(tally))))
+            }
+            Engine::Memory(memory) => Ok((memory.publish(app, id, info)?, None)),
+            Engine::Cluster(cluster) => {
+                let (published, epoch) = Box::pin(cluster.publish(app, id, info, once)).await?;
+                let tracking =
+                    track
+                        .then(|| Id::parse(id).ok())
+                        .flatten()
+                        .map(|id| Tracking::Cluster {
+                            id,
+                            seq: published.seq,
+                            epoch,
+                        });
+                Ok((published, tracking))
+            }
+        }
+    }
+
+    /// Waits until `want` clients got the tracked value (or a newer one), or `until`;
+    /// returns how many did.
+    pub async fn deliveries(
+        &self,
+        tracking: &Tracking,
+        want: u32,
+        until: tokio::time::Instant,
+    ) -> u32 {
+        match (tracking, &self.engine) {
+            (Tracking::Local(tally), _) => {
+                let _ = tokio::time::timeout_at(until, tally.reached(want)).await;
+                tally.count()
+            }
+            (Tracking::Cluster { id, seq, epoch }, Engine::Cluster(cluster)) => {
+                Box::pin(cluster.deliveries(id, *seq, *epoch, want, until)).await
+            }
+            (Tracking::Cluster { .. }, Engine::Memory(_)) => 0,
+        }
+    }
+
+    /// Records that a client's answer carrying `seq` of `id` (counted in `epoch`) was handed
+    /// to its connection: for the id's status (the newest value delivered) and the notifies
+    /// that wait for their deliveries. `slot` is this node's slot for the id, when the caller
+    /// holds it.
+    pub fn delivered(&self, id: &str, slot: Option<&crate::slot::Slot>, seq: Seq, epoch: Epoch) {
+        match &self.engine {
+            Engine::Memory(memory) => match slot {
+                Some(slot) => slot.delivered(seq, epoch),
+                None => {
+                    if let Some(slot) = memory.get(id) {
+                        slot.delivered(seq, epoch);
+                    }
+                }
+            },
+            Engine::Cluster(cluster) => cluster.delivered(id, seq, epoch),
         }
     }
 
@@ -312,6 +388,7 @@ impl Store {
                     waiting: slot.waiting(),
                     created_at: slot.created_at(),
                     idle: slot.idle(),
+                    delivered: slot.last_delivery(),
                 })
             }
             Engine::Cluster(cluster) => Box::pin(cluster.status(app, id)).await,

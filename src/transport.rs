@@ -38,8 +38,9 @@ pub fn routes() -> Router<AppState> {
         .route(
             POLL_PATH,
             get(
-                |State(state), ClientIp(client), RawQuery(query)| async move {
-                    poll::poll(state, query, client).await
+                |State(state): State<AppState>, ClientIp(client), RawQuery(query)| async move {
+                    let response = poll::poll(state.clone(), query, client).await;
+                    report_when_sent(&state, response)
                 },
             ),
         )
@@ -70,6 +71,97 @@ pub const POLL_PATH: &str = "/v1/poll";
 /// The event stream.
 pub const EVENTS_PATH: &str = "/v1/events";
 const LAST_EVENT_ID: &str = "last-event-id";
+
+/// The values a poll's answer carries: reported to the store as delivered
+/// ([`crate::store::Store::delivered`]) once the answer has been handed to the client's
+/// connection. A response extension: the lean path reports after its write, the router
+/// path when hyper has taken the whole body ([`report_when_sent`]).
+#[derive(Debug, Clone, Default)]
+pub struct Delivered(Vec<(Id, Seq, Epoch)>);
+
+impl Delivered {
+    /// One value of one id.
+    fn of(id: Id, latest: &Latest) -> Self {
+        Self(vec![(id, latest.seq, latest.epoch)])
+    }
+
+    fn push(&mut self, id: Id, latest: &Latest) {
+        self.0.push((id, latest.seq, latest.epoch));
+    }
+
+    /// Tells the store.
+    pub fn report(self, state: &AppState) {
+        for (id, seq, epoch) in self.0 {
+            state.store.delivered(id.as_str(), None, seq, epoch);
+        }
+    }
+
+    /// `response`, carrying these values.
+    fn attach(self, mut response: Response) -> Response {
+        if !self.0.is_empty() {
+            response.extensions_mut().insert(self);
+        }
+        response
+    }
+}
+
+/// `response` with its [`Delivered`] values reported once hyper has taken its whole body
+/// (the router path; a `HEAD` answer, or one cut short, reports nothing).
+fn report_when_sent(state: &AppState, mut response: Response) -> Response {
+    let Some(delivered) = response.extensions_mut().remove::<Delivered>() else {
+        return response;
+    };
+    let state = state.clone();
+    response.map(|body| {
+        axum::body::Body::new(Reporting {
+            body,
+            report: Some((state, delivered)),
+            ended: false,
+        })
+    })
+}
+
+/// A body that reports its values delivered when it is dropped, if it was read to its end.
+struct Reporting {
+    body: axum::body::Body,
+    report: Option<(AppState, Delivered)>,
+    ended: bool,
+}
+
+impl hyper::body::Body for Reporting {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || this.body.is_end_stream() {
+            this.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Reporting {
+    fn drop(&mut self) {
+        if self.ended
+            && let Some((state, delivered)) = self.report.take()
+        {
+            delivered.report(&state);
+        }
+    }
+}
 
 /// The two requests that wait, as the lean path (`held`) hands them over.
 #[derive(Debug)]

@@ -10,9 +10,10 @@
 //! (`413 batch_too_large`) before anything is notified.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::post;
@@ -26,6 +27,7 @@ use crate::error::ApiError;
 use crate::extract::{self, UnreadBody};
 use crate::idempotency;
 use crate::state::AppState;
+use crate::store::Tracking;
 
 /// The path of a batch notify (its body may be larger than other requests').
 pub const BATCH_PATH: &str = "/v1/notify";
@@ -44,6 +46,9 @@ struct BatchRequest {
     notifications: Vec<Item>,
 }
 
+/// One notify's answer, and how to count its deliveries when asked to.
+type Outcome = Result<(Notified, Option<Tracking>), ApiError>;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Item {
@@ -58,9 +63,14 @@ struct Item {
 async fn notify_batch(
     State(state): State<AppState>,
     Authenticated(app): Authenticated,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: UnreadBody,
 ) -> Response {
+    let wait = match super::notify_wait(query.as_deref()) {
+        Ok(wait) => wait,
+        Err(e) => return e.into_response(),
+    };
     let body = match body.read(&state).await {
         Ok(body) => body,
         Err(e) => return e.into_response(),
@@ -73,7 +83,7 @@ async fn notify_batch(
     let fingerprint = idempotency::fingerprint("POST", BATCH_PATH, media_type.as_deref(), &body);
     idempotency::once(&state, &app, key, fingerprint, |key| async {
         let once = key.map(|key| format!("{}:{}", app.name(), key.as_str()));
-        match batch(&state, &app, &headers, &body, once.as_deref()).await {
+        match batch(&state, &app, &headers, &body, once.as_deref(), wait).await {
             Ok(answer) => Json(answer).into_response(),
             Err(e) => e.into_response(),
         }
@@ -87,7 +97,9 @@ async fn batch(
     headers: &HeaderMap,
     body: &[u8],
     once: Option<&str>,
+    wait: Option<Duration>,
 ) -> Result<Value, ApiError> {
+    let until = wait.map(|wait| tokio::time::Instant::now() + wait);
     let request: BatchRequest = extract::json(headers, body)?;
     let limit = state.limits.max_batch;
     if request.notifications.len() > limit {
@@ -96,16 +108,30 @@ async fn batch(
             limit,
         });
     }
-    let outcomes = notify_all(state, app, &request.notifications, once).await;
+    let mut outcomes = notify_all(state, app, &request.notifications, once, until.is_some()).await;
+    if let Some(until) = until {
+        // Every notify is made before any waits: they wait together, until one deadline.
+        join_all(outcomes.iter_mut().filter_map(|o| o.as_mut().ok()).map(
+            |(notified, tracking)| {
+                super::await_deliveries(state, notified, tracking.as_ref(), until)
+            },
+        ))
+        .await;
+    }
     let mut notified = 0;
     let results: Vec<Value> = request
         .notifications
         .iter()
         .zip(outcomes)
         .map(|(item, outcome)| match outcome {
-            Ok(n) => {
+            Ok((n, _)) => {
                 notified += 1;
-                json!({"id": item.id, "seq": n.seq, "waiting": n.waiting})
+                let mut result = json!({"id": item.id, "seq": n.seq, "waiting": n.waiting,
+                    "delivery": n.delivery});
+                if let Some(delivered) = n.delivered {
+                    result["delivered"] = delivered.into();
+                }
+                result
             }
             Err(e) => json!({"id": item.id, "error": e.as_item()}),
         })
@@ -117,13 +143,15 @@ async fn batch(
     }))
 }
 
-/// Every notify of `items`, each counted like a single one; the outcomes in `items`' order.
+/// Every notify of `items`, each counted like a single one (with `track`, with how to count
+/// its deliveries); the outcomes in `items`' order.
 async fn notify_all(
     state: &AppState,
     app: &App,
     items: &[Item],
     once: Option<&str>,
-) -> Vec<Result<Notified, ApiError>> {
+    track: bool,
+) -> Vec<Outcome> {
     // One chain per id, in the batch's order; chains run at once.
     let mut chains: Vec<Vec<usize>> = Vec::new();
     let mut chain_of: HashMap<&str, usize> = HashMap::new();
@@ -140,12 +168,18 @@ async fn notify_all(
             let item = &items[at];
             let record = once.map(|once| format!("{once}#{at}"));
             let answer =
-                super::notify_once(state, app, &item.id, &item.info, record.as_deref()).await;
-            done.push((at, super::count_notify(state, answer)));
+                super::notify_once(state, app, &item.id, &item.info, record.as_deref(), track)
+                    .await;
+            let (answer, tracking) = match answer {
+                Ok((notified, tracking)) => (Ok(notified), tracking),
+                Err(e) => (Err(e), None),
+            };
+            let outcome = super::count_notify(state, answer).map(|n| (n, tracking));
+            done.push((at, outcome));
         }
         done
     });
-    let mut outcomes: Vec<Option<Result<Notified, ApiError>>> =
+    let mut outcomes: Vec<Option<Outcome>> =
         std::iter::repeat_with(|| None).take(items.len()).collect();
     for (at, outcome) in join_all(runs).await.into_iter().flatten() {
         outcomes[at] = Some(outcome);

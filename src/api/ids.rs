@@ -1,9 +1,9 @@
 //! `/v1/ids`: create, notify, inspect and delete ids.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
@@ -77,11 +77,16 @@ async fn notify(
     State(state): State<AppState>,
     app: Result<Authenticated, ApiError>,
     Path(id): Path<String>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: UnreadBody,
 ) -> Response {
     let app = match app {
         Ok(Authenticated(app)) => app,
+        Err(e) => return counted(&state, Err(e)),
+    };
+    let wait = match super::notify_wait(query.as_deref()) {
+        Ok(wait) => wait,
         Err(e) => return counted(&state, Err(e)),
     };
     let body = match body.read(&state).await {
@@ -94,11 +99,22 @@ async fn notify(
     };
     let content_type = headers.get(header::CONTENT_TYPE);
     let media_type = extract::media_type_of(content_type);
+    // The wait is not part of the request's fingerprint: a retry that waits longer (or not
+    // at all) is the same notify.
     let path = format!("/v1/ids/{id}/notify");
     let fingerprint = idempotency::fingerprint("POST", &path, media_type.as_deref(), &body);
     idempotency::once(&state, &app, key, fingerprint, |key| async {
         let once = key.map(|key| format!("{}:{}", app.name(), key.as_str()));
-        let answer = notify_body(&state, &app, &id, content_type, &body, once.as_deref()).await;
+        let answer = notify_body(
+            &state,
+            &app,
+            &id,
+            content_type,
+            &body,
+            once.as_deref(),
+            wait,
+        )
+        .await;
         counted(&state, answer)
     })
     .await
@@ -112,8 +128,9 @@ fn counted(state: &AppState, answer: Result<super::Notified, ApiError>) -> Respo
 }
 
 /// Validates `id`, reads the info from a notify body of type `content_type`, and notifies
-/// (at most once for the idempotency record `once`, if any). Shared by the routed handler
-/// and `connection`'s in-place path.
+/// (at most once for the idempotency record `once`, if any), then waits up to `wait` for the
+/// woken clients to get the value. Shared by the routed handler and `connection`'s
+/// in-place path.
 pub(super) async fn notify_body(
     state: &AppState,
     app: &App,
@@ -121,15 +138,18 @@ pub(super) async fn notify_body(
     content_type: Option<&HeaderValue>,
     body: &[u8],
     once: Option<&str>,
+    wait: Option<Duration>,
 ) -> Result<super::Notified, ApiError> {
     Id::check(id)?;
+    let until = wait.map(|wait| tokio::time::Instant::now() + wait);
+    let json;
     // An empty body is a notify with empty info, whatever its type (`curl -d ''` says form).
     let info = match extract::media_type_of(content_type).as_deref() {
         _ if body.is_empty() => "",
         Some("text/plain") => std::str::from_utf8(body).map_err(|_| ApiError::InvalidInfo)?,
         Some("application/json") => {
-            let request: NotifyRequest = extract::json_of(content_type, body)?;
-            return super::notify_checked(state, app, id, &request.info, once).await;
+            json = extract::json_of::<NotifyRequest>(content_type, body)?;
+            &json.info
         }
         other => {
             return Err(ApiError::UnsupportedMediaType(
@@ -138,7 +158,12 @@ pub(super) async fn notify_body(
             ));
         }
     };
-    super::notify_checked(state, app, id, info, once).await
+    let (mut notified, tracking) =
+        super::notify_checked(state, app, id, info, once, until.is_some()).await?;
+    if let Some(until) = until {
+        super::await_deliveries(state, &mut notified, tracking.as_ref(), until).await;
+    }
+    Ok(notified)
 }
 
 #[derive(Debug, Serialize)]
@@ -149,6 +174,8 @@ struct Status {
     waiting: u32,
     created_at: String,
     idle_secs: u64,
+    delivered_seq: Option<u64>,
+    delivered_at: Option<String>,
 }
 
 async fn status(
@@ -164,6 +191,10 @@ async fn status(
         waiting: status.waiting,
         created_at: rfc3339(status.created_at),
         idle_secs: status.idle.as_secs(),
+        delivered_seq: status.delivered.map(|d| d.seq),
+        delivered_at: status
+            .delivered
+            .map(|d| humantime::format_rfc3339_millis(d.at).to_string()),
     }))
 }
 

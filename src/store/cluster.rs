@@ -25,6 +25,7 @@ mod hints;
 mod link;
 mod scripts;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -40,7 +41,7 @@ use crate::config::{RateLimit, Settings};
 use crate::id::Id;
 use crate::metrics::Backplane;
 use crate::origin::Origin;
-use crate::slot::{Cursor, Epoch, Joined, Latest, Published, Slot};
+use crate::slot::{Cursor, Delivery, Epoch, Joined, Latest, Published, Seq, Slot};
 use link::{Link, Target};
 use scripts::SCRIPTS;
 
@@ -81,9 +82,22 @@ const NOTIFY_QUEUE: usize = 16_384;
 const TOUCH_BATCH: usize = 256;
 /// Batches of looks in Redis at once, at most.
 const TOUCHES_IN_FLIGHT: usize = 1;
+/// How often a node writes its deliveries to Redis: what a notify with `?wait=` waits for
+/// at most beyond the delivery itself, and how often it reads the tally.
+const DELIVERIES_EVERY: Duration = Duration::from_millis(25);
+/// Entries per `delivered` script call.
+const DELIVERIES_BATCH: usize = 512;
+/// How long a delivery tally lives after its last delivery: longer than any `?wait=`.
+const TALLY_WINDOW: Duration = Duration::from_secs(60);
 
 fn id_key(id: &str) -> String {
     format!("ch:i:{id}")
+}
+
+/// The id's delivery tally: `epoch:seq` -> clients it was delivered to (the `delivered`
+/// script).
+fn tally_key(id: &str) -> String {
+    format!("ch:dc:{id}")
 }
 
 /// The app's count of ids per expiry bucket (and `n`, its total).
@@ -149,6 +163,8 @@ pub struct Cluster {
     notifies: mpsc::Sender<Notify>,
     /// Browsers' looks on their way to their batch.
     touches: mpsc::Sender<Touch>,
+    /// Deliveries not yet written to Redis, by id, epoch and `seq`.
+    deliveries: Mutex<HashMap<(Id, Epoch, Seq), u32>>,
     metrics: Backplane,
 }
 
@@ -210,6 +226,7 @@ impl Cluster {
             changed: Mutex::new(Vec::new()),
             notifies,
             touches,
+            deliveries: Mutex::new(HashMap::new()),
             metrics,
         });
         cluster.heartbeat().await;
@@ -404,7 +421,7 @@ impl Cluster {
         id: &str,
         info: &str,
         once: Option<&str>,
-    ) -> Result<Published, StoreError> {
+    ) -> Result<(Published, Epoch), StoreError> {
         let (reply, answer) = oneshot::channel();
         let job = Notify {
             app: Arc::clone(app.name()),
@@ -430,7 +447,7 @@ impl Cluster {
                 if let Some(slot) = self.local.get(id) {
                     slot.apply(seq, Some(info), epoch);
                 }
-                Ok(Published { seq, waiting })
+                Ok((Published { seq, waiting }, epoch))
             }
             Notified::Unknown => Err(StoreError::UnknownId),
             Notified::RateLimited(wait) => Err(StoreError::RateLimited(wait)),
@@ -794,17 +811,115 @@ impl Cluster {
             })
             .await
             .map_err(unavailable)?;
-        let [origin, seq, created, pttl, waiting] = reply.as_slice() else {
+        let [origin, seq, created, pttl, waiting, ds, dt] = reply.as_slice() else {
             return Err(StoreError::UnknownId);
         };
         let left = Duration::from_millis(pttl.parse().unwrap_or(0));
+        let delivered = match (ds.parse::<Seq>(), dt.parse::<u64>()) {
+            (Ok(seq), Ok(at)) => Some(Delivery {
+                seq,
+                at: UNIX_EPOCH + Duration::from_millis(at),
+            }),
+            _ => None,
+        };
         Ok(Status {
             origin: parse_origin(origin),
             seq: seq.parse().unwrap_or_default(),
             waiting: waiting.parse().unwrap_or_default(),
             created_at: UNIX_EPOCH + Duration::from_secs(created.parse().unwrap_or(0)),
             idle: self.idle_ttl.saturating_sub(left),
+            delivered,
         })
+    }
+
+    /// Notes a delivery of `seq` (in `epoch`) of `id` by this node, written to Redis within
+    /// [`DELIVERIES_EVERY`].
+    pub fn delivered(&self, id: &str, seq: Seq, epoch: Epoch) {
+        let Ok(id) = Id::parse(id) else { return };
+        *self
+            .deliveries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((id, epoch, seq))
+            .or_default() += 1;
+    }
+
+    /// Writes the deliveries noted since the last call.
+    async fn write_deliveries(&self) {
+        let noted = std::mem::take(
+            &mut *self
+                .deliveries
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        if noted.is_empty() {
+            return;
+        }
+        let noted: Vec<_> = noted.into_iter().collect();
+        let window = u64::try_from(TALLY_WINDOW.as_millis()).unwrap_or(u64::MAX);
+        for chunk in noted.chunks(DELIVERIES_BATCH) {
+            let written = self
+                .link
+                .call(|mut conn| async move {
+                    let mut script = SCRIPTS.delivered.prepare_invoke();
+                    script.key(EPOCH_KEY);
+                    for ((id, _, _), _) in chunk {
+                        script.key(id_key(id.as_str())).key(tally_key(id.as_str()));
+                    }
+                    script.arg(window);
+                    for ((_, epoch, seq), count) in chunk {
+                        script.arg(*epoch).arg(*seq).arg(*count);
+                    }
+                    script.invoke_async::<i64>(&mut conn.redis).await
+                })
+                .await;
+            if let Err(e) = written {
+                // Lost, not retried: a delivery record is a report, and a notify waiting on
+                // it ends at its own deadline.
+                tracing::debug!(error = %e, "deliveries not written");
+            }
+        }
+    }
+
+    /// Waits until `want` clients on any node got `seq` of `id` (or a newer value of the
+    /// same epoch), or `until`; returns how many did. Reads the id's tally every
+    /// [`DELIVERIES_EVERY`].
+    pub async fn deliveries(
+        &self,
+        id: &Id,
+        seq: Seq,
+        epoch: Epoch,
+        want: u32,
+        until: tokio::time::Instant,
+    ) -> u32 {
+        let mut counted = 0;
+        loop {
+            let read = self
+                .link
+                .call(|mut conn| async move {
+                    redis::cmd("HGETALL")
+                        .arg(tally_key(id.as_str()))
+                        .query_async::<HashMap<String, u32>>(&mut conn.redis)
+                        .await
+                })
+                .await;
+            if let Ok(tally) = read {
+                counted = tally
+                    .iter()
+                    .filter(|(field, _)| {
+                        field.split_once(':').is_some_and(|(e, s)| {
+                            e.parse() == Ok(epoch) && s.parse::<Seq>().is_ok_and(|s| s >= seq)
+                        })
+                    })
+                    .map(|(_, n)| *n)
+                    .sum::<u32>();
+            }
+            let now = tokio::time::Instant::now();
+            if counted >= want || now >= until {
+                return counted;
+            }
+            tokio::time::sleep_until(until.min(now + DELIVERIES_EVERY)).await;
+        }
     }
 
     /// Who owns `id` and where its news may go; counts as activity.
@@ -979,6 +1094,8 @@ impl Cluster {
     async fn chores(self: Arc<Self>, shutdown: CancellationToken) {
         let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
         let mut waiters = tokio::time::interval(WAITERS_EVERY);
+        let mut deliveries = tokio::time::interval(DELIVERIES_EVERY);
+        deliveries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A quarter of the idle time, so a waited-on id never expires.
         let refresh_every =
             (self.idle_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
@@ -990,6 +1107,7 @@ impl Cluster {
                     self.update_up();
                 }
                 _ = waiters.tick() => self.report_waiters(false).await,
+                _ = deliveries.tick() => self.write_deliveries().await,
                 () = self.counts_changed.notified() => {
                     // Gather what else changes meanwhile (a fan-out ends thousands of waits
                     // at once): one batch, not one write per waiter.

@@ -18,7 +18,7 @@ use dashmap::mapref::entry::Entry;
 use crate::auth::App;
 use crate::id::Id;
 use crate::origin::Origin;
-use crate::slot::{Published, Slot};
+use crate::slot::{Published, Slot, Tally};
 
 use super::{CreateError, UnknownId};
 
@@ -154,6 +154,18 @@ impl Memory {
     /// Stores `info` as the newest value of `app`'s `id` and wakes its waiting clients.
     pub fn publish(&self, app: &App, id: &str, info: &str) -> Result<Published, UnknownId> {
         let published = self.get_owned(app, id)?.publish(info);
+        self.changed();
+        Ok(published)
+    }
+
+    /// [`Memory::publish`], with a tally of the value's deliveries (see [`Slot::publish_tallied`]).
+    pub fn publish_tallied(
+        &self,
+        app: &App,
+        id: &str,
+        info: &str,
+    ) -> Result<(Published, Arc<Tally>), UnknownId> {
+        let published = self.get_owned(app, id)?.publish_tallied(info);
         self.changed();
         Ok(published)
     }

@@ -95,6 +95,7 @@ async fn open(
         Some(Stream {
             waiter,
             since,
+            sent: None,
             state: state.clone(),
             _waiting: Waiting::start(&state.metrics.waiting.events),
         }),
@@ -129,12 +130,20 @@ fn sse(
 struct Stream {
     waiter: Place,
     since: Cursor,
+    /// The epoch of the last value sent, while its delivery is not yet reported: the next
+    /// event is asked for only once the connection has taken the last one.
+    sent: Option<Epoch>,
     state: AppState,
     _waiting: Waiting,
 }
 
 async fn next_event(state: Option<Stream>) -> Option<(Result<Event, Infallible>, Option<Stream>)> {
     let mut state = state?;
+    if let Some(epoch) = state.sent.take() {
+        let slot = state.waiter.slot();
+        let store = &state.state.store;
+        store.delivered(slot.id().as_str(), Some(slot), state.since.seq, epoch);
+    }
     let event = match state
         .waiter
         .wait_after(state.since, &state.state.shutdown)
@@ -151,6 +160,7 @@ async fn next_event(state: Option<Stream>) -> Option<(Result<Event, Infallible>,
                 seq: latest.seq,
                 epoch: with_epoch.then_some(latest.epoch),
             };
+            state.sent = Some(latest.epoch);
             let event = Event::default()
                 .id(event_id(&latest, with_epoch))
                 .json_data(value)

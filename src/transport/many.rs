@@ -25,7 +25,7 @@ use futures_util::future::{join_all, select_all};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Begun, Value};
+use super::{Begun, Delivered, Value};
 use crate::error::ApiError;
 use crate::extract::parse_query;
 use crate::id::Id;
@@ -138,6 +138,9 @@ pub struct Many {
     owed: Vec<Event>,
     /// Where the next wait starts polling the entries (round robin).
     next: usize,
+    /// The entry, `seq` and epoch of the last value sent, while its delivery is not yet
+    /// reported: the next event is asked for only once the connection has taken the last one.
+    sent: Option<(usize, Seq, Epoch)>,
     state: AppState,
     _waiting: Waiting,
 }
@@ -181,6 +184,7 @@ pub async fn open(state: &AppState, watched: Watched) -> Result<Many, ApiError> 
         entries,
         owed,
         next: 0,
+        sent: None,
         _waiting: Waiting::start(&state.metrics.waiting.events),
         state: state.clone(),
     })
@@ -189,6 +193,12 @@ pub async fn open(state: &AppState, watched: Watched) -> Result<Many, ApiError> 
 /// The next event of a stream of many ids, or its end.
 pub async fn next_event(many: Option<Many>) -> Option<(Result<Event, Infallible>, Option<Many>)> {
     let mut many = many?;
+    if let Some((at, seq, epoch)) = many.sent.take() {
+        let slot = many.entries[at].place.slot();
+        many.state
+            .store
+            .delivered(slot.id().as_str(), Some(slot), seq, epoch);
+    }
     if let Some(event) = many.owed.pop() {
         return Some((Ok(event), Some(many)));
     }
@@ -225,6 +235,7 @@ pub async fn next_event(many: Option<Many>) -> Option<(Result<Event, Infallible>
                 seq: latest.seq,
                 epoch: entry.since.epoch.map(|_| latest.epoch),
             };
+            many.sent = Some((at, latest.seq, latest.epoch));
             let id = cursor_list(many.entries.iter().map(|e| (&e.id, e.since)));
             Event::default().id(id).data(data)
         }
@@ -255,6 +266,9 @@ pub struct Answer {
     values: Vec<serde_json::Value>,
     /// Ids that ended: `{"id", "reason"}`, the reason `unknown_id`, `gone` or `released`.
     ended: Vec<serde_json::Value>,
+    /// The values, to report delivered once the answer is sent.
+    #[serde(skip)]
+    delivered: Delivered,
 }
 
 impl Answer {
@@ -270,6 +284,7 @@ impl Answer {
         };
         self.values
             .push(serde_json::to_value(value).expect("an id, a seq and a string serialise"));
+        self.delivered.push(id.clone(), latest);
     }
 
     fn ended(&mut self, id: &Id, reason: &str) {
@@ -279,10 +294,11 @@ impl Answer {
 
     /// 200 with the JSON; `Retry-After: 1` when an id was released (the client comes back
     /// in a second, from its cursors, as a poll of one id does).
-    pub fn into_response(self) -> axum::response::Response {
+    pub fn into_response(mut self) -> axum::response::Response {
         use axum::response::IntoResponse as _;
         let released = self.ended.iter().any(|e| e["reason"] == "released");
-        let mut response = axum::Json(self).into_response();
+        let delivered = std::mem::take(&mut self.delivered);
+        let mut response = delivered.attach(axum::Json(self).into_response());
         if released {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,

@@ -12,9 +12,10 @@ use axum::response::{IntoResponse, Json, Response};
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
-use super::{Begun, Value, WaitParams};
+use super::{Begun, Delivered, Value, WaitParams};
 use crate::error::ApiError;
 use crate::extract::parse_query;
+use crate::id::Id;
 use crate::metrics::Waiting;
 use crate::slot::WaitOutcome;
 use crate::state::AppState;
@@ -48,10 +49,14 @@ async fn answer<'s>(
     let since = params.cursor();
     let waiter = match super::watch(state, &params.id, since, Hold::IfNothingNew).await? {
         Begun::Now(latest) => {
-            return Ok((
-                &outcomes.immediate,
-                Json(Value::of(&latest, since)).into_response(),
-            ));
+            let response = Json(Value::of(&latest, since)).into_response();
+            // `watch` checked the id.
+            let delivered = Id::parse(&params.id).map(|id| Delivered::of(id, &latest));
+            let response = match delivered {
+                Ok(delivered) => delivered.attach(response),
+                Err(_) => response,
+            };
+            return Ok((&outcomes.immediate, response));
         }
         Begun::Waiting(waiter) => waiter,
     };
@@ -63,6 +68,7 @@ async fn answer<'s>(
     match tokio::time::timeout_at(deadline, wait).await {
         Ok(WaitOutcome::Value { latest, woken }) => {
             let response = Json(Value::of(&latest, since)).into_response();
+            let response = Delivered::of(waiter.slot().id().clone(), &latest).attach(response);
             if woken {
                 state
                     .metrics

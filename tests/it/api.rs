@@ -264,7 +264,7 @@ async fn notify_takes_json_or_text_and_counts() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(
         r.json::<Value>().await.unwrap(),
-        json!({"seq": 1, "waiting": 0})
+        json!({"seq": 1, "waiting": 0, "delivery": "stored"})
     );
 
     let r = s
@@ -278,7 +278,7 @@ async fn notify_takes_json_or_text_and_counts() {
         .unwrap();
     assert_eq!(
         r.json::<Value>().await.unwrap(),
-        json!({"seq": 2, "waiting": 0})
+        json!({"seq": 2, "waiting": 0, "delivery": "stored"})
     );
     let v: Value = s.poll(&id, 0).await.json().await.unwrap();
     assert_eq!(v, json!({"seq": 2, "info": "sécond"}));
@@ -495,7 +495,7 @@ async fn seed_urls_work_with_query_or_form_parameters() {
         .unwrap();
     assert_eq!(
         r.json::<Value>().await.unwrap(),
-        json!({"seq": 1, "waiting": 0})
+        json!({"seq": 1, "waiting": 0, "delivery": "stored"})
     );
     let r = s
         .client

@@ -14,7 +14,7 @@ async fn a_held_poll_is_answered_by_notify() {
     let r = s.notify(KEY, &id, "hello").await;
     assert_eq!(
         r.json::<Value>().await.unwrap(),
-        json!({"seq": 1, "waiting": 1})
+        json!({"seq": 1, "waiting": 1, "delivery": "woken"})
     );
     let r = poll.await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);

@@ -196,7 +196,7 @@ async fn nginx_without_sticky_sessions_spreads_waiters_over_two_nodes_and_a_noti
     let started = Instant::now();
     assert_eq!(
         notify(&front, &id, "42").await,
-        json!({ "seq": 1, "waiting": POLLS + 1 })
+        json!({ "seq": 1, "waiting": POLLS + 1, "delivery": "woken" })
     );
     let answers = tokio::time::timeout(WAIT, join_all(polls))
         .await
@@ -278,7 +278,7 @@ async fn a_page_whose_iframe_waits_on_node_b_gets_what_the_backend_sends_to_node
         assert_eq!(held_here(&a).await, (0, 0), "A holds nothing");
         assert_eq!(
             notify(&front, &id, info).await,
-            json!({ "seq": n, "waiting": 1 })
+            json!({ "seq": n, "waiting": 1, "delivery": "woken" })
         );
         browser
             .wait_for(

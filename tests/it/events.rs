@@ -85,7 +85,7 @@ async fn every_new_value_is_one_event_with_its_seq_as_id() {
     let r = s.notify(KEY, &id, "after").await;
     assert_eq!(
         r.json::<Value>().await.unwrap(),
-        json!({"seq": 2, "waiting": 1})
+        json!({"seq": 2, "waiting": 1, "delivery": "woken"})
     );
     let second = events.next_event().await.unwrap();
     assert_eq!(second[0], "id: 2");

@@ -150,7 +150,10 @@ async fn chunked_bodies_and_expect_continue_are_handed_to_hyper() {
     );
     c.write_all(request.as_bytes()).await.unwrap();
     let text = read_until(&mut c, |t| t.contains("\"waiting\"")).await;
-    assert!(text.contains(r#"{"seq":1,"waiting":0}"#), "{text}");
+    assert!(
+        text.contains(r#"{"seq":1,"waiting":0,"delivery":"stored"}"#),
+        "{text}"
+    );
 
     let mut c = TcpStream::connect(s.addr).await.unwrap();
     let body = "second";
@@ -164,7 +167,10 @@ async fn chunked_bodies_and_expect_continue_are_handed_to_hyper() {
     assert!(text.starts_with("HTTP/1.1 100 Continue"), "{text}");
     c.write_all(body.as_bytes()).await.unwrap();
     let text = read_until(&mut c, |t| t.contains("\"waiting\"")).await;
-    assert!(text.contains(r#"{"seq":2,"waiting":0}"#), "{text}");
+    assert!(
+        text.contains(r#"{"seq":2,"waiting":0,"delivery":"stored"}"#),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ mod cluster;
 mod cluster_front;
 mod cluster_registry;
 mod concurrency;
+mod delivery;
 mod demo;
 mod differential;
 mod discovery;

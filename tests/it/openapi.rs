@@ -273,3 +273,85 @@ fn every_endpoint_of_api_md_is_in_the_document() {
         );
     }
 }
+
+/// The field names an answer may have and must have, by the document's schema `name`.
+fn fields_of(doc: &Value, schema: &Value) -> (BTreeSet<String>, BTreeSet<String>) {
+    let schema = match schema["$ref"].as_str() {
+        Some(at) => &doc["components"]["schemas"][at.rsplit('/').next().unwrap()],
+        None => schema,
+    };
+    let may = schema["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let must = schema["required"]
+        .as_array()
+        .map(|r| r.iter().map(|f| f.as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default();
+    (may, must)
+}
+
+/// Holds `answer`'s fields to `schema`: none beyond its properties, every required one.
+fn assert_fields(doc: &Value, schema: &Value, answer: &Value, what: &str) {
+    let (may, must) = fields_of(doc, schema);
+    let has: BTreeSet<String> = answer.as_object().unwrap().keys().cloned().collect();
+    assert!(has.is_subset(&may), "{what}: {has:?} not all in {may:?}");
+    assert!(must.is_subset(&has), "{what}: {must:?} not all in {has:?}");
+}
+
+/// The answers to notify (with and without `?wait=`), a batch (each result) and status,
+/// with every field they can have, hold to the document: schemathesis sees only answers
+/// without waiters, so the fields that appear with deliveries are checked here.
+#[tokio::test]
+async fn notify_batch_and_status_answers_have_exactly_the_documented_fields() {
+    let doc = document();
+    let s = TestServer::spawn();
+    let id = s.new_id().await;
+    let held = s.spawn_poll(&id, 0);
+    s.wait_for_waiters(&id, 1).await;
+    let notified: Value = s
+        .client
+        .post(s.url(&format!("/v1/ids/{id}/notify?wait=5s")))
+        .bearer_auth(KEY)
+        .body("")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(notified["delivered"], 1, "{notified}");
+    held.await.unwrap();
+    let notify = &doc["paths"]["/v1/ids/{id}/notify"]["post"];
+    let schema = &notify["responses"]["200"]["content"]["application/json"]["schema"];
+    assert_fields(&doc, schema, &notified, "notify ?wait=");
+    let plain: Value = s.notify(KEY, &id, "x").await.json().await.unwrap();
+    assert_fields(&doc, schema, &plain, "notify");
+
+    let batch: Value = s
+        .client
+        .post(s.url("/v1/notify?wait=1s"))
+        .bearer_auth(KEY)
+        .json(&serde_json::json!({"notifications": [
+            {"id": id, "info": "y"}, {"id": "no-such-id-000000", "info": "y"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let batch_schema = &doc["components"]["schemas"]["BatchAnswer"];
+    assert_fields(&doc, batch_schema, &batch, "batch");
+    let item = &batch_schema["properties"]["results"]["items"];
+    for result in batch["results"].as_array().unwrap() {
+        assert_fields(&doc, item, result, "batch result");
+    }
+
+    let status = s.id_status(KEY, &id).await;
+    assert!(status["delivered_seq"].is_u64(), "{status}");
+    let status_schema = &doc["paths"]["/v1/ids/{id}"]["get"]["responses"]["200"]["content"]["application/json"]
+        ["schema"];
+    assert_fields(&doc, status_schema, &status, "status");
+}

@@ -66,7 +66,7 @@ async fn a_held_poll_is_answered_when_the_backend_notifies() {
 
     assert_eq!(
         notify(&nginx, &id, "42").await,
-        json!({ "seq": 1, "waiting": 1 })
+        json!({ "seq": 1, "waiting": 1, "delivery": "woken" })
     );
     let r = poll.await.unwrap().unwrap();
     assert_eq!(r.status(), StatusCode::OK);

@@ -130,7 +130,7 @@ end
 -- heartbeat script forgets them) are deleted on the way. The calling node's own count is the
 -- one it passes (exact now), not the one it last wrote; `own` is its field ('w.' .. node).
 -- `alive` remembers, for one script, what `nodes` said of each node's field (its
--- heartbeat's end, or false). The other fields of an id are one letter long.
+-- heartbeat's end, or false). The other fields of an id are one or two letters long.
 local function waiting(fields, key, nodes, now, own, self_count, alive)
   local sum = tonumber(self_count)
   for i = 1, #fields, 2 do
@@ -307,7 +307,7 @@ return out
 if redis.call('HGET', KEYS[1], 'a') ~= ARGV[1] then return {'unknown'} end
 local now = now_ms()
 local x = bucket_of(KEYS[1])
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], 'ch:dc:' .. ARGV[2])
 if unbucket(KEYS[2], KEYS[3], x) then redis.call('HINCRBY', KEYS[2], 'n', -1) end
 if unbucket(ALL_COUNTS, ALL_ENDS, x) then redis.call('HINCRBY', ALL_COUNTS, 'n', -1) end
 publish(KEYS[4], epoch(KEYS[5]), now, {hint('d', '0', ARGV[2], '')})
@@ -361,7 +361,33 @@ return gone
 local fields = redis.call('HGETALL', KEYS[1])
 if field(fields, 'a') ~= ARGV[1] then return {} end
 local now = now_ms()
-return {field(fields, 'o') or '', field(fields, 's'), field(fields, 'c'), int(redis.call('PTTL', KEYS[1])), int(waiting(fields, KEYS[1], KEYS[2], now, 'w.' .. ARGV[2], ARGV[3], {}))}
+return {field(fields, 'o') or '', field(fields, 's'), field(fields, 'c'), int(redis.call('PTTL', KEYS[1])), int(waiting(fields, KEYS[1], KEYS[2], now, 'w.' .. ARGV[2], ARGV[3], {})), field(fields, 'ds') or '', field(fields, 'dt') or ''}
+
+--@ delivered
+-- Deliveries this node made since its last call: answers with a value handed to clients'
+-- connections. Each entry of the id's current epoch records the newest `seq` delivered and
+-- when it first was ('ds', 'dt' in the id's hash, for `status`), and counts the deliveries
+-- of that `seq` in the id's delivery tally (a hash of 'epoch:seq' -> count, living `window`
+-- ms after its last delivery), which a notify with `?wait=` reads.
+-- KEYS: epoch, then per entry the id hash and its tally.
+-- ARGV: window ms, then per entry: epoch, seq, count.
+local now = now_ms()
+local ep = epoch(KEYS[1])
+local window = ARGV[1]
+for i = 2, #KEYS, 2 do
+  local at = 2 + (i - 2) / 2 * 3
+  local seq = tonumber(ARGV[at + 1])
+  if ARGV[at] == ep and redis.call('EXISTS', KEYS[i]) == 1 then
+    local r = redis.call('HMGET', KEYS[i], 's', 'ds')
+    local s, ds = tonumber(r[1]) or 0, tonumber(r[2]) or -1
+    if seq <= s and seq > ds then
+      redis.call('HSET', KEYS[i], 'ds', int(seq), 'dt', int(now))
+    end
+    redis.call('HINCRBY', KEYS[i + 1], ep .. ':' .. ARGV[at + 1], tonumber(ARGV[at + 2]))
+    redis.call('PEXPIRE', KEYS[i + 1], window)
+  end
+end
+return 0
 
 --@ heartbeat
 -- KEYS: nodes. ARGV: node, how long it counts as alive (ms)

@@ -37,6 +37,8 @@ pub struct Scripts {
     pub purge: Script,
     /// Looks up or holds an `Idempotency-Key`.
     pub idem_begin: Script,
+    /// Records a node's deliveries: the newest value delivered, and the tallies `?wait=` reads.
+    pub delivered: Script,
     /// Keeps the answer of an `Idempotency-Key`'s request, or frees the key.
     pub idem_finish: Script,
     /// Hands out a self-registration token within its bounds.
@@ -62,12 +64,13 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
         idem_begin: script("idem_begin"),
         idem_finish: script("idem_finish"),
         challenge_issue: script("challenge_issue"),
+        delivered: script("delivered"),
     }
 });
 
 impl Scripts {
     /// Every script, for loading them all on a new connection.
-    pub fn all(&self) -> [&Script; 14] {
+    pub fn all(&self) -> [&Script; 15] {
         [
             &self.create,
             &self.census,
@@ -83,6 +86,7 @@ impl Scripts {
             &self.idem_begin,
             &self.idem_finish,
             &self.challenge_issue,
+            &self.delivered,
         ]
     }
 }
@@ -122,6 +126,7 @@ mod tests {
             "idem_begin",
             "idem_finish",
             "challenge_issue",
+            "delivered",
         ] {
             let text = section(name);
             assert!(!text.trim().is_empty(), "{name}");
