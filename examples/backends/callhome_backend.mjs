@@ -3,7 +3,8 @@
 // It creates an id for each page of a shared document, tells all of them about a change in
 // one batch notify, and retries safely: every request that changes something carries an
 // Idempotency-Key, so a retry after a timeout or a 503 (Redis failing over, in cluster mode)
-// gets the first answer instead of notifying twice.
+// gets the first answer instead of notifying twice. Last, it learns whether a notify reached
+// a waiting page (`delivery`, and `?wait=`).
 //
 //   CALLHOME_URL=http://127.0.0.1:8080 CALLHOME_KEY=... node callhome_backend.mjs
 //
@@ -80,4 +81,20 @@ for (const id of ids) {
 batch.notifications[0].info = "doc:7:rev:13";
 const refused = await call("POST", "/v1/notify", batch, batchKey);
 check("a reused key is 422", refused.status === 422 && refused.body.error.code === "idempotency_key_reused");
+
+// Did it reach anyone? Nobody polled yet, so the batch stored the values; a page that waits
+// (here a long poll standing in for the iframe) is woken, and ?wait= says it got the value.
+check("stored for the next poll", answer.body.results.every((r) => r.delivery === "stored"));
+const page = ids[0];
+const polled = fetch(`${BASE}/v1/poll?id=${page}&since=1`, { signal: AbortSignal.timeout(40_000) })
+  .then((r) => r.json());
+for (let i = 0; i < 100; i++) { // until the poll is held (at most 5 s)
+  if ((await call("GET", `/v1/ids/${page}`)).body.waiting === 1) break;
+  await sleep(50);
+}
+const woke = await call("POST", `/v1/ids/${page}/notify?wait=5s`, { info: "doc:7:rev:14" }, randomUUID());
+check("the notify woke the waiting page", woke.status === 200 && woke.body.delivery === "woken");
+check("and returned once the page had it", woke.body.delivered === 1 && (await polled).info === "doc:7:rev:14");
+const state = await call("GET", `/v1/ids/${page}`);
+check("the status shows what was delivered", state.body.delivered_seq === woke.body.seq);
 console.log("node backend: all steps as documented");

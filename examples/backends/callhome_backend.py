@@ -6,6 +6,7 @@ connections itself. It creates an id for each page (here: three pages of one cha
 tells all of them about a new message in one batch notify, and retries safely: every
 request that changes something carries an Idempotency-Key, so a retry after a timeout or a
 503 (Redis failing over, in cluster mode) gets the first answer instead of notifying twice.
+Last, it learns whether a notify reached a waiting page (`delivery`, and `?wait=`).
 
     CALLHOME_URL=http://127.0.0.1:8080 CALLHOME_KEY=... python3 callhome_backend.py
 
@@ -15,6 +16,7 @@ Exits 0 when every step did what CallHome documents (docs/api.md), 1 otherwise.
 import json
 import os
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -98,7 +100,33 @@ def main():
     batch["notifications"][0]["info"] = "room:1:msg:43"
     status, _, refused = call("POST", "/v1/notify", batch, idempotency_key=key)
     check("a reused key is 422", status == 422 and refused["error"]["code"] == "idempotency_key_reused")
+
+    # 5. Did it reach anyone? Nobody polled yet, so the batch stored the values; a page that
+    # waits (here a thread standing in for the iframe) is woken, and ?wait= says it got it.
+    check("stored for the next poll", all(r["delivery"] == "stored" for r in answer["results"][:3]))
+    page = ids[0]
+    polled = {}
+    waiter = threading.Thread(target=lambda: polled.update(poll(page, since=1)))
+    waiter.start()
+    for _ in range(100):  # until the poll is held (at most 5 s)
+        if call("GET", "/v1/ids/" + page)[2]["waiting"] == 1:
+            break
+        time.sleep(0.05)
+    status, _, woke = call("POST", "/v1/ids/%s/notify?wait=5s" % page, {"info": "room:1:msg:44"},
+                           idempotency_key=str(uuid.uuid4()))
+    waiter.join(10)
+    check("the notify woke the waiting page", status == 200 and woke["delivery"] == "woken")
+    check("and returned once the page had it", woke["delivered"] == 1 and polled.get("info") == "room:1:msg:44")
+    _, _, state = call("GET", "/v1/ids/" + page)
+    check("the status shows what was delivered", state["delivered_seq"] == woke["seq"])
     print("python backend: all steps as documented")
+
+
+def poll(id, since):
+    """A long poll, as the page's iframe makes it (no key: the id is the capability)."""
+    url = "%s/v1/poll?id=%s&since=%d" % (BASE, id, since)
+    with urllib.request.urlopen(url, timeout=40) as response:
+        return json.loads(response.read())
 
 
 if __name__ == "__main__":

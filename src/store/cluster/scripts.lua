@@ -377,9 +377,10 @@ local window = ARGV[1]
 for i = 2, #KEYS, 2 do
   local at = 2 + (i - 2) / 2 * 3
   local seq = tonumber(ARGV[at + 1])
-  if ARGV[at] == ep and redis.call('EXISTS', KEYS[i]) == 1 then
-    local r = redis.call('HMGET', KEYS[i], 's', 'ds')
-    local s, ds = tonumber(r[1]) or 0, tonumber(r[2]) or -1
+  local r = ARGV[at] == ep and redis.call('HMGET', KEYS[i], 's', 'ds')
+  -- An id that is gone (no 's') records nothing.
+  if r and r[1] then
+    local s, ds = tonumber(r[1]), tonumber(r[2]) or -1
     if seq <= s and seq > ds then
       redis.call('HSET', KEYS[i], 'ds', int(seq), 'dt', int(now))
     end
