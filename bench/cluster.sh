@@ -630,9 +630,9 @@ case_ceiling() {
         csv=$TMP/ceiling-$name.csv
         # KEYS: hint counter, epoch, nodes, the id. ARGV: idle ttl, granule, node,
         # idempotency window, then the notify: app, info, this node's waiters, its
-        # idempotency record (none), its app's rate (0: off) and burst.
+        # idempotency record (none), its app's rate (0: off) and burst, not tallied.
         local cmd=(EVALSHA "$sha" 4 ch:hc ch:ep ch:nodes "ch:i:__rand_int__"
-            86400000 60000 cb 300000 cb "0123456789abcdef" 0 "" 0 1)
+            86400000 60000 cb 300000 cb "0123456789abcdef" 0 "" 0 1 0)
         [[ $name == publish ]] && cmd=(PUBLISH cb:hints "cb:id:__rand_int__ 1")
         rc=0
         echo "### round $round ceiling $name: redis-benchmark -c $CEILING_CLIENTS -n $CEILING_REQS -r 100000 --csv ${cmd[*]}" >>"$OUT/bench.log"

@@ -37,7 +37,7 @@ fn notify(c: &mut Criterion) {
     c.bench_function("notify, no waiter (store lookup + publish)", |b| {
         b.iter(|| {
             i = (i + 1) % ids.len();
-            let published = store.publish(&app, &ids[i], "0123456789abcdef", None, false);
+            let published = store.publish(&app, &ids[i], "0123456789abcdef", None, None);
             published.now_or_never().unwrap().unwrap()
         });
     });

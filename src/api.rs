@@ -263,19 +263,19 @@ pub async fn notify(
     info: &str,
 ) -> Result<Notified, ApiError> {
     Id::check(id)?;
-    Ok(notify_checked(state, app, id, info, None, false).await?.0)
+    Ok(notify_checked(state, app, id, info, None, None).await?.0)
 }
 
 /// [`notify`] made at most once for the idempotency record `once` (`<app>:<key>`, and a
 /// batch's position after it), where the engine needs one to tell (src/idempotency.rs);
-/// with `track`, also how to count its deliveries (see [`await_deliveries`]).
+/// with `track` (the wait), also how to count its deliveries (see [`await_deliveries`]).
 pub async fn notify_once(
     state: &AppState,
     app: &App,
     id: &str,
     info: &str,
     once: Option<&str>,
-    track: bool,
+    track: Option<Duration>,
 ) -> Result<(Notified, Option<Tracking>), ApiError> {
     Id::check(id)?;
     notify_checked(state, app, id, info, once, track).await
@@ -309,7 +309,7 @@ pub(crate) async fn notify_checked(
     id: &str,
     info: &str,
     once: Option<&str>,
-    track: bool,
+    track: Option<Duration>,
 ) -> Result<(Notified, Option<Tracking>), ApiError> {
     state.limiters.notify(app)?;
     let limit = app

@@ -299,33 +299,33 @@ impl Store {
     /// notify whose record exists was made already and is answered as it was then; the
     /// memory engine, which always knows whether it made a notify, needs none.
     ///
-    /// With `track`, also how to count the deliveries of the value (or a newer one) from
-    /// the moment it was stored, for [`Store::deliveries`].
+    /// With `track` (how long the caller will wait for them), also how to count the
+    /// deliveries of the value (or a newer one) from the moment it was stored, for
+    /// [`Store::deliveries`].
     pub async fn publish(
         &self,
         app: &App,
         id: &str,
         info: &str,
         once: Option<&str>,
-        track: bool,
+        track: Option<Duration>,
     ) -> Result<(Published, Option<Tracking>), StoreError> {
         match &self.engine {
-            Engine::Memory(memory) if track => {
+            Engine::Memory(memory) if track.is_some() => {
                 let (published, tally) = memory.publish_tallied(app, id, info)?;
                 Ok((published, Some(Tracking::Local(tally))))
             }
             Engine::Memory(memory) => Ok((memory.publish(app, id, info)?, None)),
             Engine::Cluster(cluster) => {
-                let (published, epoch) = Box::pin(cluster.publish(app, id, info, once)).await?;
-                let tracking =
-                    track
-                        .then(|| Id::parse(id).ok())
-                        .flatten()
-                        .map(|id| Tracking::Cluster {
-                            id,
-                            seq: published.seq,
-                            epoch,
-                        });
+                let (published, epoch) =
+                    Box::pin(cluster.publish(app, id, info, once, track)).await?;
+                let tracking = track
+                    .and_then(|_| Id::parse(id).ok())
+                    .map(|id| Tracking::Cluster {
+                        id,
+                        seq: published.seq,
+                        epoch,
+                    });
                 Ok((published, tracking))
             }
         }

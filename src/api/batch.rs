@@ -108,7 +108,7 @@ async fn batch(
             limit,
         });
     }
-    let mut outcomes = notify_all(state, app, &request.notifications, once, until.is_some()).await;
+    let mut outcomes = notify_all(state, app, &request.notifications, once, wait).await;
     if let Some(until) = until {
         // Every notify is made before any waits: they wait together, until one deadline.
         join_all(outcomes.iter_mut().filter_map(|o| o.as_mut().ok()).map(
@@ -150,7 +150,7 @@ async fn notify_all(
     app: &App,
     items: &[Item],
     once: Option<&str>,
-    track: bool,
+    track: Option<Duration>,
 ) -> Vec<Outcome> {
     // One chain per id, in the batch's order; chains run at once.
     let mut chains: Vec<Vec<usize>> = Vec::new();

@@ -158,8 +158,7 @@ pub(super) async fn notify_body(
             ));
         }
     };
-    let (mut notified, tracking) =
-        super::notify_checked(state, app, id, info, once, until.is_some()).await?;
+    let (mut notified, tracking) = super::notify_checked(state, app, id, info, once, wait).await?;
     if let Some(until) = until {
         super::await_deliveries(state, &mut notified, tracking.as_ref(), until).await;
     }

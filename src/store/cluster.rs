@@ -82,12 +82,14 @@ const NOTIFY_QUEUE: usize = 16_384;
 const TOUCH_BATCH: usize = 256;
 /// Batches of looks in Redis at once, at most.
 const TOUCHES_IN_FLIGHT: usize = 1;
-/// How often a node writes its deliveries to Redis: what a notify with `?wait=` waits for
-/// at most beyond the delivery itself, and how often it reads the tally.
-const DELIVERIES_EVERY: Duration = Duration::from_millis(25);
-/// Entries per `delivered` script call.
-const DELIVERIES_BATCH: usize = 512;
-/// How long a delivery tally lives after its last delivery: longer than any `?wait=`.
+/// How often a node writes the tallies of notifies that wait for their deliveries
+/// (`?wait=`), and how often such a notify reads them: what it waits at most beyond the
+/// deliveries themselves.
+const TALLIES_EVERY: Duration = Duration::from_millis(25);
+/// How often a node writes the newest values it delivered (for the ids' status).
+const DELIVERED_EVERY: Duration = Duration::from_secs(1);
+/// How long a delivery tally lives in Redis after its last delivery: longer than any
+/// `?wait=`.
 const TALLY_WINDOW: Duration = Duration::from_secs(60);
 
 fn id_key(id: &str) -> String {
@@ -163,8 +165,14 @@ pub struct Cluster {
     notifies: mpsc::Sender<Notify>,
     /// Browsers' looks on their way to their batch.
     touches: mpsc::Sender<Touch>,
-    /// Deliveries not yet written to Redis, by id, epoch and `seq`.
-    deliveries: Mutex<HashMap<(Id, Epoch, Seq), u32>>,
+    /// The newest `seq` delivered of each id since they were last written (for the ids'
+    /// status).
+    delivered: Mutex<HashMap<Id, Seq>>,
+    /// Notifies whose deliveries are tallied (a 'w' hint, or this node's own with `?wait=`),
+    /// by id: this node counts its deliveries of that `seq` or newer until the window ends.
+    tallied: DashMap<Id, Tallied>,
+    /// Deliveries of tallied notifies not yet written to Redis, by id, epoch and `seq`.
+    tallies: Mutex<HashMap<(Id, Epoch, Seq), u32>>,
     metrics: Backplane,
 }
 
@@ -226,7 +234,9 @@ impl Cluster {
             changed: Mutex::new(Vec::new()),
             notifies,
             touches,
-            deliveries: Mutex::new(HashMap::new()),
+            delivered: Mutex::new(HashMap::new()),
+            tallied: DashMap::new(),
+            tallies: Mutex::new(HashMap::new()),
             metrics,
         });
         cluster.heartbeat().await;
@@ -421,6 +431,7 @@ impl Cluster {
         id: &str,
         info: &str,
         once: Option<&str>,
+        track: Option<Duration>,
     ) -> Result<(Published, Epoch), StoreError> {
         let (reply, answer) = oneshot::channel();
         let job = Notify {
@@ -430,6 +441,7 @@ impl Cluster {
             waiters: self.local_waiters(id),
             once: once.map(|record| format!("ch:in:{record}").into()),
             rate: app.limits().notify_per_app.unwrap_or(self.notify_rate),
+            track,
             reply,
         };
         let outcome = batch::submit(&self.notifies, job, answer, self.link.timeout(), |jobs| {
@@ -443,8 +455,12 @@ impl Cluster {
                 waiting,
                 epoch,
             } => {
-                // This node's own waiters need not wait for the hint to come back.
+                // This node's own waiters need not wait for the hint to come back (and the
+                // tally begins before any of them is woken).
                 if let Some(slot) = self.local.get(id) {
+                    if let Some(wait) = track {
+                        self.tally(slot.id(), seq, epoch, wait);
+                    }
                     slot.apply(seq, Some(info), epoch);
                 }
                 Ok((Published { seq, waiting }, epoch))
@@ -477,7 +493,10 @@ impl Cluster {
                         .arg(job.waiters)
                         .arg(job.once.as_deref().unwrap_or(""))
                         .arg(job.rate.per_second)
-                        .arg(job.rate.burst.max(1));
+                        .arg(job.rate.burst.max(1))
+                        .arg(job.track.map_or(0, |wait| {
+                            u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1)
+                        }));
                 }
                 notify.invoke_async(&mut conn.redis).await
             })
@@ -832,58 +851,78 @@ impl Cluster {
         })
     }
 
-    /// Notes a delivery of `seq` (in `epoch`) of `id` by this node, written to Redis within
-    /// [`DELIVERIES_EVERY`].
+    /// Notes a delivery of `seq` (in `epoch`) of `id` by this node: written to the id within
+    /// [`DELIVERED_EVERY`], and to its tally within [`TALLIES_EVERY`] when a notify waits for
+    /// it.
     pub fn delivered(&self, id: &str, seq: Seq, epoch: Epoch) {
         let Ok(id) = Id::parse(id) else { return };
-        *self
-            .deliveries
+        let tallied = self
+            .tallied
+            .get(&id)
+            .is_some_and(|t| t.epoch == epoch && seq >= t.seq);
+        if tallied {
+            *self
+                .tallies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry((id.clone(), epoch, seq))
+                .or_default() += 1;
+        }
+        let mut delivered = self
+            .delivered
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry((id, epoch, seq))
-            .or_default() += 1;
+            .unwrap_or_else(PoisonError::into_inner);
+        let newest = delivered.entry(id).or_insert(seq);
+        *newest = (*newest).max(seq);
     }
 
-    /// Writes the deliveries noted since the last call.
-    async fn write_deliveries(&self) {
-        let noted = std::mem::take(
-            &mut *self
-                .deliveries
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
+    /// Counts this node's deliveries of `id` from `seq` (in `epoch`) on, for `wait` (and a
+    /// second more, for clocks and hints on their way), for a notify that waits that long for
+    /// them; called before the value is applied to the local slot.
+    pub(super) fn tally(&self, id: &Id, seq: Seq, epoch: Epoch, wait: Duration) {
+        self.tallied.insert(
+            id.clone(),
+            Tallied {
+                seq,
+                epoch,
+                until: tokio::time::Instant::now() + wait + Duration::from_secs(1),
+            },
         );
+    }
+
+    /// Writes the tallied deliveries noted since the last call: one pipeline of `HINCRBY`
+    /// and `PEXPIRE` per id and `seq`.
+    async fn write_tallies(&self) {
+        let noted =
+            std::mem::take(&mut *self.tallies.lock().unwrap_or_else(PoisonError::into_inner));
         if noted.is_empty() {
             return;
         }
-        let noted: Vec<_> = noted.into_iter().collect();
+        let noted = &noted;
         let window = u64::try_from(TALLY_WINDOW.as_millis()).unwrap_or(u64::MAX);
-        for chunk in noted.chunks(DELIVERIES_BATCH) {
-            let written = self
-                .link
-                .call(|mut conn| async move {
-                    let mut script = SCRIPTS.delivered.prepare_invoke();
-                    script.key(EPOCH_KEY);
-                    for ((id, _, _), _) in chunk {
-                        script.key(id_key(id.as_str())).key(tally_key(id.as_str()));
-                    }
-                    script.arg(window);
-                    for ((_, epoch, seq), count) in chunk {
-                        script.arg(*epoch).arg(*seq).arg(*count);
-                    }
-                    script.invoke_async::<i64>(&mut conn.redis).await
-                })
-                .await;
-            if let Err(e) = written {
-                // Lost, not retried: a delivery record is a report, and a notify waiting on
-                // it ends at its own deadline.
-                tracing::debug!(error = %e, "deliveries not written");
-            }
+        let written = self
+            .link
+            .call(|mut conn| async move {
+                let mut pipe = redis::pipe();
+                for ((id, epoch, seq), count) in noted {
+                    let key = tally_key(id.as_str());
+                    pipe.hincr(&key, format!("{epoch}:{seq}"), *count)
+                        .ignore()
+                        .pexpire(&key, i64::try_from(window).unwrap_or(i64::MAX))
+                        .ignore();
+                }
+                pipe.query_async::<()>(&mut conn.redis).await
+            })
+            .await;
+        if let Err(e) = written {
+            // Lost, not retried: a notify waiting on them ends at its own deadline.
+            tracing::debug!(error = %e, "delivery tallies not written");
         }
     }
 
     /// Waits until `want` clients on any node got `seq` of `id` (or a newer value of the
     /// same epoch), or `until`; returns how many did. Reads the id's tally every
-    /// [`DELIVERIES_EVERY`].
+    /// [`TALLIES_EVERY`].
     pub async fn deliveries(
         &self,
         id: &Id,
@@ -918,7 +957,7 @@ impl Cluster {
             if counted >= want || now >= until {
                 return counted;
             }
-            tokio::time::sleep_until(until.min(now + DELIVERIES_EVERY)).await;
+            tokio::time::sleep_until(until.min(now + TALLIES_EVERY)).await;
         }
     }
 
@@ -1094,8 +1133,10 @@ impl Cluster {
     async fn chores(self: Arc<Self>, shutdown: CancellationToken) {
         let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
         let mut waiters = tokio::time::interval(WAITERS_EVERY);
-        let mut deliveries = tokio::time::interval(DELIVERIES_EVERY);
-        deliveries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tallies = tokio::time::interval(TALLIES_EVERY);
+        tallies.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut delivered = tokio::time::interval(DELIVERED_EVERY);
+        delivered.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A quarter of the idle time, so a waited-on id never expires.
         let refresh_every =
             (self.idle_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
@@ -1107,7 +1148,8 @@ impl Cluster {
                     self.update_up();
                 }
                 _ = waiters.tick() => self.report_waiters(false).await,
-                _ = deliveries.tick() => self.write_deliveries().await,
+                _ = tallies.tick() => self.write_tallies().await,
+                _ = delivered.tick() => self.write_delivered().await,
                 () = self.counts_changed.notified() => {
                     // Gather what else changes meanwhile (a fan-out ends thousands of waits
                     // at once): one batch, not one write per waiter.
@@ -1187,10 +1229,52 @@ impl Cluster {
         }
     }
 
+    /// Writes the newest value delivered of each id since the last call (see the
+    /// `delivered` script), in calls of [`REPORT_BATCH`] ids. Once a second at most, so that
+    /// during a fan-out each id costs Redis one entry however often it was answered, and a
+    /// burst of answers is written after it rather than in its midst.
+    async fn write_delivered(&self) {
+        let noted = std::mem::take(
+            &mut *self
+                .delivered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let noted: Vec<(Id, Seq)> = noted.into_iter().collect();
+        for chunk in noted.chunks(REPORT_BATCH) {
+            let written = self
+                .link
+                .call(|mut conn| async move {
+                    let mut script = SCRIPTS.delivered.prepare_invoke();
+                    for (id, _) in chunk {
+                        script.key(id_key(id.as_str()));
+                    }
+                    for (_, seq) in chunk {
+                        script.arg(*seq);
+                    }
+                    script.invoke_async::<i64>(&mut conn.redis).await
+                })
+                .await;
+            if written.is_err() {
+                // Written at the next tick, unless newer deliveries came meanwhile.
+                let mut again = self
+                    .delivered
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                for (id, seq) in chunk {
+                    let at = again.entry(id.clone()).or_insert(*seq);
+                    *at = (*at).max(*seq);
+                }
+            }
+        }
+    }
+
     /// Drops local slots nobody has waited on for a while (a poll brings them back).
     fn forget_idle(&self) {
         self.local
             .retain(|_, slot| slot.waiting() > 0 || slot.idle() < FORGET_AFTER);
+        let now = tokio::time::Instant::now();
+        self.tallied.retain(|_, t| t.until > now);
     }
 }
 
@@ -1206,7 +1290,17 @@ struct Notify {
     once: Option<Box<str>>,
     /// The app's notify rate (its own, or the server's).
     rate: RateLimit,
+    /// How long its notify waits for its deliveries (`?wait=`), if it does.
+    track: Option<Duration>,
     reply: batch::Answer<Notified>,
+}
+
+/// A notify whose deliveries a node counts (see [`Cluster::tally`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Tallied {
+    seq: Seq,
+    epoch: Epoch,
+    until: tokio::time::Instant,
 }
 
 impl batch::Job for Notify {

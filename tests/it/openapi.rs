@@ -349,8 +349,16 @@ async fn notify_batch_and_status_answers_have_exactly_the_documented_fields() {
         assert_fields(&doc, item, result, "batch result");
     }
 
-    let status = s.id_status(KEY, &id).await;
-    assert!(status["delivered_seq"].is_u64(), "{status}");
+    // In cluster mode the delivery reaches the status within a second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        let status = s.id_status(KEY, &id).await;
+        if status["delivered_seq"].is_u64() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     let status_schema = &doc["paths"]["/v1/ids/{id}"]["get"]["responses"]["200"]["content"]["application/json"]
         ["schema"];
     assert_fields(&doc, status_schema, &status, "status");

@@ -181,6 +181,18 @@ fn handle(cluster: &Arc<Cluster>, message: &[u8], counter: &mut Option<u64>) {
                     slot.apply(change.seq, Some(change.info), epoch);
                 }
             }
+            // A notify that waits `w<ms>` for its deliveries: they are counted from before the
+            // value reaches any waiter here.
+            [b'w', wait @ ..] => {
+                if let Some(slot) = cluster.local.get(change.id) {
+                    let wait = std::str::from_utf8(wait)
+                        .ok()
+                        .and_then(|ms| ms.parse().ok());
+                    let wait = Duration::from_millis(wait.unwrap_or(0));
+                    cluster.tally(slot.id(), change.seq, epoch, wait);
+                    slot.apply(change.seq, Some(change.info), epoch);
+                }
+            }
             b"d" => cluster.gone(change.id),
             _ => {}
         }

@@ -216,9 +216,10 @@ return prune(KEYS[1], KEYS[2], now_ms())
 -- KEYS: hint counter, epoch, nodes, then one id hash per notify.
 -- ARGV: idle ttl ms, granule ms, node, idempotency window ms, then per notify: app, info,
 -- this node's waiters on the id, its idempotency record ('' for none: see
--- src/idempotency.rs), and its app's notify rate and burst (every notify of one app carries
--- the same). A notify whose record exists was made before: it is answered as it was then
--- and not made again.
+-- src/idempotency.rs), its app's notify rate and burst (every notify of one app carries
+-- the same), and how long it waits for its deliveries in ms (`?wait=`: its hint is then
+-- 'w<ms>', which tells the nodes to count them in the id's tally for that long), else '0'. A notify whose record exists
+-- was made before: it is answered as it was then and not made again.
 -- Returns the epoch, then per notify three values: 'ok', seq, waiting; 'unknown', '', '';
 -- or 'rate', the milliseconds to wait, ''.
 local now = now_ms()
@@ -250,7 +251,7 @@ end
 local window = ARGV[4]
 for i = 4, #KEYS do
   local key = KEYS[i]
-  local at = 5 + (i - 4) * 6
+  local at = 5 + (i - 4) * 7
   local app, info, mark = ARGV[at], ARGV[at + 1], ARGV[at + 3]
   local rate, burst = tonumber(ARGV[at + 4]), tonumber(ARGV[at + 5])
   local made = mark ~= '' and redis.call('GET', mark)
@@ -290,7 +291,8 @@ for i = 4, #KEYS do
       seq = int((tonumber(seq) or 0) + 1)
       redis.call('HSET', key, 's', seq, 'v', info)
       keep(key, app, now, ttl, granule)
-      hints[#hints + 1] = hint('n', seq, string.sub(key, 6), info)
+      local kind = ARGV[at + 6] ~= '0' and ('w' .. ARGV[at + 6]) or 'n'
+      hints[#hints + 1] = hint(kind, seq, string.sub(key, 6), info)
       if fields then sum = waiting(fields, key, KEYS[3], now, own, ARGV[at + 2], alive) end
       if mark ~= '' then redis.call('SET', mark, seq .. '|' .. int(sum), 'PX', window) end
       answer('ok', seq, int(sum))
@@ -355,6 +357,22 @@ for i, key in ipairs(KEYS) do
 end
 return gone
 
+--@ delivered
+-- The newest `seq` this node delivered of each of many ids since its last call: each id keeps
+-- the newest any node delivered, and when it first was ('ds', 'dt', for `status`). Nothing
+-- else is read or written: a delivery is not activity of its own (the poll or stream that
+-- made it was).
+-- KEYS: the id hashes. ARGV: one seq per key.
+local now = now_ms()
+for i, key in ipairs(KEYS) do
+  local r = redis.call('HMGET', key, 's', 'ds')
+  local seq = tonumber(ARGV[i])
+  if r[1] and seq <= tonumber(r[1]) and seq > (tonumber(r[2]) or -1) then
+    redis.call('HSET', key, 'ds', int(seq), 'dt', int(now))
+  end
+end
+return 0
+
 --@ status
 -- KEYS: id hash, nodes
 -- ARGV: app, node, its waiters
@@ -362,33 +380,6 @@ local fields = redis.call('HGETALL', KEYS[1])
 if field(fields, 'a') ~= ARGV[1] then return {} end
 local now = now_ms()
 return {field(fields, 'o') or '', field(fields, 's'), field(fields, 'c'), int(redis.call('PTTL', KEYS[1])), int(waiting(fields, KEYS[1], KEYS[2], now, 'w.' .. ARGV[2], ARGV[3], {})), field(fields, 'ds') or '', field(fields, 'dt') or ''}
-
---@ delivered
--- Deliveries this node made since its last call: answers with a value handed to clients'
--- connections. Each entry of the id's current epoch records the newest `seq` delivered and
--- when it first was ('ds', 'dt' in the id's hash, for `status`), and counts the deliveries
--- of that `seq` in the id's delivery tally (a hash of 'epoch:seq' -> count, living `window`
--- ms after its last delivery), which a notify with `?wait=` reads.
--- KEYS: epoch, then per entry the id hash and its tally.
--- ARGV: window ms, then per entry: epoch, seq, count.
-local now = now_ms()
-local ep = epoch(KEYS[1])
-local window = ARGV[1]
-for i = 2, #KEYS, 2 do
-  local at = 2 + (i - 2) / 2 * 3
-  local seq = tonumber(ARGV[at + 1])
-  local r = ARGV[at] == ep and redis.call('HMGET', KEYS[i], 's', 'ds')
-  -- An id that is gone (no 's') records nothing.
-  if r and r[1] then
-    local s, ds = tonumber(r[1]), tonumber(r[2]) or -1
-    if seq <= s and seq > ds then
-      redis.call('HSET', KEYS[i], 'ds', int(seq), 'dt', int(now))
-    end
-    redis.call('HINCRBY', KEYS[i + 1], ep .. ':' .. ARGV[at + 1], tonumber(ARGV[at + 2]))
-    redis.call('PEXPIRE', KEYS[i + 1], window)
-  end
-end
-return 0
 
 --@ heartbeat
 -- KEYS: nodes. ARGV: node, how long it counts as alive (ms)

@@ -37,7 +37,7 @@ pub struct Scripts {
     pub purge: Script,
     /// Looks up or holds an `Idempotency-Key`.
     pub idem_begin: Script,
-    /// Records a node's deliveries: the newest value delivered, and the tallies `?wait=` reads.
+    /// Records the newest value a node delivered of each of many ids.
     pub delivered: Script,
     /// Keeps the answer of an `Idempotency-Key`'s request, or frees the key.
     pub idem_finish: Script,
