@@ -278,6 +278,54 @@ async fn rotation_keeps_the_old_key_for_its_grace_and_revocation_stops_a_key_at_
     assert_eq!(error_code(r).await, "invalid_parameters");
 }
 
+/// A grace runs out by itself: the old key works until its `expires_at`, and is refused from
+/// then on without anyone touching the app again, while the new key goes on working.
+#[tokio::test]
+async fn a_rotated_keys_grace_runs_out_by_itself() {
+    let s = server();
+    let old = register(&s, "expiring", json!({})).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = admin(
+        &s,
+        reqwest::Method::POST,
+        "/v1/admin/apps/expiring/keys",
+        Some(json!({"grace": "2s"})),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let rotated: Value = r.json().await.unwrap();
+    let new = rotated["key"].as_str().unwrap().to_owned();
+    let ends: String = rotated["app"]["keys"][0]["expires_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        create_with(&s, &old).await,
+        StatusCode::CREATED,
+        "in its grace"
+    );
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while create_with(&s, &old).await != StatusCode::UNAUTHORIZED {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old key still works 10 s after a grace of 2 s (ends {ends})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Refused for good, not by a hiccup; the listing no longer shows it.
+    assert_eq!(create_with(&s, &old).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(create_with(&s, &new).await, StatusCode::CREATED);
+    let shown: Value = admin(&s, reqwest::Method::GET, "/v1/admin/apps/expiring", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["keys"].as_array().unwrap().len(), 1, "{shown}");
+}
+
 #[tokio::test]
 async fn config_apps_are_listed_but_changed_only_in_the_config() {
     let s = server();
@@ -381,6 +429,15 @@ async fn the_registry_survives_kill_9_and_a_graceful_restart() {
     })
     .await;
     let keys = keys.into_inner().unwrap();
+    // Stored as digests only: the file names the app, and holds no key it was shown.
+    let stored = kept.snapshot_bytes();
+    assert!(contains(&stored, b"kept"), "the snapshot names the app");
+    for key in &keys {
+        assert!(
+            !contains(&stored, key.as_bytes()),
+            "the snapshot holds a key"
+        );
+    }
     kept.check_restarts(|base, round| {
         let (http, keys) = (&http, &keys);
         async move {
@@ -397,4 +454,8 @@ async fn the_registry_survives_kill_9_and_a_graceful_restart() {
         }
     })
     .await;
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }

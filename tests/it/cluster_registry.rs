@@ -107,6 +107,13 @@ async fn an_app_added_rotated_or_revoked_on_one_node_holds_on_every_node_within_
     everywhere(&all, &first, StatusCode::UNAUTHORIZED, A_SECOND).await;
     everywhere(&all, &second, StatusCode::CREATED, A_SECOND).await;
 
+    // Redis holds the registry with digests only: it names the app and no key it was shown.
+    let stored = redis.cmd(&["GET", "ch:reg"]).await;
+    assert!(stored.contains("shared"), "{stored}");
+    for key in [&first, &second] {
+        assert!(!stored.contains(key.as_str()), "Redis holds a key");
+    }
+
     // Every node lists the same app, with the ids it holds counted over the whole cluster.
     let held = redis.cmd(&["HGET", "ch:ab:shared", "n"]).await;
     assert!(held.parse::<u64>().unwrap() >= 12, "{held}");
@@ -114,6 +121,51 @@ async fn an_app_added_rotated_or_revoked_on_one_node_holds_on_every_node_within_
         let shown = admin(node, Method::GET, "/v1/admin/apps/shared", None).await;
         assert_eq!(shown["ids"].to_string(), held, "{shown}");
         assert_eq!(shown["keys"].as_array().unwrap().len(), 1, "{shown}");
+    }
+}
+
+/// A grace that runs out stops the old key on every node at once: each node reads the same
+/// end from the registry, so once one refuses it the others do too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grace_that_runs_out_stops_the_old_key_on_every_node() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start(RedisOptions::default()).await;
+    let [a, b, c] = three_nodes(&redis).await;
+    let all = [&a, &b, &c];
+    let (old, _) = register(&a, "graced").await;
+    everywhere(&all, &old, StatusCode::CREATED, A_SECOND).await;
+    let rotated = admin(
+        &b,
+        Method::POST,
+        "/v1/admin/apps/graced/keys",
+        Some(json!({"grace": "2s"})),
+    )
+    .await;
+    let new = rotated["key"].as_str().unwrap().to_owned();
+    everywhere(&all, &new, StatusCode::CREATED, A_SECOND).await;
+
+    // Nobody touches the app again: the grace ends on C's clock, and A and B agree at once.
+    within(
+        Duration::from_secs(10),
+        "the old key refused on C",
+        async || (create_status(&c, &old).await == StatusCode::UNAUTHORIZED).then_some(()),
+    )
+    .await;
+    for node in [&a, &b, &c] {
+        assert_eq!(
+            create_status(node, &old).await,
+            StatusCode::UNAUTHORIZED,
+            "{}",
+            node.addr
+        );
+        assert_eq!(
+            create_status(node, &new).await,
+            StatusCode::CREATED,
+            "{}",
+            node.addr
+        );
     }
 }
 

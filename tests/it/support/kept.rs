@@ -39,6 +39,11 @@ impl Kept {
         Daemon::start_on(&self.config, "127.0.0.1:0", Some(&self.snapshot), &[])
     }
 
+    /// What the snapshot file holds now.
+    pub fn snapshot_bytes(&self) -> Vec<u8> {
+        std::fs::read(&self.snapshot).expect("the snapshot file was written")
+    }
+
     /// Starts the binary, runs `change` on it, and `kill -9`s it once `change` returned:
     /// whatever `change` was answered must have been written already.
     pub async fn then_kill_9<F: Future<Output = ()>>(&self, change: impl FnOnce(String) -> F) {
