@@ -74,8 +74,8 @@ pub async fn hand_off<S: Stream>(
     let trusted = state.trusted_proxies.contains(peer.ip());
     let peer = PeerAddr(peer);
     let router = router.clone();
-    // hyper bounds a head (`header_read_timeout`) but not a body: a chunked body trickled
-    // in would hold the connection for as long as its client liked.
+    // Heads are bounded by `Activity` (below); bodies need a timer of their own: a chunked
+    // body trickled in would hold the connection for as long as its client liked.
     let cut = CancellationToken::new();
     let body_timeout = state.limits.body_timeout;
     let body_timeouts = state.metrics.timeouts.body.clone();
@@ -127,24 +127,13 @@ pub async fn hand_off<S: Stream>(
         });
         Box::pin(request_id::scope(request_id, respond))
     }));
-    let builder = builder(mode, state);
+    let builder = builder(mode);
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     let limits = state.limits;
     let timeouts = &state.metrics.timeouts;
-    // hyper's own header timeout ends the connection with an error; count it as the lean
-    // path counts its own.
     let ended = |result: Result<(), Box<dyn std::error::Error + Send + Sync>>| {
-        result.map_err(|e| {
-            if e.downcast_ref::<hyper::Error>()
-                .is_some_and(hyper::Error::is_timeout)
-            {
-                timeouts.header.inc();
-                io::ErrorKind::TimedOut.into()
-            } else {
-                io::Error::other(e)
-            }
-        })
+        result.map_err(io::Error::other)
     };
     let served = async {
         tokio::select! {
@@ -158,7 +147,6 @@ pub async fn hand_off<S: Stream>(
                 // Nothing is in flight: a graceful close (GOAWAY) has nothing to wait for,
                 // unless the client never finished its handshake. Then it is dropped.
                 conn.as_mut().graceful_shutdown();
-                // Counted once, here: the close may also end in hyper's own header timeout.
                 let _ = tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await;
                 Err(io::ErrorKind::TimedOut.into())
             }
@@ -171,7 +159,7 @@ pub async fn hand_off<S: Stream>(
 }
 
 /// hyper configured for `mode` with the lean path's limits.
-fn builder(mode: Mode, state: &AppState) -> Builder<TokioExecutor> {
+fn builder(mode: Mode) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
     builder = match mode {
         Mode::Http1 | Mode::OneRequest => builder.http1_only(),
@@ -182,7 +170,11 @@ fn builder(mode: Mode, state: &AppState) -> Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .keep_alive(mode != Mode::OneRequest)
-        .header_read_timeout(state.limits.header_timeout)
+        // hyper's head timer runs from the end of the last answer, so it would close an idle
+        // keep-alive connection at `header_timeout` (long before `idle_timeout`) and count
+        // it as a slow head. `Activity` is the one timer instead: `header_timeout` until the
+        // first request, `idle_timeout` after each.
+        .header_read_timeout(None)
         .max_buf_size(MAX_HEAD)
         .max_headers(MAX_HEADERS);
     builder
@@ -239,7 +231,10 @@ impl Activity {
                 if quiet >= limit {
                     return ended != u64::MAX;
                 }
-                limit.saturating_sub(quiet)
+                // Before the first request a request may start and end while this sleeps:
+                // look again within `idle`, so that the idle timeout after it holds even
+                // when `first` is longer.
+                limit.saturating_sub(quiet).min(idle)
             };
             tokio::time::sleep(wait).await;
         }
