@@ -108,8 +108,9 @@
     var worker = new SharedWorker(cfg.worker, { name: "callhome:" + cfg.transport });
     var port = worker.port;
     var closed = false;
+    var frozen = false; // said goodbye on `freeze`: silent until `resume`
     function sub() {
-      if (closed) return;
+      if (closed || frozen) return;
       var m = subscription();
       m.transport = cfg.transport;
       m.maxIds = cfg.maxIds;
@@ -133,8 +134,14 @@
     sub();
     var beat = setInterval(sub, HEARTBEAT_MS);
     window.addEventListener("pagehide", bye);
-    document.addEventListener("freeze", bye);
-    document.addEventListener("resume", sub);
+    document.addEventListener("freeze", function () {
+      frozen = true;
+      bye();
+    });
+    document.addEventListener("resume", function () {
+      frozen = false;
+      sub();
+    });
     function close() {
       closed = true;
       clearInterval(beat);
@@ -211,6 +218,9 @@
     channel.onmessage = function (e) {
       var m = e.data;
       if (!m || typeof m.t !== "string") return;
+      // A frame that said goodbye stays out until it resumes, even if a message reaches it:
+      // answering a new holder's hello would have it watched with nobody to leave for it.
+      if (closed || frozen) return;
       if (hub !== null) {
         if (m.t === "sub" && typeof m.token === "string" && typeof m.id === "string") {
           var to = m.token;

@@ -326,6 +326,71 @@ async fn a_frozen_tab_lets_the_others_receive_and_catches_up_when_it_resumes() {
     }
 }
 
+/// Runs `script` in the CallHome frame of the current tab.
+async fn in_frame(b: &Browser, script: &str) {
+    b.client.enter_frame(0).await.unwrap();
+    b.eval(script).await;
+    b.client.enter_parent_frame().await.unwrap();
+}
+
+/// A frame that said goodbye on `freeze` stays out until `resume`, even if its script still
+/// runs: Chromium may hand a frozen frame a message, and one that answered the next holder's
+/// `hello` was watched again, with nobody left to say goodbye for it (the flaky failure of
+/// the test above: "never had 0 waiting"). Here only the events are sent, so the frame's
+/// script goes on running and would answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_that_froze_stays_out_until_it_resumes_even_if_it_still_runs() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let page = PageServer::spawn();
+    let s = server_for(&page, |_| {});
+    for share in ["auto", "locks"] {
+        frozen_frame_stays_out(&b, &page, &s, share).await;
+    }
+}
+
+async fn frozen_frame_stays_out(b: &Browser, page: &PageServer, s: &TestServer, share: &str) {
+    let tabs = open_tabs(b, page, s, KEY, (3, 1), &format!("&share={share}"), true).await;
+    for tab in &tabs {
+        wait_for_waiting(s, KEY, &tab.ids[0], 1).await;
+    }
+    let n = holder(b, &tabs, share).await;
+    let frozen = &tabs[n];
+    b.switch_to(&frozen.handle).await;
+    in_frame(b, "document.dispatchEvent(new Event('freeze'))").await;
+    wait_for_waiting(s, KEY, &frozen.ids[0], 0).await;
+    let others: Vec<Tab> = tabs
+        .iter()
+        .enumerate()
+        .filter(|&(k, _)| k != n)
+        .map(|(_, t)| Tab {
+            handle: t.handle.clone(),
+            ids: t.ids.clone(),
+        })
+        .collect();
+    // A new holder (locks) has said hello and heard the others by the time they have their
+    // values; then a frame's heartbeat (every 5 s) is the other way back in.
+    notify_and_check_all(b, s, KEY, &others, "after-freeze").await;
+    let until = Instant::now() + Duration::from_millis(5_500);
+    while Instant::now() < until {
+        assert_eq!(
+            waiting(s, KEY, &frozen.ids[0]).await,
+            0,
+            "share={share}: the frozen frame's id is watched again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.switch_to(&frozen.handle).await;
+    in_frame(b, "document.dispatchEvent(new Event('resume'))").await;
+    wait_for_waiting(s, KEY, &frozen.ids[0], 1).await;
+    let r = s.notify(KEY, &frozen.ids[0], "after-resume").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    wait_for_info(b, 0, "after-resume").await;
+    close_tabs(b, tabs).await;
+    s.wait_for_metric(EVENTS, 0).await;
+}
+
 /// Two apps in one browser: on two origins of one site (they share one worker: browsers
 /// partition by top-level site, not origin) and on another site. Each page gets its own
 /// app's news and nothing else.
