@@ -1,7 +1,9 @@
 //! Requests that go to Redis in batches: the ones a node makes while its previous batch is
 //! in Redis go together in the next, one script call and one round trip for all (a burst of
 //! thousands of notifies, or of pages arriving at once, costs Redis a fraction of one call
-//! each); a request made while none is in flight goes at once, alone.
+//! each); a request made while none is in flight goes once the tasks ready at that moment
+//! have run (one yield to the scheduler), with whatever they added: alone when the node is
+//! quiet, with the requests its busy connections just read when it is not.
 
 use std::future::Future;
 use std::time::Duration;
@@ -41,6 +43,11 @@ pub async fn run<J, F, Fut>(
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
             job = queue.recv(), if in_flight.len() < max_in_flight => {
                 let Some(job) = job else { break };
+                // Let the tasks that are ready now (connections with a request read) add
+                // theirs first: with 16 publishers a notify batch grew from 5.6 to 7.4 and
+                // Redis's CPU per notify fell by about 15 % (docs/measurements.md); on a
+                // quiet node it costs one trip through the scheduler.
+                tokio::task::yield_now().await;
                 let mut batch = vec![job];
                 while batch.len() < max_batch {
                     let Ok(job) = queue.try_recv() else { break };
