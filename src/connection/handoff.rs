@@ -132,15 +132,12 @@ pub async fn hand_off<S: Stream>(
     tokio::pin!(conn);
     let limits = state.limits;
     let timeouts = &state.metrics.timeouts;
-    let ended = |result: Result<(), Box<dyn std::error::Error + Send + Sync>>| {
-        result.map_err(io::Error::other)
-    };
     let served = async {
         tokio::select! {
-            result = conn.as_mut() => ended(result),
+            result = conn.as_mut() => result.map_err(io::Error::other),
             () = state.shutdown.cancelled() => {
                 conn.as_mut().graceful_shutdown();
-                ended(conn.await)
+                conn.await.map_err(io::Error::other)
             }
             started = activity.idle(limits.header_timeout, limits.idle_timeout) => {
                 if started { &timeouts.idle } else { &timeouts.header }.inc();

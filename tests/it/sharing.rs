@@ -61,6 +61,18 @@ async fn open_tabs(
     opened
 }
 
+/// Every tab of `tabs` but the `n`th.
+fn all_but(tabs: &[Tab], n: usize) -> Vec<Tab> {
+    tabs.iter()
+        .enumerate()
+        .filter(|&(k, _)| k != n)
+        .map(|(_, t)| Tab {
+            handle: t.handle.clone(),
+            ids: t.ids.clone(),
+        })
+        .collect()
+}
+
 /// Closes `tabs`, then makes the browser's first tab (never closed) the current one.
 async fn close_tabs(b: &Browser, tabs: Vec<Tab>) {
     for tab in tabs {
@@ -299,15 +311,7 @@ async fn a_frozen_tab_lets_the_others_receive_and_catches_up_when_it_resumes() {
             .await;
         // A frozen frame gives up its place (and, holding the lock, the connection).
         wait_for_waiting(&s, KEY, &frozen.ids[0], 0).await;
-        let others: Vec<Tab> = tabs
-            .iter()
-            .enumerate()
-            .filter(|&(k, _)| k != n)
-            .map(|(_, t)| Tab {
-                handle: t.handle.clone(),
-                ids: t.ids.clone(),
-            })
-            .collect();
+        let others = all_but(&tabs, n);
         let start = Instant::now();
         notify_and_check_all(&b, &s, KEY, &others, "while-frozen").await;
         eprintln!(
@@ -360,15 +364,7 @@ async fn frozen_frame_stays_out(b: &Browser, page: &PageServer, s: &TestServer, 
     b.switch_to(&frozen.handle).await;
     in_frame(b, "document.dispatchEvent(new Event('freeze'))").await;
     wait_for_waiting(s, KEY, &frozen.ids[0], 0).await;
-    let others: Vec<Tab> = tabs
-        .iter()
-        .enumerate()
-        .filter(|&(k, _)| k != n)
-        .map(|(_, t)| Tab {
-            handle: t.handle.clone(),
-            ids: t.ids.clone(),
-        })
-        .collect();
+    let others = all_but(&tabs, n);
     // A new holder (locks) has said hello and heard the others by the time they have their
     // values; then a frame's heartbeat (every 5 s) is the other way back in.
     notify_and_check_all(b, s, KEY, &others, "after-freeze").await;

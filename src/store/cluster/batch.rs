@@ -45,7 +45,7 @@ pub async fn run<J, F, Fut>(
                 let Some(job) = job else { break };
                 // Let the tasks that are ready now (connections with a request read) add
                 // theirs first: with 16 publishers a notify batch grew from 5.6 to 7.4 and
-                // Redis's CPU per notify fell by about 15 % (docs/measurements.md); on a
+                // Redis's CPU per notify fell to about 0.83x (docs/measurements.md); on a
                 // quiet node it costs one trip through the scheduler.
                 tokio::task::yield_now().await;
                 let mut batch = vec![job];
