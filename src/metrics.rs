@@ -93,6 +93,8 @@ pub struct Backplane {
     pub hint_gaps: Counter,
     /// Liveness probes of the subscriber that did not come back in time.
     pub probe_timeouts: Counter,
+    /// Waits begun on this node's own current copy of an id, with no Redis read.
+    pub local_watches: Counter,
     /// Seconds from a notify in Redis to its hint reaching this node.
     pub hint_lag: Histogram,
     /// Registries of apps taken on from Redis (another node changed it, or at start).
@@ -510,6 +512,12 @@ impl Metrics {
                 &mut registry,
                 "backplane_probe_timeouts",
                 "Subscriber liveness probes that did not come back in time",
+            ),
+            local_watches: counter(
+                &mut registry,
+                "backplane_local_watches",
+                "Waits begun on this node's own current copy of an id, with no Redis read \
+                 (a client back for the next value)",
             ),
             registry_loads: counter(
                 &mut registry,

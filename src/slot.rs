@@ -92,6 +92,10 @@ pub struct Slot {
     /// When the newest value was published, in [`micros`]: for the delivery-latency metric.
     published_at: AtomicU32,
     deleted: AtomicBool,
+    /// Where an engine across the network last knew this slot's value to be current (the
+    /// Redis engine's [`mark`](crate::store::cluster) of its hint stream); 0 for never. The
+    /// memory engine, which is the truth itself, leaves it alone.
+    confirmed: AtomicU64,
     changed: Notify,
 }
 
@@ -261,6 +265,7 @@ impl Slot {
             waiting: AtomicU32::new(0),
             published_at: AtomicU32::new(micros()),
             deleted: AtomicBool::new(false),
+            confirmed: AtomicU64::new(0),
             changed: Notify::new(),
         }
     }
@@ -284,6 +289,7 @@ impl Slot {
             waiting: AtomicU32::new(0),
             published_at: AtomicU32::new(micros()),
             deleted: AtomicBool::new(false),
+            confirmed: AtomicU64::new(0),
             changed: Notify::new(),
         }
     }
@@ -473,6 +479,16 @@ impl Slot {
         }
         self.changed.notify_waiters();
         true
+    }
+
+    /// Records where this slot's value was last known to be current (see [`Slot::confirmed`]).
+    pub fn confirm(&self, mark: u64) {
+        self.confirmed.store(mark, Ordering::Release);
+    }
+
+    /// What [`Slot::confirm`] last recorded, or 0.
+    pub fn confirmed(&self) -> u64 {
+        self.confirmed.load(Ordering::Acquire)
     }
 
     /// Counts a poll as activity, for idleness.

@@ -24,6 +24,7 @@ mod batch;
 mod hints;
 mod link;
 mod scripts;
+mod trust;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +35,7 @@ use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use trust::Trust;
 
 use super::{CreateError, Created, Found, Hold, Status, StoreError};
 use crate::auth::App;
@@ -156,6 +158,8 @@ pub struct Cluster {
     idempotency_window_ms: u64,
     /// True while the hint subscription is live.
     subscribed: AtomicBool,
+    /// When this node's copy of an id may stand in for a read of Redis.
+    trust: Trust,
     /// Poked when a waiter leaves, so the counts are written without waiting for the tick.
     counts_changed: tokio::sync::Notify,
     /// Ids whose count of local clients changed since the counts were last written (with
@@ -230,6 +234,7 @@ impl Cluster {
             create_rate: rates.create_per_app,
             notify_rate: rates.notify_per_app,
             subscribed: AtomicBool::new(false),
+            trust: Trust::new(idle_ttl),
             counts_changed: tokio::sync::Notify::new(),
             changed: Mutex::new(Vec::new()),
             notifies,
@@ -979,6 +984,22 @@ impl Cluster {
     ) -> Result<Watched, StoreError> {
         let slot = self.slot(id)?;
         let waiters = slot.waiting() + 1;
+        if self.is_current(&slot)
+            && slot.newer_than(since).is_none()
+            && self.reported.get(slot.id()).is_some_and(|n| *n == waiters)
+        {
+            // A client back for the next value (or another on an id this node follows): its
+            // copy here is current, and Redis already counts this many waiters. Nothing to
+            // read or write; the wait's end is written as any other's.
+            slot.touch();
+            self.metrics.local_watches.inc();
+            let joined = slot.join(max_waiters);
+            if slot.waiting() != waiters {
+                self.waiters_changed(slot.id());
+            }
+            return Ok(Watched::Waiting(joined));
+        }
+        let mark = self.mark(Duration::ZERO);
         let touched = self.touch(id, Some(waiters)).await;
         let touched = match touched {
             Ok(touched) => touched,
@@ -990,6 +1011,9 @@ impl Cluster {
             }
         };
         slot.apply(touched.seq, touched.info.as_deref(), touched.epoch);
+        if let Some(mark) = mark {
+            slot.confirm(mark);
+        }
         slot.touch();
         // What Redis now believes; the next report puts it right if no wait follows.
         self.reported.insert(slot.id().clone(), waiters);
@@ -1006,6 +1030,32 @@ impl Cluster {
             self.waiters_changed(slot.id());
         }
         Ok(Watched::Waiting(joined))
+    }
+
+    /// A mark (see [`trust`]) for a value Redis held `age` ago, or `None` without a live
+    /// hint subscription: a value read then is not followed by hints.
+    fn mark(&self, age: Duration) -> Option<u64> {
+        self.subscribed
+            .load(Ordering::Acquire)
+            .then(|| self.trust.mark(age))
+    }
+
+    /// Hints may have been lost: no local copy confirmed until now is trusted again.
+    pub(super) fn break_continuity(&self) {
+        self.trust.break_off();
+    }
+
+    /// Whether `slot` holds the id's current value (see [`trust`]). A notify answered
+    /// before its hint arrives is no exception: the hint wakes the wait it finds.
+    fn is_current(&self, slot: &Slot) -> bool {
+        self.subscribed.load(Ordering::Acquire) && self.trust.holds(slot.confirmed())
+    }
+
+    /// A hint message's value for `slot` was taken, `age` after Redis made it.
+    pub(super) fn confirmed_by_hint(&self, slot: &Slot, age: Duration) {
+        if let Some(mark) = self.mark(age) {
+            slot.confirm(mark);
+        }
     }
 
     /// This node's slot for `id`, made when missing (or when the one held was closed).

@@ -1341,6 +1341,80 @@ async fn a_single_lost_hint_is_found_by_the_gap_it_leaves_and_repaired() {
     );
 }
 
+/// A client back for its next value right after one (within the few milliseconds before its
+/// node writes its count down) waits on the node's own copy of the id, with no Redis read
+/// (`local_watches`). Such a wait is repaired like any other when a hint is lost, and once
+/// hints broke off the copy is not trusted again until it is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_back_for_the_next_value_waits_on_the_nodes_copy_and_is_repaired_like_any() {
+    if !require_redis() {
+        return;
+    }
+    let redis = RedisServer::start(RedisOptions::default()).await;
+    let [a, b] = nodes(&redis.url(), ["a", "b"], |_| {}).await;
+    let id = a.new_id().await;
+    let loud = a.new_id().await;
+    let local = "callhome_backplane_local_watches_total";
+    let waiting_polls = "callhome_waiting{transport=\"poll\"}";
+    let mut held = held_poll(&b, &id, 0);
+    until_waiting(&a, &id, 1).await;
+    // Round after round, until one poll asked again at once is begun on b's copy.
+    let mut seq = 0;
+    for round in 1..=50 {
+        let before = b.metric(local).await;
+        let info = format!("v{round}");
+        assert_eq!(a.notify(KEY, &id, &info).await.status(), StatusCode::OK);
+        let r = join(held, WAIT, "the poll of the round").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            r.json::<Value>().await.unwrap(),
+            json!({"seq": round, "info": info})
+        );
+        held = held_poll(&b, &id, round);
+        within(WAIT, "the next poll waiting on b", async || {
+            (b.metric(waiting_polls).await == 1).then_some(())
+        })
+        .await;
+        if b.metric(local).await == before + 1 {
+            seq = round;
+            break;
+        }
+    }
+    assert!(seq > 0, "no poll in 50 began on b's own copy");
+    let began_locally = b.metric(local).await;
+
+    // A notify of the id whose hint never reached b: the next hint's number shows the gap,
+    // and the wait begun without a read is answered from the resync.
+    let key = format!("ch:i:{id}");
+    let lost = (seq + 1).to_string();
+    redis.cmd(&["HSET", &key, "s", &lost, "v", "lost"]).await;
+    redis.cmd(&["INCR", "ch:hc"]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held.is_finished(), "b cannot know yet");
+    assert_eq!(a.notify(KEY, &loud, "gap").await.status(), StatusCode::OK);
+    let r = join(held, WAIT, "the poll whose hint was lost").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"seq": seq + 1, "info": "lost"})
+    );
+
+    // Hints broke off: b's copy, though just repaired, is read again before it is trusted.
+    // A change no hint tells (written straight into Redis) is then seen at once. (Asked at
+    // once, before b writes its count down, the poll would be begun on b's copy if b still
+    // trusted it.)
+    let direct = (seq + 2).to_string();
+    redis
+        .cmd(&["HSET", &key, "s", &direct, "v", "direct"])
+        .await;
+    let (status, value) = tokio::time::timeout(COMMAND_TIMEOUT * 2, poll(&b, &id, seq + 1, None))
+        .await
+        .expect("a poll behind Redis is answered at once");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(value, json!({"seq": seq + 2, "info": "direct"}));
+    assert_eq!(b.metric(local).await, began_locally, "b read Redis");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_redis_makes_requests_fail_in_time_never_hang() {
     if !require_redis() {

@@ -52,6 +52,7 @@ pub async fn subscribe(cluster: Arc<Cluster>, shutdown: CancellationToken) {
             Ok(()) => return,
             Err(why) => {
                 cluster.subscribed.store(false, Ordering::Release);
+                cluster.break_continuity();
                 cluster.update_up();
                 tracing::warn!(error = %why, "hint subscription lost; subscribing again");
                 cluster.metrics.reconnects.inc();
@@ -88,6 +89,8 @@ async fn listen(
         .await
         .map_err(|_| "no answer while subscribing".to_owned())?
         .map_err(|e| e.to_string())?;
+    // Slots confirmed on an earlier subscription are read again before they are trusted.
+    cluster.break_continuity();
     cluster.subscribed.store(true, Ordering::Release);
     cluster.update_up();
     if !first {
@@ -152,6 +155,7 @@ async fn listen(
 fn handle(cluster: &Arc<Cluster>, message: &[u8], counter: &mut Option<u64>) {
     let Some((number, epoch, time, mut changes)) = read_header(message) else {
         tracing::warn!("unreadable hint ignored");
+        cluster.break_continuity();
         return;
     };
     match *counter {
@@ -162,16 +166,19 @@ fn handle(cluster: &Arc<Cluster>, message: &[u8], counter: &mut Option<u64>) {
                 cluster.metrics.hint_gaps.inc_by(number - last - 1);
             }
             tracing::debug!(last, number, "hints lost; resyncing");
+            cluster.break_continuity();
             tokio::spawn(resync(Arc::clone(cluster), Resync::Gap));
         }
     }
     *counter = Some(number);
-    #[allow(clippy::cast_precision_loss)]
-    let lag = unix_millis().saturating_sub(time) as f64 / 1000.0;
-    cluster.metrics.hint_lag.observe(lag);
+    // A clock of Redis's ahead of this node's counts as no lag (for the trust in a slot,
+    // `Cluster::is_current`, half an idle TTL absorbs it).
+    let age = Duration::from_millis(unix_millis().saturating_sub(time));
+    cluster.metrics.hint_lag.observe(age.as_secs_f64());
     while !changes.is_empty() {
         let Some((change, rest)) = read_change(changes) else {
             tracing::warn!("unreadable hint ignored");
+            cluster.break_continuity();
             return;
         };
         changes = rest;
@@ -179,6 +186,7 @@ fn handle(cluster: &Arc<Cluster>, message: &[u8], counter: &mut Option<u64>) {
             b"n" => {
                 if let Some(slot) = cluster.local.get(change.id) {
                     slot.apply(change.seq, Some(change.info), epoch);
+                    cluster.confirmed_by_hint(&slot, age);
                 }
             }
             // A notify that waits `w<ms>` for its deliveries: they are counted from before the
@@ -191,6 +199,7 @@ fn handle(cluster: &Arc<Cluster>, message: &[u8], counter: &mut Option<u64>) {
                     let wait = Duration::from_millis(wait.unwrap_or(0));
                     cluster.tally(slot.id(), change.seq, epoch, wait);
                     slot.apply(change.seq, Some(change.info), epoch);
+                    cluster.confirmed_by_hint(&slot, age);
                 }
             }
             b"d" => cluster.gone(change.id),
