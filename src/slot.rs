@@ -92,8 +92,8 @@ pub struct Slot {
     /// When the newest value was published, in [`micros`]: for the delivery-latency metric.
     published_at: AtomicU32,
     deleted: AtomicBool,
-    /// Where an engine across the network last knew this slot's value to be current (the
-    /// Redis engine's [`mark`](crate::store::cluster) of its hint stream); 0 for never. The
+    /// Where an engine across the network last knew this slot's value to be current: for the
+    /// Redis engine, a mark of its hint stream (`store/cluster/trust.rs`); 0 for never. The
     /// memory engine, which is the truth itself, leaves it alone.
     confirmed: AtomicU64,
     changed: Notify,
