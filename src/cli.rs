@@ -88,7 +88,9 @@ pub enum AppsCommand {
     Revoke {
         /// The app's name.
         name: String,
-        /// The key's id, as `list` or `show` gives it.
+        /// The key's id, as `list` or `show` gives it. One in 64 starts with '-' (ids are
+        /// base64url), and is taken as the id, not as a flag.
+        #[arg(allow_hyphen_values = true)]
         key_id: String,
     },
     /// Removes a registered app and its ids.
@@ -346,7 +348,39 @@ fn pretty(json: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+
+    /// `callhome apps` as the binary parses it (src/main.rs), for the tests of its arguments.
+    #[derive(Debug, Parser)]
+    struct Apps {
+        #[command(flatten)]
+        apps: AppsArgs,
+    }
+
+    #[test]
+    fn a_key_id_that_starts_with_a_hyphen_is_a_key_id() {
+        for id in ["-1AbCdEf", "--xYz012", "_Ab-Cd_E"] {
+            let parsed = Apps::try_parse_from(["apps", "revoke", "chat", id])
+                .unwrap_or_else(|e| panic!("{id}: {e}"));
+            let AppsCommand::Revoke { name, key_id } = parsed.apps.command else {
+                panic!("{id}: not a revoke");
+            };
+            assert_eq!((name.as_str(), key_id.as_str()), ("chat", id));
+        }
+        // Flags still work around it.
+        let parsed = Apps::try_parse_from([
+            "apps",
+            "revoke",
+            "chat",
+            "-1AbCdEf",
+            "--server",
+            "http://127.0.0.1:1",
+        ])
+        .expect("a flag after the id");
+        assert_eq!(parsed.apps.server.as_deref(), Some("http://127.0.0.1:1"));
+    }
 
     #[test]
     fn each_command_is_one_admin_request() {
