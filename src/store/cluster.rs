@@ -1270,6 +1270,11 @@ impl Cluster {
                 } else {
                     self.reported.insert(id.clone(), *n);
                 }
+                // A client that came or went while this was on its way (a wait begun on the
+                // node's copy goes by `reported`, and was not noted): written next time.
+                if self.local_waiters(id.as_str()) != *n {
+                    self.waiters_changed(id);
+                }
             }
             for at in gone {
                 if let Some((id, _)) = at.checked_sub(1).and_then(|i| chunk.get(i)) {
