@@ -1040,11 +1040,6 @@ impl Cluster {
             .then(|| self.trust.mark(age))
     }
 
-    /// Hints may have been lost: no local copy confirmed until now is trusted again.
-    pub(super) fn break_continuity(&self) {
-        self.trust.break_off();
-    }
-
     /// Whether `slot` holds the id's current value (see [`trust`]). A notify answered
     /// before its hint arrives is no exception: the hint wakes the wait it finds.
     fn is_current(&self, slot: &Slot) -> bool {

@@ -24,6 +24,10 @@ use crate::support::{self, KEY, KEY_TWO, TestServer, error_code};
 
 /// How long anything that should happen "within seconds" may take before a test fails.
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
+/// Waits a node began on its own copy of an id (docs/cluster.md).
+const LOCAL_WATCHES: &str = "callhome_backplane_local_watches_total";
+/// Polls waiting on a node right now.
+const WAITING_POLLS: &str = "callhome_waiting{transport=\"poll\"}";
 /// The default `store.command_timeout`.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 /// What a refusal may take beyond the command timeout on a loaded 2-core machine.
@@ -1295,6 +1299,16 @@ async fn a_subscription_that_goes_silent_is_found_by_its_probe_and_repaired() {
     eprintln!("a silent subscription repaired within {took:?}");
 }
 
+/// A notify of `id` (value `seq`, info "lost") whose hint never leaves Redis: its value and
+/// the hint counter move, and nothing is published.
+async fn lose_a_hint(redis: &RedisServer, id: &str, seq: u64) {
+    let key = format!("ch:i:{id}");
+    redis
+        .cmd(&["HSET", &key, "s", &seq.to_string(), "v", "lost"])
+        .await;
+    redis.cmd(&["INCR", "ch:hc"]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_lost_hint_is_found_by_the_gap_it_leaves_and_repaired() {
     if !require_redis() {
@@ -1313,9 +1327,7 @@ async fn a_single_lost_hint_is_found_by_the_gap_it_leaves_and_repaired() {
 
     // A notify of `quiet` whose hint never reached b: its value and the hint counter moved
     // in Redis, and nothing was published.
-    let key = format!("ch:i:{quiet}");
-    redis.cmd(&["HSET", &key, "s", "1", "v", "lost"]).await;
-    redis.cmd(&["INCR", "ch:hc"]).await;
+    lose_a_hint(&redis, &quiet, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!held.is_finished(), "b cannot know yet");
 
@@ -1354,14 +1366,12 @@ async fn a_client_back_for_the_next_value_waits_on_the_nodes_copy_and_is_repaire
     let [a, b] = nodes(&redis.url(), ["a", "b"], |_| {}).await;
     let id = a.new_id().await;
     let loud = a.new_id().await;
-    let local = "callhome_backplane_local_watches_total";
-    let waiting_polls = "callhome_waiting{transport=\"poll\"}";
     let mut held = held_poll(&b, &id, 0);
     until_waiting(&a, &id, 1).await;
     // Round after round, until one poll asked again at once is begun on b's copy.
     let mut seq = 0;
     for round in 1..=50 {
-        let before = b.metric(local).await;
+        let before = b.metric(LOCAL_WATCHES).await;
         let info = format!("v{round}");
         assert_eq!(a.notify(KEY, &id, &info).await.status(), StatusCode::OK);
         let r = join(held, WAIT, "the poll of the round").await;
@@ -1372,23 +1382,21 @@ async fn a_client_back_for_the_next_value_waits_on_the_nodes_copy_and_is_repaire
         );
         held = held_poll(&b, &id, round);
         within(WAIT, "the next poll waiting on b", async || {
-            (b.metric(waiting_polls).await == 1).then_some(())
+            (b.metric(WAITING_POLLS).await == 1).then_some(())
         })
         .await;
-        if b.metric(local).await == before + 1 {
+        if b.metric(LOCAL_WATCHES).await == before + 1 {
             seq = round;
             break;
         }
     }
     assert!(seq > 0, "no poll in 50 began on b's own copy");
-    let began_locally = b.metric(local).await;
+    let began_locally = b.metric(LOCAL_WATCHES).await;
 
     // A notify of the id whose hint never reached b: the next hint's number shows the gap,
     // and the wait begun without a read is answered from the resync.
     let key = format!("ch:i:{id}");
-    let lost = (seq + 1).to_string();
-    redis.cmd(&["HSET", &key, "s", &lost, "v", "lost"]).await;
-    redis.cmd(&["INCR", "ch:hc"]).await;
+    lose_a_hint(&redis, &id, seq + 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!held.is_finished(), "b cannot know yet");
     assert_eq!(a.notify(KEY, &loud, "gap").await.status(), StatusCode::OK);
@@ -1412,7 +1420,7 @@ async fn a_client_back_for_the_next_value_waits_on_the_nodes_copy_and_is_repaire
         .expect("a poll behind Redis is answered at once");
     assert_eq!(status, StatusCode::OK);
     assert_eq!(value, json!({"seq": seq + 2, "info": "direct"}));
-    assert_eq!(b.metric(local).await, began_locally, "b read Redis");
+    assert_eq!(b.metric(LOCAL_WATCHES).await, began_locally, "b read Redis");
 }
 
 /// A wait begun on the node's copy while the node's write of a lower count is on its way to
@@ -1431,9 +1439,7 @@ async fn a_wait_begun_while_its_nodes_count_is_on_its_way_to_redis_is_counted() 
     let [b] = nodes(&redis.url_via(proxy.addr()), ["b"], |_| {}).await;
     let id = a.new_id().await;
     assert_eq!(a.notify(KEY, &id, "v1").await.status(), StatusCode::OK);
-    let local = "callhome_backplane_local_watches_total";
-    let waiting_polls = "callhome_waiting{transport=\"poll\"}";
-    let before = b.metric(local).await;
+    let before = b.metric(LOCAL_WATCHES).await;
     proxy.delay(Duration::from_millis(300));
     // Answered at once. b counted this client in Redis with its read, and writes the count
     // down 20 ms later: a write that takes 600 ms to come back.
@@ -1443,10 +1449,14 @@ async fn a_wait_begun_while_its_nodes_count_is_on_its_way_to_redis_is_counted() 
     // Meanwhile the page is back for the next value, and b begins it on its copy.
     let held = held_poll(&b, &id, 1);
     within(WAIT, "the poll waiting on b", async || {
-        (b.metric(waiting_polls).await == 1).then_some(())
+        (b.metric(WAITING_POLLS).await == 1).then_some(())
     })
     .await;
-    assert_eq!(b.metric(local).await, before + 1, "begun on b's copy");
+    assert_eq!(
+        b.metric(LOCAL_WATCHES).await,
+        before + 1,
+        "begun on b's copy"
+    );
     proxy.delay(Duration::ZERO);
     assert_settled(settles_at(&a, &id, 1).await, 1);
     assert!(!held.is_finished());

@@ -52,7 +52,7 @@ pub async fn subscribe(cluster: Arc<Cluster>, shutdown: CancellationToken) {
             Ok(()) => return,
             Err(why) => {
                 cluster.subscribed.store(false, Ordering::Release);
-                cluster.break_continuity();
+                cluster.trust.break_off();
                 cluster.update_up();
                 tracing::warn!(error = %why, "hint subscription lost; subscribing again");
                 cluster.metrics.reconnects.inc();
@@ -90,7 +90,7 @@ async fn listen(
         .map_err(|_| "no answer while subscribing".to_owned())?
         .map_err(|e| e.to_string())?;
     // Slots confirmed on an earlier subscription are read again before they are trusted.
-    cluster.break_continuity();
+    cluster.trust.break_off();
     cluster.subscribed.store(true, Ordering::Release);
     cluster.update_up();
     if !first {
@@ -155,7 +155,7 @@ async fn listen(
 fn handle(cluster: &Arc<Cluster>, message: &[u8], counter: &mut Option<u64>) {
     let Some((number, epoch, time, mut changes)) = read_header(message) else {
         tracing::warn!("unreadable hint ignored");
-        cluster.break_continuity();
+        cluster.trust.break_off();
         return;
     };
     match *counter {
@@ -166,7 +166,7 @@ fn handle(cluster: &Arc<Cluster>, message: &[u8], counter: &mut Option<u64>) {
                 cluster.metrics.hint_gaps.inc_by(number - last - 1);
             }
             tracing::debug!(last, number, "hints lost; resyncing");
-            cluster.break_continuity();
+            cluster.trust.break_off();
             tokio::spawn(resync(Arc::clone(cluster), Resync::Gap));
         }
     }
@@ -178,7 +178,7 @@ fn handle(cluster: &Arc<Cluster>, message: &[u8], counter: &mut Option<u64>) {
     while !changes.is_empty() {
         let Some((change, rest)) = read_change(changes) else {
             tracing::warn!("unreadable hint ignored");
-            cluster.break_continuity();
+            cluster.trust.break_off();
             return;
         };
         changes = rest;
